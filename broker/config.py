@@ -1,0 +1,208 @@
+"""Strict settings: a YAML or JSON file, then ``JIT_*`` environment overrides.
+
+Unknown keys anywhere are errors (fail closed). Durations are written as ``"90s"``, ``"15m"``,
+``"1h"``, ``"1h30m"`` or a number of seconds. ``jit config schema`` prints the JSON Schema.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from broker.errors import ConfigError
+
+__all__ = [
+    "AuditSettings",
+    "ClientSettings",
+    "IdentityIssuerSettings",
+    "IssuerInstanceSettings",
+    "LimitsSettings",
+    "ReaperSettings",
+    "Settings",
+    "json_schema",
+    "load_settings",
+    "parse_duration",
+]
+
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(value: object) -> timedelta:
+    """``"1h30m"``, ``"90s"``, ``"15m"``, ``3600`` (seconds) → timedelta. Raises ValueError."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"negative duration: {value!r}")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return timedelta(seconds=int(text))
+        m = _DURATION.match(text)
+        if text and m and any(m.groups()):
+            h, mi, s = (int(g) if g else 0 for g in m.groups())
+            return timedelta(hours=h, minutes=mi, seconds=s)
+    raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 1h, 1h30m)")
+
+
+def _dec_hook(tp: type, obj: Any) -> Any:
+    if tp is timedelta:
+        try:
+            return parse_duration(obj)
+        except ValueError as exc:
+            raise msgspec.ValidationError(str(exc)) from None
+    raise NotImplementedError
+
+
+class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class IdentityIssuerSettings(_Strict):
+    """A trusted OIDC issuer whose tokens identify workloads."""
+
+    name: str  # short name used in policies and in Principal.id ("github", "gitlab", "k8s")
+    issuer: str  # the exact ``iss`` value
+    audiences: list[str]  # accepted ``aud`` values (at least one)
+    preset: Literal["generic", "github", "gitlab", "kubernetes"] = "generic"
+    jwks_uri: str | None = None  # None: discover from <issuer>/.well-known/openid-configuration
+    algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256", "ES256"])
+    leeway: timedelta = timedelta(seconds=30)
+    jwks_min_refresh_interval: timedelta = timedelta(seconds=30)
+    jwks_cache_ttl: timedelta = timedelta(minutes=10)
+    max_token_lifetime: timedelta = timedelta(hours=24)
+
+
+class IssuerInstanceSettings(_Strict):
+    type: str  # entry-point name in the ``jit_broker.issuers`` group
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ClientSettings(_Strict):
+    """An OAuth client (a resource server) that authenticates with client credentials."""
+
+    client_id: str
+    secret_file: str  # file holding the client secret (never in the config itself)
+    permissions: list[Literal["introspect", "revoke"]] = msgspec.field(
+        default_factory=lambda: ["introspect"]
+    )
+
+
+class ReaperSettings(_Strict):
+    poll_interval: timedelta = timedelta(milliseconds=200)
+    batch_size: int = 200
+    concurrency: int = 32
+    visibility_timeout: timedelta = timedelta(seconds=30)
+    mint_grace: timedelta = timedelta(seconds=60)  # a `minting` lease older than this is reaped
+    backoff_base: timedelta = timedelta(seconds=1)
+    backoff_cap: timedelta = timedelta(minutes=5)
+    overdue_after_attempts: int = 8
+    retention: timedelta = timedelta(hours=24)  # how long revoked lease records stay readable
+
+
+class LimitsSettings(_Strict):
+    max_body_bytes: int = 64 * 1024
+    max_ttl: timedelta = timedelta(hours=12)  # hard ceiling whatever a policy says
+
+
+class AuditSettings(_Strict):
+    file: str | None = None  # JSON-lines file; None: only the Redis stream and the log
+    stream_maxlen: int = 1_000_000
+
+
+class Settings(_Strict):
+    public_url: str = "http://127.0.0.1:8200"
+    host: str = "127.0.0.1"
+    port: int = 8200
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "jit"
+    policy_dir: str = "policies"
+    identity: list[IdentityIssuerSettings] = msgspec.field(default_factory=list)
+    issuers: dict[str, IssuerInstanceSettings] = msgspec.field(default_factory=dict)
+    clients: list[ClientSettings] = msgspec.field(default_factory=list)
+    reaper: ReaperSettings = msgspec.field(default_factory=ReaperSettings)
+    limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
+    audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
+    broker_audience: str = "jit-broker"  # the ``aud`` workload tokens must carry for the broker
+
+
+_ENV_OVERRIDES = {
+    "JIT_REDIS_URL": "redis_url",
+    "JIT_PUBLIC_URL": "public_url",
+    "JIT_HOST": "host",
+    "JIT_PORT": "port",
+    "JIT_POLICY_DIR": "policy_dir",
+    "JIT_KEY_PREFIX": "key_prefix",
+}
+
+
+def settings_from_mapping(data: Any, *, source: str = "<config>") -> Settings:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    try:
+        settings = msgspec.convert(data, Settings, dec_hook=_dec_hook, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    _check(settings, source)
+    return settings
+
+
+def _check(s: Settings, source: str) -> None:
+    names = [i.name for i in s.identity]
+    if len(names) != len(set(names)):
+        raise ConfigError(f"{source}: identity issuer names must be unique")
+    for ident in s.identity:
+        if not ident.audiences:
+            raise ConfigError(f"{source}: identity issuer {ident.name!r} needs an audience")
+        bad = [a for a in ident.algorithms if a.upper() == "NONE" or a.upper().startswith("HS")]
+        if bad:
+            raise ConfigError(
+                f"{source}: identity issuer {ident.name!r}: algorithms {bad} are not allowed "
+                "(only asymmetric algorithms verify third-party tokens)"
+            )
+    if s.limits.max_body_bytes < 1024:
+        raise ConfigError(f"{source}: limits.max_body_bytes must be at least 1024")
+
+
+def load_settings(path: str | Path, env: dict[str, str] | None = None) -> Settings:
+    """Load a config file (YAML or JSON), apply ``JIT_*`` overrides, validate strictly."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML/JSON: {exc}") from None
+    env = dict(os.environ) if env is None else env
+    if isinstance(data, dict):
+        for var, key in _ENV_OVERRIDES.items():
+            if var in env:
+                data[key] = int(env[var]) if key == "port" else env[var]
+    settings = settings_from_mapping(data, source=str(p))
+    base = p.parent
+    # Relative paths in the config are relative to the config file.
+    if not Path(settings.policy_dir).is_absolute():
+        settings = msgspec.structs.replace(settings, policy_dir=str(base / settings.policy_dir))
+    return settings
+
+
+def json_schema() -> dict[str, Any]:
+    def schema_hook(tp: type) -> dict[str, Any]:
+        if tp is timedelta:
+            return {"type": ["string", "number"], "description": "duration: 90s, 15m, 1h30m"}
+        raise NotImplementedError
+
+    return msgspec.json.schema(Settings, schema_hook=schema_hook)

@@ -1,0 +1,99 @@
+"""THE issuer plugin contract, and nothing else. A contract module.
+
+An issuer mints short-lived credentials against one backend and revokes them for real. Issuers
+are discovered through the ``jit_broker.issuers`` entry-point group; the broker configures
+*instances* (``issuers: {pg-orders: {type: postgres, config: {...}}}``), constructs each with an
+:class:`IssuerContext` and calls ``check_health()`` before it serves.
+
+Rules every issuer follows (checked by ``broker.testing.IssuerConformance``):
+
+- ``mint()`` honours ``request.not_after``: the credential must stop working by then.
+- It grants exactly ``request.scope`` (least privilege), never more.
+- ``Credential.handle`` holds only non-secret facts; the broker stores it in Redis.
+- Name what you create after ``request.lease_id`` so ``revoke()`` can find it even if the broker
+  crashed before it recorded the handle (``revoke()`` may be called with an empty handle).
+- ``revoke()`` is idempotent; an unknown or already-expired lease is a no-op.
+- A backend outage raises :class:`broker.errors.IssuerUnavailable`; a scope the backend cannot
+  express raises :class:`broker.errors.ScopeNotSupported` from ``check_scope()``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+
+from broker.clock import Clock
+from broker.types import Credential, Lease, MintRequest, Scope
+
+__all__ = [
+    "Capabilities",
+    "Introspectable",
+    "Issuer",
+    "IssuerContext",
+    "IssuerFactory",
+    "PublishesKeys",
+]
+
+
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    max_ttl: timedelta
+    default_ttl: timedelta
+    min_ttl: timedelta = timedelta(seconds=1)
+    revocable: bool = True  # False: expiry-only; the broker caps the TTL to the task
+    renewable: bool = False
+
+
+class IssuerContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What the broker hands an issuer at construction."""
+
+    name: str  # the instance name from config ("jwt", "pg-orders")
+    config: dict[str, Any]  # the instance's raw config; the issuer validates it strictly
+    clock: Clock
+    broker_url: str  # the broker's public URL (e.g. the ``iss`` of tokens it signs)
+    dev: bool = False  # running under ``jit dev``: generate keys in memory, etc.
+
+
+@runtime_checkable
+class Issuer(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    def check_scope(self, requested: Scope) -> None:
+        """Raise ScopeNotSupported for anything this backend cannot express."""
+        ...
+
+    async def mint(self, request: MintRequest) -> Credential: ...
+
+    async def revoke(self, lease: Lease) -> None:
+        """Idempotent. ``lease.handle`` may be empty after a crash mid-mint."""
+        ...
+
+    async def check_health(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class IssuerFactory(Protocol):
+    """What an entry point resolves to: usually the issuer class itself."""
+
+    def __call__(self, context: IssuerContext) -> Issuer: ...
+
+
+@runtime_checkable
+class PublishesKeys(Protocol):
+    """An issuer whose credentials are verified with public keys the broker publishes at
+    ``/.well-known/jwks.json``."""
+
+    def jwks(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Introspectable(Protocol):
+    """An issuer that can recognise its own tokens for RFC 7662 introspection."""
+
+    def identify(self, token: str, now: datetime) -> str | None:
+        """The lease id of ``token`` if this issuer signed it and it verifies (signature and
+        expiry); otherwise None. The broker then checks the lease's state."""
+        ...
