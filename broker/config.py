@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+import msgspec.inspect as mi
 import yaml
 
 from broker.errors import ConfigError
@@ -30,11 +31,13 @@ __all__ = [
     "parse_duration",
 ]
 
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
 
 
 def parse_duration(value: object) -> timedelta:
-    """``"1h30m"``, ``"90s"``, ``"15m"``, ``3600`` (seconds) → timedelta. Raises ValueError."""
+    """``"1h30m"``, ``"90s"``, ``"15m"``, ``"200ms"``, ``3600`` (seconds) → timedelta.
+
+    Raises ValueError."""
     if isinstance(value, timedelta):
         return value
     if isinstance(value, bool):
@@ -49,25 +52,45 @@ def parse_duration(value: object) -> timedelta:
             return timedelta(seconds=int(text))
         m = _DURATION.match(text)
         if text and m and any(m.groups()):
-            h, mi, s = (int(g) if g else 0 for g in m.groups())
-            return timedelta(hours=h, minutes=mi, seconds=s)
-    raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 1h, 1h30m)")
+            h, mi, s, ms = (int(g) if g else 0 for g in m.groups())
+            return timedelta(hours=h, minutes=mi, seconds=s, milliseconds=ms)
+    raise ValueError(f"not a duration: {value!r} (use e.g. 200ms, 90s, 15m, 1h, 1h30m)")
 
 
-def _dec_hook(tp: type, obj: Any) -> Any:
-    if tp is timedelta:
+def _durations(info: mi.Type, value: Any, path: str) -> Any:
+    """Turn our duration syntax into timedelta wherever ``info`` expects one, so that msgspec
+    (which only knows ISO 8601 durations) then sees ready values. Other values pass through
+    for msgspec to validate."""
+    if isinstance(info, mi.TimeDeltaType) and not isinstance(value, timedelta):
         try:
-            return parse_duration(obj)
+            return parse_duration(value)
         except ValueError as exc:
-            raise msgspec.ValidationError(str(exc)) from None
-    raise NotImplementedError
+            raise ConfigError(f"{path}: {exc}") from None
+    if isinstance(info, mi.UnionType):
+        for t in info.types:
+            if isinstance(t, mi.TimeDeltaType) and isinstance(value, str | int | float):
+                return _durations(t, value, path)
+        for t in info.types:
+            if isinstance(t, mi.StructType | mi.ListType | mi.DictType):
+                return _durations(t, value, path)
+    if isinstance(info, mi.StructType) and isinstance(value, dict):
+        fields = {f.encode_name: f.type for f in info.fields}
+        return {
+            k: _durations(fields[k], v, f"{path}.{k}") if k in fields else v
+            for k, v in value.items()
+        }
+    if isinstance(info, mi.ListType) and isinstance(value, list):
+        return [_durations(info.item_type, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(info, mi.DictType) and isinstance(value, dict):
+        return {k: _durations(info.value_type, v, f"{path}.{k}") for k, v in value.items()}
+    return value
 
 
 class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
-class IdentityIssuerSettings(_Strict):
+class IdentityIssuerSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A trusted OIDC issuer whose tokens identify workloads."""
 
     name: str  # short name used in policies and in Principal.id ("github", "gitlab", "k8s")
@@ -82,12 +105,12 @@ class IdentityIssuerSettings(_Strict):
     max_token_lifetime: timedelta = timedelta(hours=24)
 
 
-class IssuerInstanceSettings(_Strict):
+class IssuerInstanceSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     type: str  # entry-point name in the ``jit_broker.issuers`` group
     config: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class ClientSettings(_Strict):
+class ClientSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """An OAuth client (a resource server) that authenticates with client credentials."""
 
     client_id: str
@@ -97,7 +120,7 @@ class ClientSettings(_Strict):
     )
 
 
-class ReaperSettings(_Strict):
+class ReaperSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     poll_interval: timedelta = timedelta(milliseconds=200)
     batch_size: int = 200
     concurrency: int = 32
@@ -109,17 +132,17 @@ class ReaperSettings(_Strict):
     retention: timedelta = timedelta(hours=24)  # how long revoked lease records stay readable
 
 
-class LimitsSettings(_Strict):
+class LimitsSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_body_bytes: int = 64 * 1024
     max_ttl: timedelta = timedelta(hours=12)  # hard ceiling whatever a policy says
 
 
-class AuditSettings(_Strict):
+class AuditSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     file: str | None = None  # JSON-lines file; None: only the Redis stream and the log
     stream_maxlen: int = 1_000_000
 
 
-class Settings(_Strict):
+class Settings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     public_url: str = "http://127.0.0.1:8200"
     host: str = "127.0.0.1"
     port: int = 8200
@@ -149,7 +172,11 @@ def settings_from_mapping(data: Any, *, source: str = "<config>") -> Settings:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
     try:
-        settings = msgspec.convert(data, Settings, dec_hook=_dec_hook, strict=False)
+        data = _durations(mi.type_info(Settings), data, "$")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc.message}") from None
+    try:
+        settings = msgspec.convert(data, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     _check(settings, source)

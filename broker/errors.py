@@ -47,9 +47,11 @@ class BrokerError(Exception):
     code: str = "internal"
     oauth_error: str = "server_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, oauth_error: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if oauth_error is not None:  # a more precise RFC 6749/8693/9396 code for this case
+            self.oauth_error = oauth_error
 
 
 class ConfigError(BrokerError):
@@ -84,7 +86,7 @@ class AuthenticationError(BrokerError):
 class PermissionDenied(BrokerError):
     status = 403
     code = "denied"
-    oauth_error = "access_denied"
+    oauth_error = "invalid_scope"  # RFC 6749 §5.2: the scope exceeds what was granted
 
     def __init__(self, message: str, reasons: Sequence[str] = ()) -> None:
         super().__init__(message)
@@ -93,7 +95,7 @@ class PermissionDenied(BrokerError):
 
 class ApprovalRequired(PermissionDenied):
     code = "approval-required"
-    oauth_error = "access_denied"
+    oauth_error = "approval_required"  # extension error code; names the grant
 
     def __init__(self, grant: str, reasons: Sequence[str] = ()) -> None:
         super().__init__(f"grant {grant!r} covers this request but requires approval", reasons)
