@@ -1,0 +1,452 @@
+"""Compile one policy document: validate it completely and precompile everything decide() needs.
+
+Owns the compiled, immutable forms (:class:`ClaimMatcher`, :class:`Workload`,
+:class:`Condition`, :class:`Grant`, :class:`PolicyDocument`, :class:`PolicySet`) and
+:func:`compile_document`, which turns one file's text into a :class:`PolicyDocument` or a list
+of :class:`~broker.errors.PolicyError` — every problem it can find, each with the file and the
+1-based line of the offending YAML node. Globs and regexes become compiled ``re`` patterns, CEL
+conditions become ``cel.Program`` objects, durations become ``timedelta``: nothing is parsed
+again when a request is decided.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal, TypeVar
+
+import cel
+import msgspec
+
+from broker.config import parse_duration
+from broker.errors import PolicyError
+from broker.policy.model import (
+    CEL_VARIABLES,
+    DEFAULT_TTL_CAP,
+    ClaimPattern,
+    DocumentSpec,
+    GrantSpec,
+    WorkloadSpec,
+)
+from broker.policy.source import ParsedYaml, YamlPath, parse_yaml, show_path
+
+__all__ = [
+    "ClaimMatcher",
+    "CompileOptions",
+    "Condition",
+    "Grant",
+    "PolicyDocument",
+    "PolicySet",
+    "Workload",
+    "claim_text",
+    "compile_document",
+]
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+# Names bound by CEL comprehension macros: ``list.exists(x, ...)`` binds ``x``.
+_MACRO_BINDING = re.compile(
+    r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,"
+)
+_MSGSPEC_AT = re.compile(r"^(?P<message>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
+_MSGSPEC_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<field>[^`]*)`$")
+_MISSING_FIELD = re.compile(r"^Object missing required field `(?P<field>[^`]*)`$")
+_GLOB_CHARS = frozenset("*?[")
+
+
+def claim_text(value: object) -> str | None:
+    """The text a claim matcher compares: strings as they are, integers in decimal, booleans
+    as ``true``/``false``. Anything else (lists, objects, floats, null) has no text and
+    matches nothing."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimMatcher:
+    """One compiled claim matcher. ``shown`` is how the policy wrote it (for explain)."""
+
+    claim: str
+    kind: Literal["exact", "glob", "regex", "one_of"]
+    shown: str
+    values: frozenset[str] = frozenset()  # exact and one_of
+    pattern: re.Pattern[str] | None = None  # glob and regex, matched against the whole value
+
+    def matches(self, text: str) -> bool:
+        if self.pattern is not None:
+            return self.pattern.fullmatch(text) is not None
+        return text in self.values
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A trusted workload: principals of this identity issuer whose claims all match."""
+
+    issuer: str
+    matchers: tuple[ClaimMatcher, ...]
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A compiled ``when`` expression and the CEL variables it reads."""
+
+    source: str
+    program: cel.Program
+    variables: frozenset[str]  # a subset of CEL_VARIABLES
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A compiled grant. ``id`` is ``<owner>/<name>``."""
+
+    id: str
+    owner: str
+    name: str
+    issuer: str
+    resource: str
+    resource_pattern: re.Pattern[str] | None  # None: ``resource`` is matched exactly
+    actions: frozenset[str]
+    max_ttl: timedelta
+    default_ttl: timedelta
+    approval_required: bool
+    condition: Condition | None
+    file: str
+    line: int
+
+    def matches_resource(self, resource: str) -> bool:
+        """The requested resource is inside this grant's resource.
+
+        A requested resource holding ``*`` or ``[`` is matched only by an identical grant
+        resource: a wildcard in a request is never taken to be inside a narrower pattern."""
+        if self.resource_pattern is None or "*" in resource or "[" in resource:
+            return resource == self.resource
+        return self.resource_pattern.fullmatch(resource) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDocument:
+    """One compiled policy document (one file)."""
+
+    owner: str
+    description: str
+    file: str
+    workloads: tuple[Workload, ...]
+    permissions: frozenset[str]
+    grants: tuple[Grant, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """Every compiled document of a policy directory, in sorted file order.
+
+    ``version`` is a short sha256 over the sorted file names and contents: two brokers with
+    the same files report the same version. ``files`` are the files read, as shown in errors.
+    """
+
+    version: str
+    documents: tuple[PolicyDocument, ...]
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CompileOptions:
+    """What the configuration knows, to check names against (None: not checked).
+
+    ``known_claims``: identity-issuer name → the claim names its preset produces (None: any).
+    ``issuers``: the configured issuer instance names.
+    """
+
+    known_claims: Mapping[str, Collection[str] | None] | None = None
+    issuers: Collection[str] | None = None
+
+
+def compile_document(
+    text: str, *, file: str, options: CompileOptions
+) -> tuple[PolicyDocument | None, list[PolicyError]]:
+    """Compile one file. Returns the document, or None and every problem found."""
+    try:
+        source = parse_yaml(text, file=file)
+    except PolicyError as exc:
+        return None, [exc]
+    compiler = _Compiler(source, file, options)
+    document = compiler.document()
+    if compiler.errors:
+        return None, compiler.errors
+    return document, []
+
+
+class _Compiler:
+    def __init__(self, source: ParsedYaml, file: str, options: CompileOptions) -> None:
+        self.source = source
+        self.file = file
+        self.options = options
+        self.errors: list[PolicyError] = []
+
+    def error(self, path: YamlPath, reason: str) -> None:
+        self.errors.append(PolicyError(reason, file=self.file, line=self.source.line_of(path)))
+
+    # -- structure --------------------------------------------------------------------------
+
+    def convert(self, value: Any, tp: type[S], path: YamlPath) -> S | None:
+        """msgspec-validate ``value`` as ``tp``; on failure record the error at the line of
+        the node msgspec names (its ``$.grants[0].actions`` path, relative to ``path``)."""
+        try:
+            return msgspec.convert(value, tp, strict=True)
+        except msgspec.ValidationError as exc:
+            self._validation_error(str(exc), tp, path)
+            return None
+
+    def _validation_error(self, text: str, tp: type[msgspec.Struct], base: YamlPath) -> None:
+        m = _MSGSPEC_AT.match(text)
+        assert m is not None  # the pattern matches any text
+        message, where = m.group("message"), m.group("path") or "$"
+        path: YamlPath = base
+        for step in _MSGSPEC_STEP.finditer(where):
+            name, index = step.groups()
+            path = (*path, int(index)) if index is not None else (*path, name)
+        if unknown := _UNKNOWN_FIELD.match(message):
+            field = unknown.group("field")
+            # Every struct converts its nested entries separately, so an unknown key is
+            # always one of ``tp``'s own.
+            allowed = ", ".join(sorted(f.encode_name for f in msgspec.structs.fields(tp)))
+            self.error(
+                (*path, field), f"{show_path((*path, field))}: unknown key (allowed: {allowed})"
+            )
+        elif missing := _MISSING_FIELD.match(message):
+            self.error(path, f"{show_path(path)}: missing required key {missing.group('field')!r}")
+        elif not path and message.startswith("Expected `object`"):
+            self.error(path, "a policy document is a mapping: owner, workloads, grants, ...")
+        else:
+            self.error(path, f"{show_path(path)}: {message}")
+
+    # -- document ---------------------------------------------------------------------------
+
+    def document(self) -> PolicyDocument | None:
+        spec = self.convert(self.source.value, DocumentSpec, ())
+        if spec is None:
+            return None
+        if not spec.grants and not spec.permissions:
+            self.error((), "the document grants nothing: add grants or permissions")
+        workloads = [
+            w
+            for i, raw in enumerate(spec.workloads)
+            if (w := self.workload(raw, ("workloads", i))) is not None
+        ]
+        grants: list[Grant] = []
+        seen: dict[str, int] = {}
+        for i, raw in enumerate(spec.grants):
+            path: YamlPath = ("grants", i)
+            # Names are checked on the raw entry, so a duplicate is reported even when the
+            # entry has other problems.
+            name = raw.get("name") if isinstance(raw, dict) else None
+            if isinstance(name, str):
+                if name in seen:
+                    self.error(
+                        (*path, "name"),
+                        f"duplicate grant name {name!r} (first at line {seen[name]})",
+                    )
+                else:
+                    seen[name] = self.source.line_of((*path, "name"))
+            grant = self.grant(spec.owner, raw, path)
+            if grant is not None:
+                grants.append(grant)
+        return PolicyDocument(
+            owner=spec.owner,
+            description=spec.description,
+            file=self.file,
+            workloads=tuple(workloads),
+            permissions=frozenset(spec.permissions),
+            grants=tuple(grants),
+        )
+
+    # -- workloads --------------------------------------------------------------------------
+
+    def workload(self, raw: Any, path: YamlPath) -> Workload | None:
+        spec = self.convert(raw, WorkloadSpec, path)
+        if spec is None:
+            return None
+        known = self.options.known_claims
+        allowed: Collection[str] | None = None
+        if known is not None:
+            if spec.issuer not in known:
+                configured = ", ".join(sorted(known)) or "none"
+                self.error(
+                    (*path, "issuer"),
+                    f"unknown identity issuer {spec.issuer!r} (configured: {configured})",
+                )
+                return None
+            allowed = known[spec.issuer]
+        matchers: list[ClaimMatcher] = []
+        for name, value in spec.claims.items():
+            claim_path = (*path, "claims", name)
+            if allowed is not None and name not in allowed:
+                hint = difflib.get_close_matches(name, sorted(allowed), n=1)
+                did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+                self.error(
+                    claim_path,
+                    f"identity issuer {spec.issuer!r} has no claim {name!r}{did_you_mean}",
+                )
+                continue
+            matcher = self.matcher(name, value, claim_path)
+            if matcher is not None:
+                matchers.append(matcher)
+        return Workload(
+            issuer=spec.issuer, matchers=tuple(matchers), line=self.source.line_of(path)
+        )
+
+    def matcher(self, claim: str, raw: Any, path: YamlPath) -> ClaimMatcher | None:
+        if isinstance(raw, dict):
+            spec = self.convert(raw, ClaimPattern, path)
+            if spec is None:
+                return None
+            return self.pattern_matcher(claim, spec, path)
+        text = claim_text(raw)
+        if text is None:
+            self.error(
+                path,
+                f"{show_path(path)}: expected a string, an integer, a boolean or one of "
+                "{glob: ...}, {regex: ...}, {one_of: [...]}",
+            )
+            return None
+        return ClaimMatcher(claim, "exact", repr(text), values=frozenset({text}))
+
+    def pattern_matcher(
+        self, claim: str, spec: ClaimPattern, path: YamlPath
+    ) -> ClaimMatcher | None:
+        given = [k for k in ("glob", "regex", "one_of") if getattr(spec, k) is not None]
+        if len(given) != 1:
+            self.error(path, f"{show_path(path)}: give exactly one of glob, regex, one_of")
+            return None
+        if spec.glob is not None:
+            pattern = re.compile(fnmatch.translate(spec.glob))
+            return ClaimMatcher(claim, "glob", f"glob {spec.glob!r}", pattern=pattern)
+        if spec.regex is not None:
+            regex_path = (*path, "regex")
+            if not _anchored(spec.regex):
+                self.error(regex_path, f"regex {spec.regex!r} must be anchored: ^...$")
+                return None
+            try:
+                compiled = re.compile(spec.regex)
+            except re.error as exc:
+                self.error(regex_path, f"invalid regex {spec.regex!r}: {exc}")
+                return None
+            return ClaimMatcher(claim, "regex", f"regex {spec.regex!r}", pattern=compiled)
+        assert spec.one_of is not None
+        if not spec.one_of:
+            self.error((*path, "one_of"), "one_of needs at least one value")
+            return None
+        values = frozenset(t for v in spec.one_of if (t := claim_text(v)) is not None)
+        return ClaimMatcher(claim, "one_of", f"one of {sorted(values)}", values=values)
+
+    # -- grants -----------------------------------------------------------------------------
+
+    def grant(self, owner: str, raw: Any, path: YamlPath) -> Grant | None:
+        spec = self.convert(raw, GrantSpec, path)
+        if spec is None:
+            return None
+        ok = True
+        issuers = self.options.issuers
+        if issuers is not None and spec.issuer not in issuers:
+            configured = ", ".join(sorted(issuers)) or "none"
+            self.error(
+                (*path, "issuer"), f"unknown issuer {spec.issuer!r} (configured: {configured})"
+            )
+            ok = False
+        max_ttl = self.duration(spec.max_ttl, (*path, "max_ttl"))
+        default_ttl: timedelta | None = None
+        if max_ttl is not None and spec.default_ttl is None:
+            default_ttl = min(max_ttl, timedelta(seconds=DEFAULT_TTL_CAP))
+        elif spec.default_ttl is not None:
+            default_ttl = self.duration(spec.default_ttl, (*path, "default_ttl"))
+            if default_ttl is not None and max_ttl is not None and default_ttl > max_ttl:
+                self.error(
+                    (*path, "default_ttl"),
+                    f"default_ttl {spec.default_ttl} is longer than max_ttl {spec.max_ttl}",
+                )
+                ok = False
+        condition: Condition | None = None
+        if spec.when is not None:
+            condition = self.condition(spec.when, (*path, "when"))
+            ok = ok and condition is not None
+        pattern = None
+        if _GLOB_CHARS & set(spec.resource):
+            pattern = re.compile(fnmatch.translate(spec.resource))
+        if not ok or max_ttl is None or default_ttl is None:
+            return None
+        return Grant(
+            id=f"{owner}/{spec.name}",
+            owner=owner,
+            name=spec.name,
+            issuer=spec.issuer,
+            resource=spec.resource,
+            resource_pattern=pattern,
+            actions=frozenset(spec.actions),
+            max_ttl=max_ttl,
+            default_ttl=default_ttl,
+            approval_required=spec.approval == "required",
+            condition=condition,
+            file=self.file,
+            line=self.source.line_of(path),
+        )
+
+    def duration(self, raw: str | int, path: YamlPath) -> timedelta | None:
+        name = str(path[-1])
+        try:
+            value = parse_duration(raw)
+        except ValueError as exc:
+            self.error(path, f"{name}: {exc}")
+            return None
+        if value <= timedelta(0):
+            self.error(path, f"{name} must be longer than zero")
+            return None
+        return value
+
+    def condition(self, source: str, path: YamlPath) -> Condition | None:
+        if not source.strip():
+            self.error(path, "when: empty condition")
+            return None
+        try:
+            program = cel.compile(source)
+        except Exception as exc:  # the extension raises ValueError; any failure is a bad policy
+            self.error(path, f"when: invalid CEL: {_cel_message(exc)}")
+            return None
+        used = set(program.variables())
+        unknown = used - CEL_VARIABLES - set(_MACRO_BINDING.findall(source))
+        if unknown:
+            names = ", ".join(sorted(unknown))
+            self.error(
+                path,
+                f"when: unknown variable(s) {names} (use {', '.join(sorted(CEL_VARIABLES))})",
+            )
+            return None
+        return Condition(source, program, frozenset(used & CEL_VARIABLES))
+
+
+def _anchored(regex: str) -> bool:
+    """Starts with ``^`` and ends with an unescaped ``$``."""
+    if len(regex) < 2 or not regex.startswith("^") or not regex.endswith("$"):
+        return False
+    body = regex[:-1]
+    backslashes = len(body) - len(body.rstrip("\\"))
+    return backslashes % 2 == 0
+
+
+def _cel_message(exc: BaseException) -> str:
+    """The compiler's message on one line, without the echoed source and caret."""
+    text = str(exc)
+    found = re.search(r"ERROR: <input>:(\d+):(\d+): ([^\n]*)", text)
+    if found:
+        line, column, message = found.groups()
+        return f"{message} (line {line} column {column} of the expression)"
+    return " ".join(text.split())[:300]
