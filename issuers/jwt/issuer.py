@@ -1,0 +1,323 @@
+"""The reference issuer: short-lived JWT access tokens (RFC 9068) signed by the broker.
+
+Owns the ``jwt`` issuer type: its configuration, the tokens it mints, how it recognises them for
+introspection, and the public keys it publishes. Keys live in :mod:`issuers.jwt.keys`.
+
+- A token is a JWS with header ``alg`` (``EdDSA`` or ``ES256``), ``kid`` and ``typ: at+jwt``,
+  and the claims ``iss sub aud iat nbf exp jti task_id scope client_id authorization_details``
+  (RFC 9396). ``jti`` is the lease id and ``exp`` is ``not_after`` rounded down to the second,
+  so a token never outlives its lease.
+- Revocation is enforced by the broker's lease state at introspection (ADR 0003): ``revoke()``
+  has nothing to call. The token itself stays cryptographically valid until ``exp``, so a
+  resource server that needs revocation to bite must introspect; everyone else relies on short
+  TTLs.
+- ``EdDSA`` is signed and verified on purpose although RFC 9864 deprecates the name (ADR 0002);
+  joserfc's warning about it is skipped for this issuer's own registry only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+from joserfc import jwt
+from joserfc.jwa import JWSAlgModel
+from joserfc.jwk import ECKey, GuestProtocol, OKPKey
+from joserfc.jws import JWSRegistry
+
+from broker.errors import ConfigError, IssuerUnavailable, ScopeNotSupported
+from broker.issuer import Capabilities, IssuerContext
+from broker.types import Credential, Lease, MintRequest, Scope, Secret
+from issuers.jwt.keys import KeyRing
+
+__all__ = ["JWTConfig", "JWTIssuer", "parse_duration"]
+
+log = logging.getLogger("jit.issuers.jwt")
+
+AT_JWT_TYP: Final = "at+jwt"  # RFC 9068 §2.1
+#: Longer strings are never one of our tokens; refuse them before any parsing.
+MAX_TOKEN_LENGTH: Final = 16 * 1024
+_MAX_URI_LENGTH: Final = 2048
+
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
+
+
+class JWTConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ``config`` of a ``jwt`` issuer instance. Unknown keys are errors."""
+
+    algorithm: Literal["EdDSA", "ES256"] = "EdDSA"
+    keys_dir: str | None = None  # directory of PEM private keys; may be omitted only in dev
+    issuer: str | None = None  # the ``iss`` claim; default: the broker's public URL
+    max_ttl: str | int | float = "1h"
+    default_ttl: str | int | float = "15m"
+
+
+def parse_duration(value: object) -> timedelta:
+    """``"90s"``, ``"15m"``, ``"1h"``, ``"1h30m"``, ``"200ms"`` or a number of seconds.
+
+    Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"negative duration: {value!r}")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return timedelta(seconds=int(text))
+        m = _DURATION.match(text)
+        if text and m and any(m.groups()):
+            h, mi, s, ms = (int(g) if g else 0 for g in m.groups())
+            return timedelta(hours=h, minutes=mi, seconds=s, milliseconds=ms)
+    raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 1h, 1h30m or seconds)")
+
+
+class _Registry(JWSRegistry):
+    """The JWS registry of one issuer: exactly its configured algorithm.
+
+    joserfc warns (RFC 9864) every time ``EdDSA`` is looked up. We use that name on purpose
+    (ADR 0002), so this registry looks it up without the warning — for this allow-listed
+    algorithm only, and without touching the process-wide warning filters (which
+    ``warnings.catch_warnings`` would swap on every token, and which are not thread-safe)."""
+
+    def __init__(self, algorithm: str) -> None:
+        super().__init__(algorithms=[algorithm])
+        self.algorithm = algorithm
+
+    def get_alg(self, name: str) -> JWSAlgModel:
+        if name == "EdDSA" and name == self.algorithm:
+            return self.algorithms[name]
+        return super().get_alg(name)
+
+
+class _UnknownKey(ValueError):
+    """The token names a key that is not in the ring."""
+
+
+def _config_error(name: str, message: str) -> ConfigError:
+    return ConfigError(f"jwt issuer {name!r}: {message}")
+
+
+def _duration(name: str, key: str, value: object) -> timedelta:
+    try:
+        d = parse_duration(value)
+    except ValueError as exc:
+        raise _config_error(name, f"{key}: {exc}") from None
+    if d < timedelta(seconds=1):
+        raise _config_error(name, f"{key}: must be at least 1s, got {value!r}")
+    return d
+
+
+def _is_absolute_uri(value: str) -> bool:
+    """An absolute URI without a fragment (RFC 3986 §4.3, as RFC 8707 asks of resources)."""
+    if not value or len(value) > _MAX_URI_LENGTH:
+        return False
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return False
+    scheme, sep, rest = value.partition(":")
+    if not sep or not rest or not _SCHEME.match(scheme):
+        return False
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    if parts.fragment or "#" in value:
+        return False
+    if scheme.lower() in ("http", "https"):
+        return bool(parts.hostname)
+    return True
+
+
+def _check_action(action: object) -> None:
+    if not isinstance(action, str) or not action:
+        raise ScopeNotSupported("every action must be a non-empty string")
+    if any(c.isspace() or not c.isprintable() or c in '"\\' for c in action):
+        raise ScopeNotSupported(
+            f"action {action!r} cannot be a scope token (no spaces, quotes or backslashes)"
+        )
+
+
+class JWTIssuer:
+    """Mints broker-signed JWT access tokens. Implements ``Issuer``, ``PublishesKeys`` and
+    ``Introspectable``.
+
+    Raises ConfigError at construction for invalid config, a missing or empty ``keys_dir``
+    (outside development mode), or an unusable key file."""
+
+    def __init__(self, context: IssuerContext) -> None:
+        self.name: str = context.name
+        self._clock = context.clock
+        try:
+            config = msgspec.convert(context.config, JWTConfig, strict=True)
+        except msgspec.ValidationError as exc:
+            raise _config_error(self.name, str(exc)) from None
+        self.config = config
+        max_ttl = _duration(self.name, "max_ttl", config.max_ttl)
+        default_ttl = _duration(self.name, "default_ttl", config.default_ttl)
+        if default_ttl > max_ttl:
+            raise _config_error(self.name, "default_ttl must not exceed max_ttl")
+        self.capabilities: Capabilities = Capabilities(
+            max_ttl=max_ttl, default_ttl=default_ttl, revocable=True, renewable=False
+        )
+        issuer = config.issuer if config.issuer is not None else context.broker_url
+        if not issuer:
+            raise _config_error(self.name, "issuer: must not be empty")
+        self.issuer: str = issuer
+        self.algorithm: str = config.algorithm
+        if config.keys_dir is not None:
+            if not config.keys_dir:
+                raise _config_error(self.name, "keys_dir: must not be empty")
+            try:
+                self._ring = KeyRing.load(
+                    Path(config.keys_dir), algorithm=self.algorithm, clock=self._clock
+                )
+            except ConfigError as exc:
+                raise _config_error(self.name, f"keys_dir: {exc.message}") from None
+        elif context.dev:
+            self._ring = KeyRing.generate(self.algorithm, clock=self._clock)
+            log.warning(
+                "jwt issuer %r: development mode, signing with an in-memory key (kid %s) that "
+                "is lost on restart",
+                self.name,
+                self._ring.signing.kid,
+            )
+        else:
+            raise _config_error(
+                self.name,
+                "keys_dir: required (create a key with `jit keys rotate --dir /etc/jit/keys "
+                f"--algorithm {self.algorithm}` and set keys_dir to that directory)",
+            )
+        self._registry = _Registry(self.algorithm)
+
+    def __repr__(self) -> str:
+        return f"JWTIssuer(name={self.name!r}, algorithm={self.algorithm!r}, ring={self._ring!r})"
+
+    @property
+    def ring(self) -> KeyRing:
+        """The keys this issuer signs and verifies with."""
+        return self._ring
+
+    # -- Issuer ----------------------------------------------------------------------------
+
+    def check_scope(self, requested: Scope) -> None:
+        """The resource must be an absolute URI (it becomes ``aud``) and there must be at least
+        one action, each usable as an OAuth scope token."""
+        if requested.issuer != self.name:
+            raise ScopeNotSupported(f"scope is for issuer {requested.issuer!r}, not {self.name!r}")
+        if not _is_absolute_uri(requested.resource):
+            raise ScopeNotSupported(
+                "resource must be an absolute URI without a fragment, such as "
+                "https://api.example.com (it becomes the token's aud)"
+            )
+        if not requested.actions:
+            raise ScopeNotSupported("at least one action is required")
+        for action in requested.actions:
+            _check_action(action)
+
+    async def mint(self, request: MintRequest) -> Credential:
+        """A signed access token for ``request.scope`` that expires at ``request.not_after``
+        (rounded down to the second)."""
+        scope = request.scope
+        self.check_scope(scope)
+        self._ring.refresh()
+        key = self._ring.signing
+        iat = int(request.issued_at.timestamp())
+        exp = int(request.not_after.timestamp())  # floor: never later than not_after
+        actions = list(scope.actions)
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": request.principal.id,
+            "aud": scope.resource,
+            "iat": iat,
+            "nbf": iat,
+            "exp": exp,
+            "jti": request.lease_id,
+            "task_id": request.task_id,
+            "scope": " ".join(actions),
+            "client_id": request.principal.id,
+            "authorization_details": [
+                {"type": scope.issuer, "locations": [scope.resource], "actions": actions}
+            ],
+        }
+        header = {"alg": key.algorithm, "kid": key.kid, "typ": AT_JWT_TYP}
+        try:
+            token = jwt.encode(header, claims, key.private, registry=self._registry)
+        except Exception as exc:  # signing in-process failed: report it without any detail
+            raise IssuerUnavailable(
+                f"jwt issuer {self.name!r} could not sign ({exc.__class__.__name__})"
+            ) from None
+        return Credential(
+            secret=Secret(token),
+            expires_at=datetime.fromtimestamp(exp, UTC),
+            handle={"jti": request.lease_id, "kid": key.kid},
+            metadata={"kid": key.kid},
+        )
+
+    async def revoke(self, lease: Lease) -> None:
+        """Nothing to call: the broker marks the lease revoked and introspection then reports
+        the token inactive. Idempotent; any lease (unknown, expired, empty handle) is fine.
+
+        The JWT itself stays cryptographically valid until its ``exp``: resource servers that
+        must honour revocation introspect it (or rely on short TTLs)."""
+        log.debug(
+            "jwt issuer %r: lease %s revoked (enforced at introspection)", self.name, lease.id
+        )
+
+    async def check_health(self) -> None:
+        """Healthy while the ring has a signing key and the keys directory is usable."""
+        self._ring.refresh()
+        if self._ring.error is not None:
+            raise IssuerUnavailable(
+                f"jwt issuer {self.name!r}: keys directory unusable, still signing with "
+                f"{self._ring.signing.kid}: {self._ring.error}"
+            )
+
+    async def aclose(self) -> None:
+        """Nothing to release: keys are in memory and no connection is held."""
+
+    # -- PublishesKeys ---------------------------------------------------------------------
+
+    def jwks(self) -> dict[str, Any]:
+        """The public JWK (kid, alg, use "sig") of every key in the ring."""
+        self._ring.refresh()
+        return self._ring.jwks()
+
+    # -- Introspectable --------------------------------------------------------------------
+
+    def identify(self, token: str, now: datetime) -> str | None:
+        """The lease id (``jti``) of ``token`` if one of this ring's keys signed it with the
+        configured algorithm, ``typ`` is ``at+jwt``, ``iss`` is ours and ``exp`` is after
+        ``now``; otherwise None. Never raises for malformed input."""
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
+            return None
+        try:
+            self._ring.refresh()
+            decoded = jwt.decode(token, self._verification_key, registry=self._registry)
+        except Exception:  # garbage, a bad signature, an unknown kid or algorithm: not ours
+            return None
+        if decoded.header.get("typ") != AT_JWT_TYP:
+            return None
+        claims = decoded.claims
+        exp = claims.get("exp")
+        jti = claims.get("jti")
+        if claims.get("iss") != self.issuer:
+            return None
+        if not isinstance(exp, int) or isinstance(exp, bool) or exp <= now.timestamp():
+            return None
+        if not isinstance(jti, str) or not jti:
+            return None
+        return jti
+
+    def _verification_key(self, obj: GuestProtocol) -> OKPKey | ECKey:
+        kid = obj.headers().get("kid")
+        key = self._ring.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise _UnknownKey("unknown kid")
+        return key.public
