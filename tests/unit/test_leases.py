@@ -1,0 +1,345 @@
+"""The lease manager and reaper on fakeredis with a FakeIssuer and a FakeClock: write-ahead
+issuance, every revocation trigger, retries that never give up, ownership, crash recovery."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from broker.errors import Conflict, InvalidRequest, IssuerError, IssuerUnavailable, NotFound
+from broker.testing import FakeClock
+from broker.types import Credential, LeaseState, MintRequest, Secret, Task
+from tests.leasekit import ALICE, BOB, SCOPE, SETTINGS, Kit, make_kit
+
+
+@pytest.fixture
+async def kit(fake_redis: aioredis.Redis, clock: FakeClock) -> Kit:
+    return make_kit(fake_redis, "jit", clock)
+
+
+async def test_issue_writes_an_active_lease_with_the_handle_and_a_due_entry(kit: Kit) -> None:
+    lease, cred = await kit.issue(ttl=120)
+    assert lease.state is LeaseState.ACTIVE
+    assert lease.handle == {"name": f"fake_{lease.id}"}
+    stored = await kit.manager.get(lease.id)
+    assert stored == lease
+    assert (await kit.due())[lease.id] == lease.not_after.timestamp() * 1000
+    assert kit.issuer.is_valid(cred.secret)
+    [minted] = kit.events("lease.minted")
+    assert minted.lease_id == lease.id
+    assert minted.detail["ttl_seconds"] == 120
+
+
+async def test_the_lease_exists_in_state_minting_before_the_issuer_is_called(kit: Kit) -> None:
+    seen: list[tuple[LeaseState, float | None]] = []
+    original = kit.issuer.mint
+
+    async def spying_mint(request: MintRequest) -> Credential:
+        rec = await kit.store.load(request.lease_id)
+        assert rec is not None
+        seen.append((rec.lease.state, (await kit.due()).get(request.lease_id)))
+        return await original(request)
+
+    kit.issuer.mint = spying_mint  # type: ignore[method-assign]
+    lease, _ = await kit.issue(ttl=600)
+    grace_ms = (lease.issued_at + SETTINGS.mint_grace).timestamp() * 1000
+    assert seen == [(LeaseState.MINTING, grace_ms)]
+
+
+async def test_no_secret_is_written_to_redis(kit: Kit) -> None:
+    _, cred = await kit.issue()
+    secret = cred.secret.reveal().encode()
+    for key in await kit.redis.keys("*"):
+        dump = repr(await kit.redis.dump(key))
+        assert secret not in (await kit.redis.dump(key) or b""), key
+        assert cred.secret.reveal() not in dump
+
+
+async def test_a_failed_mint_removes_what_the_issuer_created_and_marks_the_lease_failed(
+    kit: Kit,
+) -> None:
+    kit.issuer.fail_next_mint(after_create=True)
+    with pytest.raises(IssuerUnavailable):
+        await kit.issue()
+    [cred] = kit.issuer.credentials.values()
+    assert cred.revoked_at is not None  # revoked by its lease-id-derived name
+    lease = await kit.manager.get(cred.lease_id)
+    assert lease.state is LeaseState.FAILED
+    assert kit.events("lease.mint_failed")
+    assert cred.lease_id not in await kit.due()
+
+
+async def test_a_mint_that_does_not_answer_times_out_and_is_cleaned_up(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def hang(request: MintRequest) -> Credential:
+        await asyncio.sleep(3600)
+        raise AssertionError
+
+    kit.issuer.mint = hang  # type: ignore[method-assign]
+    kit.manager.settings = msgspec.structs.replace(
+        SETTINGS, issuer_timeout=timedelta(milliseconds=50)
+    )
+    with pytest.raises(IssuerUnavailable, match="did not answer in time"):
+        await kit.issue()
+    assert kit.issuer.calls_to("revoke")
+
+
+async def test_an_issuer_breaking_the_contract_is_refused_and_revoked(kit: Kit) -> None:
+    async def too_long(request: MintRequest) -> Credential:
+        return Credential(
+            secret=Secret("s3cr3t-value"),
+            expires_at=request.not_after + timedelta(hours=1),
+            handle={"name": f"fake_{request.lease_id}"},
+        )
+
+    kit.issuer.mint = too_long  # type: ignore[method-assign]
+    with pytest.raises(IssuerError, match="outlives its lease"):
+        await kit.issue()
+    assert len(kit.issuer.calls_to("revoke")) == 1
+
+
+async def test_the_broker_dying_mid_mint_leaves_nothing_alive(kit: Kit) -> None:
+    """The request is cancelled after the issuer created the credential but before the lease
+    was activated (the process died): the reaper revokes it after mint_grace, by name."""
+    release = asyncio.Event()
+    original = kit.issuer.mint
+
+    async def slow(request: MintRequest) -> Credential:
+        cred = await original(request)  # the backend has it now
+        await release.wait()
+        return cred
+
+    kit.issuer.mint = slow  # type: ignore[method-assign]
+    task = asyncio.create_task(kit.issue(ttl=3600))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [cred] = kit.issuer.credentials.values()
+    assert (await kit.manager.get(cred.lease_id)).state is LeaseState.MINTING
+    assert await kit.reaper.run_once() == 0  # not before the grace period
+    kit.clock.advance(SETTINGS.mint_grace)
+    assert await kit.reaper.run_once() == 1
+    assert cred.revoked_at is not None
+    lease = await kit.manager.get(cred.lease_id)
+    assert lease.state is LeaseState.REVOKED
+    assert lease.revoke_trigger == "mint_timeout"
+    assert await kit.due() == {}
+
+
+async def test_completing_the_task_during_a_mint_revokes_the_credential_it_returns(
+    kit: Kit,
+) -> None:
+    release = asyncio.Event()
+    original = kit.issuer.mint
+
+    async def slow(request: MintRequest) -> Credential:
+        await release.wait()
+        return await original(request)
+
+    kit.issuer.mint = slow  # type: ignore[method-assign]
+    issuing = asyncio.create_task(kit.issue("t1"))
+    await asyncio.sleep(0.01)
+    view = await kit.manager.complete_task(ALICE.id, "t1")
+    assert view.state == "completed"
+    release.set()
+    with pytest.raises(Conflict, match="was completed while the credential was minted"):
+        await issuing
+    [cred] = kit.issuer.credentials.values()
+    assert cred.revoked_at is not None
+    assert (await kit.manager.get(cred.lease_id)).state is LeaseState.REVOKED
+    assert kit.issuer.live() == []
+
+
+async def test_the_reaper_revokes_at_the_ttl_and_records_the_lag(kit: Kit) -> None:
+    lease, cred = await kit.issue(ttl=60)
+    kit.clock.advance(59)
+    assert await kit.reaper.run_once() == 0
+    kit.clock.advance(1.25)
+    assert await kit.reaper.run_once() == 1
+    assert not kit.issuer.is_valid(cred.secret)
+    got = await kit.manager.get(lease.id)
+    assert got.state is LeaseState.REVOKED
+    assert got.revoke_trigger == "ttl"
+    assert got.revoked_at == lease.not_after + timedelta(seconds=0.25)
+    [event] = kit.events("lease.revoked")
+    assert event.detail == {"trigger": "ttl", "attempts": 1, "lag_ms": 250}
+    assert kit.manager.metrics.lag_quantiles() == {0.5: 0.25, 0.9: 0.25, 0.99: 0.25}
+    assert await kit.due() == {}
+
+
+async def test_explicit_revoke_is_idempotent_and_owner_only(kit: Kit) -> None:
+    lease, cred = await kit.issue()
+    with pytest.raises(NotFound):
+        await kit.manager.revoke(lease.id, "explicit", owner=BOB.id)
+    assert kit.issuer.is_valid(cred.secret)
+    first = await kit.manager.revoke(lease.id, "explicit", owner=ALICE.id)
+    second = await kit.manager.revoke(lease.id, "explicit", owner=ALICE.id)
+    assert first.state is second.state is LeaseState.REVOKED
+    assert first.revoked_at == second.revoked_at
+    assert len(kit.issuer.calls_to("revoke")) == 1
+    assert not kit.issuer.is_valid(cred.secret)
+
+
+@pytest.mark.parametrize("bad", ["", "nope", "0" * 16, "../x", "g" * 16 + "." + "0" * 32])
+async def test_a_malformed_lease_id_is_not_found(kit: Kit, bad: str) -> None:
+    with pytest.raises(NotFound):
+        await kit.manager.get(bad)
+
+
+async def test_revocation_failures_retry_with_backoff_forever_and_flag_overdue(kit: Kit) -> None:
+    lease, cred = await kit.issue(ttl=10)
+    kit.issuer.fail_next_revoke(5)
+    got = await kit.manager.revoke(lease.id, "explicit")
+    assert got.state is LeaseState.REVOKING
+    assert got.attempts == 1
+    assert got.last_error == "IssuerUnavailable: fake issuer: scripted revoke failure"
+    for _ in range(4):  # the reaper keeps trying after each backoff
+        kit.clock.advance(SETTINGS.backoff_cap)
+        assert await kit.reaper.run_once() == 1
+    got = await kit.manager.get(lease.id)
+    assert got.attempts == 5
+    assert got.overdue
+    assert got.revoke_trigger == "explicit"
+    assert [le.id for le in await kit.manager.overdue()] == [lease.id]
+    assert len(kit.events("lease.overdue")) == 1  # raised once, not per attempt
+    assert len(kit.events("lease.revoke_failed")) == 5
+    assert kit.issuer.is_valid(cred.secret) or kit.clock.now() >= lease.not_after
+    kit.clock.advance(SETTINGS.backoff_cap)
+    assert await kit.reaper.run_once() == 1
+    got = await kit.manager.get(lease.id)
+    assert got.state is LeaseState.REVOKED
+    assert await kit.manager.overdue() == []
+    assert await kit.due() == {}
+
+
+async def test_a_backoff_is_respected(kit: Kit) -> None:
+    lease, _ = await kit.issue()
+    kit.issuer.fail_next_revoke()
+    await kit.manager.revoke(lease.id, "explicit")
+    retry_at = (await kit.due())[lease.id] / 1000
+    delay = retry_at - kit.clock.now().timestamp()
+    assert 0.5 <= delay <= 1.0  # first step of base 1s with equal jitter
+    assert await kit.reaper.run_once() == 0
+
+
+async def test_an_issuer_removed_from_config_keeps_its_leases_due(kit: Kit) -> None:
+    lease, _ = await kit.issue()
+    kit.manager.issuers = {}
+    got = await kit.manager.revoke(lease.id, "explicit")
+    assert got.state is LeaseState.REVOKING
+    assert got.last_error == "IssuerError: issuer 'fake' is not configured"
+    assert lease.id in await kit.due()
+
+
+async def test_completing_a_task_revokes_all_its_leases_and_closes_it(kit: Kit) -> None:
+    a, _ = await kit.issue("t1")
+    b, _ = await kit.issue("t1")
+    _, other_cred = await kit.issue("t2")
+    view = await kit.manager.complete_task(ALICE.id, "t1")
+    assert view.state == "completed"
+    assert view.completed_at == kit.clock.now()
+    assert {le.id: le.state for le in view.leases} == {
+        a.id: LeaseState.REVOKED,
+        b.id: LeaseState.REVOKED,
+    }
+    assert {le.revoke_trigger for le in view.leases} == {"task_completed"}
+    assert kit.issuer.is_valid(other_cred.secret)
+    with pytest.raises(Conflict, match="task 't1' is completed"):
+        await kit.issue("t1")
+    again = await kit.manager.complete_task(ALICE.id, "t1")  # idempotent
+    assert again.completed_at == view.completed_at
+    assert len(kit.issuer.calls_to("revoke")) == 2
+
+
+async def test_tasks_belong_to_their_owner(kit: Kit) -> None:
+    mine, _ = await kit.issue("shared-name", who=ALICE)
+    with pytest.raises(NotFound):
+        await kit.manager.complete_task(BOB.id, "shared-name")
+    with pytest.raises(NotFound):
+        await kit.manager.get_task(BOB.id, "shared-name")
+    theirs, _ = await kit.issue("shared-name", who=BOB)  # a different task of the same name
+    await kit.manager.complete_task(BOB.id, "shared-name")
+    assert (await kit.manager.get(mine.id)).state is LeaseState.ACTIVE
+    assert (await kit.manager.get(theirs.id)).state is LeaseState.REVOKED
+
+
+async def test_unknown_task_and_bad_task_ids(kit: Kit) -> None:
+    with pytest.raises(NotFound):
+        await kit.manager.complete_task(ALICE.id, "never-started")
+    for bad in ["", "has space", "x" * 129, "tab\t"]:
+        with pytest.raises(InvalidRequest):
+            await kit.manager.issue(ALICE, Task(bad), SCOPE, timedelta(minutes=1))
+
+
+async def test_listing_shows_live_leases_and_on_request_the_finished_ones(kit: Kit) -> None:
+    a, _ = await kit.issue("t1")
+    kit.clock.advance(1)
+    b, _ = await kit.issue("t2")
+    await kit.issue("t3", who=BOB)
+    await kit.manager.revoke(a.id, "explicit")
+    assert [le.id for le in await kit.manager.list(ALICE.id)] == [b.id]
+    every = await kit.manager.list(ALICE.id, include_inactive=True)
+    assert [le.id for le in every] == [b.id, a.id]
+
+
+async def test_revoking_a_workload_revokes_only_its_live_leases(kit: Kit) -> None:
+    for t in ("t1", "t2", "t3"):
+        await kit.issue(t)
+    _, bob_cred = await kit.issue("t1", who=BOB)
+    assert await kit.manager.revoke_workload(ALICE.id) == 3
+    assert await kit.manager.list(ALICE.id) == []
+    assert kit.issuer.is_valid(bob_cred.secret)
+    assert await kit.manager.revoke_workload(ALICE.id) == 0
+
+
+async def test_a_replica_that_dies_holding_a_claim_leaves_the_lease_to_another(kit: Kit) -> None:
+    lease, cred = await kit.issue(ttl=5)
+    kit.clock.advance(5)
+    # Replica A claims and dies before revoking.
+    now_ms = int(kit.clock.now().timestamp() * 1000)
+    claimed = await kit.store.claim_due(now_ms=now_ms, until_ms=now_ms + 30_000, limit=10)
+    assert claimed == [lease.id]
+    b = kit.replica("replica-b")
+    assert await b.run_once() == 0  # invisible while A's claim holds
+    backend = kit.issuer.find(cred.secret)
+    assert backend is not None
+    assert backend.revoked_at is None
+    kit.clock.advance(SETTINGS.visibility_timeout)
+    assert await b.run_once() == 1
+    assert backend.revoked_at is not None
+    assert (await kit.manager.get(lease.id)).state is LeaseState.REVOKED
+
+
+async def test_a_revocation_lock_left_by_a_dead_replica_expires(kit: Kit) -> None:
+    lease, _ = await kit.issue(ttl=5)
+    now_ms = int(kit.clock.now().timestamp() * 1000)
+    status, _ = await kit.store.begin_revoke(
+        lease.id, me="dead", now_ms=now_ms, lock_until_ms=now_ms + 30_000, trigger="explicit"
+    )
+    assert status == "ok"
+    got = await kit.manager.revoke(lease.id, "explicit")
+    assert got.state is LeaseState.REVOKING  # busy: the other replica holds it
+    assert kit.issuer.calls_to("revoke") == []
+    kit.clock.advance(SETTINGS.visibility_timeout)
+    await kit.reaper.run_once()
+    assert (await kit.manager.get(lease.id)).state is LeaseState.REVOKED
+
+
+async def test_revoked_records_expire_after_the_retention_window(kit: Kit) -> None:
+    lease, _ = await kit.issue()
+    await kit.manager.revoke(lease.id, "explicit")
+    ttl_ms = await kit.redis.pttl(kit.store.keys.lease(lease.id))
+    assert 0 < ttl_ms <= SETTINGS.retention.total_seconds() * 1000
+    live = await kit.manager.get(lease.id)
+    assert live.state is LeaseState.REVOKED
+
+
+async def test_a_live_lease_record_never_expires(kit: Kit) -> None:
+    lease, _ = await kit.issue()
+    assert await kit.redis.pttl(kit.store.keys.lease(lease.id)) == -1
