@@ -130,6 +130,7 @@ class ReaperSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=T
     backoff_cap: timedelta = timedelta(minutes=5)
     overdue_after_attempts: int = 8
     retention: timedelta = timedelta(hours=24)  # how long revoked lease records stay readable
+    issuer_timeout: timedelta = timedelta(seconds=10)  # one mint or revoke call at an issuer
 
 
 class LimitsSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -196,6 +197,16 @@ def _check(s: Settings, source: str) -> None:
                 f"{source}: identity issuer {ident.name!r}: algorithms {bad} are not allowed "
                 "(only asymmetric algorithms verify third-party tokens)"
             )
+    r = s.reaper
+    if r.batch_size < 1 or r.concurrency < 1 or r.overdue_after_attempts < 1:
+        raise ConfigError(
+            f"{source}: reaper.batch_size, concurrency and overdue_after_attempts must be >= 1"
+        )
+    if r.issuer_timeout * 2 > r.visibility_timeout:
+        raise ConfigError(
+            f"{source}: reaper.visibility_timeout must be at least twice reaper.issuer_timeout "
+            "(a claimed revocation must finish before another replica may take it over)"
+        )
     if s.limits.max_body_bytes < 1024:
         raise ConfigError(f"{source}: limits.max_body_bytes must be at least 1024")
 

@@ -143,7 +143,7 @@ class Credential(msgspec.Struct, frozen=True, kw_only=True):
 
     secret: Secret
     expires_at: datetime
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105 (an RFC 6750 token type)
     handle: dict[str, str] = msgspec.field(default_factory=dict)
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
 

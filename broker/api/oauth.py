@@ -1,0 +1,274 @@
+"""The OAuth side: RFC 8693 token exchange, RFC 7662 introspection, RFC 7009 revocation, and
+RFC 8414 metadata. Errors use the RFC 6749 §5.2 shape, not problem+json."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+
+from broker.api.auth import authenticate_caller, broker_of, request_id
+from broker.api.v1 import new_task_id, parse_ttl
+from broker.errors import (
+    ApprovalRequired,
+    AuthenticationError,
+    BrokerError,
+    InvalidRequest,
+    PermissionDenied,
+)
+from broker.types import Intent, Scope, Task
+
+__all__ = ["OAuthController", "WellKnownOAuth", "oauth_error"]
+
+GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 (an RFC 8693 URN)
+TT_JWT = "urn:ietf:params:oauth:token-type:jwt"
+TT_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105 (an RFC 8693 URN)
+TT_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 (an RFC 8693 URN)
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_MULTI = {"resource", "audience"}
+
+
+class AuthorizationDetail(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """RFC 9396 entry; ``type`` names the issuer instance."""
+
+    type: str
+    locations: list[str] = msgspec.field(default_factory=list)
+    actions: list[str] = msgspec.field(default_factory=list)
+
+
+def oauth_error(
+    error: str, description: str, status: int = 400, **extra: Any
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {"error": error, "error_description": description}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    headers = dict(NO_STORE)
+    if status == 401:
+        headers["WWW-Authenticate"] = f'Bearer error="{error}"'
+    return Response(body, status_code=status, headers=headers)
+
+
+def from_broker_error(exc: BrokerError, *, client_auth: bool = False) -> Response[dict[str, Any]]:
+    extra: dict[str, Any] = {}
+    if isinstance(exc, PermissionDenied) and exc.reasons:
+        extra["reasons"] = list(exc.reasons)
+    if isinstance(exc, ApprovalRequired):
+        extra["grant"] = exc.grant
+    if isinstance(exc, AuthenticationError):
+        # The subject token failed: invalid_grant (400). A bad caller: invalid_client (401).
+        if client_auth:
+            return oauth_error("invalid_client", exc.message, 401)
+        return oauth_error("invalid_grant", exc.message, 400)
+    status = exc.status
+    if status in (401, 403, 404, 409):
+        status = 400  # RFC 6749 §5.2: token endpoint errors are 400
+    return oauth_error(exc.oauth_error, exc.message, status, **extra)
+
+
+async def read_form(request: Request[Any, Any, State]) -> dict[str, str]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/x-www-form-urlencoded":
+        raise InvalidRequest("the body must be application/x-www-form-urlencoded")
+    body = await request.body()
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("malformed form body") from None
+    form: dict[str, str] = {}
+    for key, value in pairs:
+        if key in form:
+            if key in _MULTI:
+                raise _target_error(f"one {key} per request")
+            raise InvalidRequest(f"parameter {key!r} given more than once")
+        form[key] = value
+    return form
+
+
+def _target_error(message: str) -> BrokerError:
+    return InvalidRequest(message, oauth_error="invalid_target")
+
+
+def intent_from_form(form: dict[str, str], default_issuer: str | None) -> Intent:
+    if form.get("grant_type") != GRANT_TOKEN_EXCHANGE:
+        raise InvalidRequest(
+            f"grant_type must be {GRANT_TOKEN_EXCHANGE}", oauth_error="unsupported_grant_type"
+        )
+    if not form.get("subject_token"):
+        raise InvalidRequest("subject_token is required")
+    if form.get("subject_token_type") not in (TT_JWT, TT_ID_TOKEN):
+        raise InvalidRequest(f"subject_token_type must be {TT_JWT} or {TT_ID_TOKEN}")
+    if form.get("requested_token_type") not in (None, TT_ACCESS_TOKEN, TT_JWT):
+        raise _target_error("requested_token_type must be access_token or jwt")
+    if "actor_token" in form:
+        raise InvalidRequest("actor_token (delegation) is not supported")
+
+    issuer = form.get("issuer") or default_issuer
+    resource = form.get("resource") or form.get("audience")
+    if form.get("resource") and form.get("audience") and form["resource"] != form["audience"]:
+        raise _target_error("resource and audience name different targets")
+    actions = form.get("scope", "").split()
+    if "authorization_details" in form:
+        try:
+            details = msgspec.json.decode(
+                form["authorization_details"].encode(), type=list[AuthorizationDetail]
+            )
+        except msgspec.DecodeError as exc:
+            raise InvalidRequest(
+                f"authorization_details: {exc}", oauth_error="invalid_authorization_details"
+            ) from None
+        if len(details) != 1:
+            raise InvalidRequest(
+                "authorization_details must hold exactly one entry",
+                oauth_error="invalid_authorization_details",
+            )
+        d = details[0]
+        if len(d.locations) > 1:
+            raise _target_error("authorization_details: one location per request")
+        issuer = d.type
+        if d.locations:
+            if resource and resource != d.locations[0]:
+                raise _target_error("resource and authorization_details.locations differ")
+            resource = d.locations[0]
+        if d.actions:
+            if actions and set(actions) != set(d.actions):
+                raise InvalidRequest(
+                    "scope and authorization_details.actions differ", oauth_error="invalid_scope"
+                )
+            actions = d.actions
+    if not issuer:
+        raise InvalidRequest("no issuer: pass authorization_details (type = issuer) or issuer")
+    if not resource:
+        raise _target_error("resource (or audience) is required")
+    if not actions:
+        raise InvalidRequest("scope (the actions) is required", oauth_error="invalid_scope")
+    ttl_raw = form.get("ttl")
+    ttl = None
+    if ttl_raw:
+        if not ttl_raw.isdigit():
+            raise InvalidRequest("ttl must be a number of seconds")
+        ttl = parse_ttl(int(ttl_raw))
+    task_id = form.get("task_id") or new_task_id()
+    if len(task_id) > 128 or not all(c.isalnum() or c in "._:@-" for c in task_id):
+        raise InvalidRequest("task_id: 1-128 characters of A-Z a-z 0-9 . _ : @ -")
+    purpose = form.get("purpose", "")
+    if len(purpose) > 1000:
+        raise InvalidRequest("purpose: at most 1000 characters")
+    return Intent(
+        task=Task(id=task_id, purpose=purpose), scope=Scope.of(issuer, resource, actions), ttl=ttl
+    )
+
+
+class OAuthController(Controller):
+    path = "/oauth"
+    tags = ["oauth"]
+
+    @post(
+        "/token",
+        status_code=200,
+        summary="RFC 8693 token exchange: identity token → scoped credential",
+    )
+    async def token(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
+        broker = broker_of(request)
+        rid = request_id(request)
+        try:
+            form = await read_form(request)
+            intent = intent_from_form(form, "jwt" if "jwt" in broker.issuers else None)
+            principal = await broker.authenticate(form["subject_token"], request_id=rid)
+            issued = await broker.request_credential(principal, intent, request_id=rid)
+        except BrokerError as exc:
+            return from_broker_error(exc)
+        lease, cred = issued.lease, issued.credential
+        body = {
+            "access_token": cred.secret.reveal(),
+            "issued_token_type": TT_ACCESS_TOKEN,
+            "token_type": cred.token_type,
+            "expires_in": int((cred.expires_at - broker.clock.now()).total_seconds()),
+            "scope": " ".join(lease.scope.actions),
+            "authorization_details": [
+                {
+                    "type": lease.scope.issuer,
+                    "locations": [lease.scope.resource],
+                    "actions": list(lease.scope.actions),
+                }
+            ],
+            "lease_id": lease.id,
+            "task_id": lease.task_id,
+        }
+        if issued.ttl_capped_by:
+            body["ttl_capped_by"] = issued.ttl_capped_by
+        return Response(body, status_code=200, headers=NO_STORE)
+
+    @post("/introspect", status_code=200, summary="RFC 7662 token introspection")
+    async def introspect(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
+        broker = broker_of(request)
+        try:
+            form = await read_form(request)
+            principal, client = await authenticate_caller(request, form)
+        except AuthenticationError as exc:
+            return from_broker_error(exc, client_auth=True)
+        except BrokerError as exc:
+            return from_broker_error(exc)
+        if client is not None:
+            allowed, caller = "introspect" in client.permissions, f"client:{client.client_id}"
+        else:
+            assert principal is not None
+            allowed, caller = broker.may_introspect(principal), principal.id
+        if not allowed:
+            return oauth_error("unauthorized_client", "caller may not introspect tokens", 403)
+        token = form.get("token", "")
+        if not token:
+            return oauth_error("invalid_request", "token is required")
+        return Response(await broker.introspect(token, caller=caller), headers=NO_STORE)
+
+    @post("/revoke", status_code=200, summary="RFC 7009 token revocation")
+    async def revoke(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
+        broker = broker_of(request)
+        try:
+            form = await read_form(request)
+            principal, client = await authenticate_caller(request, form)
+        except AuthenticationError as exc:
+            return from_broker_error(exc, client_auth=True)
+        except BrokerError as exc:
+            return from_broker_error(exc)
+        token = form.get("token", "")
+        if not token:
+            return oauth_error("invalid_request", "token is required")
+        try:
+            await broker.revoke_token(token, principal=principal, client=client)
+        except PermissionDenied as exc:
+            return oauth_error("unauthorized_client", exc.message, 400)
+        except BrokerError as exc:
+            return from_broker_error(exc)
+        return Response({}, status_code=200, headers=NO_STORE)
+
+
+class WellKnownOAuth(Controller):
+    path = "/.well-known"
+    tags = ["discovery"]
+
+    @get("/oauth-authorization-server", summary="RFC 8414 metadata")
+    async def metadata(self, request: Request[Any, Any, State]) -> dict[str, Any]:
+        broker = broker_of(request)
+        base = broker.settings.public_url.rstrip("/")
+        auth_methods = ["client_secret_basic", "client_secret_post", "bearer_workload_token"]
+        return {
+            "issuer": base,
+            "token_endpoint": f"{base}/oauth/token",
+            "introspection_endpoint": f"{base}/oauth/introspect",
+            "revocation_endpoint": f"{base}/oauth/revoke",
+            "jwks_uri": f"{base}/.well-known/jwks.json",
+            "grant_types_supported": [GRANT_TOKEN_EXCHANGE],
+            "response_types_supported": [],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "introspection_endpoint_auth_methods_supported": auth_methods,
+            "revocation_endpoint_auth_methods_supported": auth_methods,
+            "authorization_details_types_supported": sorted(broker.issuers),
+            "subject_token_types_supported": [TT_JWT, TT_ID_TOKEN],
+            "service_documentation": f"{base}/schema",
+        }
+
+    @get("/jwks.json", summary="Public keys of the broker's signing issuers")
+    async def jwks(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
+        return Response(broker_of(request).jwks(), headers={"Cache-Control": "public, max-age=60"})

@@ -1,0 +1,153 @@
+"""/v1: credentials, leases and tasks for the calling workload (and only its own)."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from litestar import Controller, Request, delete, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery, JSONBody, Parameter
+
+from broker.api.auth import broker_of, principal, request_id
+from broker.api.schemas import (
+    CredentialOut,
+    CredentialRequest,
+    CredentialResponse,
+    LeaseView,
+    TaskOut,
+    lease_view,
+    task_out,
+)
+from broker.config import parse_duration
+from broker.errors import InvalidRequest
+from broker.service import Issued
+from broker.types import Intent, Principal, Scope, Task
+
+__all__ = ["V1Controller", "intent_from_request", "issued_response"]
+
+LeaseId = Parameter(pattern=r"^[A-Za-z0-9._-]{1,64}$", max_length=64)
+TaskId = Parameter(pattern=r"^[A-Za-z0-9._:@-]{1,128}$", max_length=128)
+
+
+def new_task_id() -> str:
+    return "auto-" + secrets.token_hex(8)
+
+
+def parse_ttl(value: int | str | None) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        ttl = parse_duration(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"ttl: {exc}") from None
+    if ttl <= timedelta(0):
+        raise InvalidRequest("ttl must be positive")
+    return ttl
+
+
+def intent_from_request(data: CredentialRequest) -> Intent:
+    task = Task(id=data.task.id, purpose=data.task.purpose) if data.task else Task(new_task_id())
+    return Intent(
+        task=task,
+        scope=Scope.of(data.issuer, data.resource, data.actions),
+        ttl=parse_ttl(data.ttl),
+    )
+
+
+def issued_response(issued: Issued) -> CredentialResponse:
+    lease, cred = issued.lease, issued.credential
+    return CredentialResponse(
+        lease_id=lease.id,
+        task_id=lease.task_id,
+        issuer=lease.scope.issuer,
+        resource=lease.scope.resource,
+        actions=list(lease.scope.actions),
+        issued_at=lease.issued_at,
+        expires_at=cred.expires_at,
+        ttl=int((cred.expires_at - lease.issued_at).total_seconds()),
+        grant=issued.grant,
+        policy_version=issued.policy_version,
+        # The one place the secret leaves its wrapper: the response to its owner.
+        credential=CredentialOut(
+            token_type=cred.token_type, secret=cred.secret.reveal(), metadata=dict(cred.metadata)
+        ),
+        ttl_capped_by=issued.ttl_capped_by,
+    )
+
+
+class V1Controller(Controller):
+    path = "/v1"
+    tags = ["v1"]
+    dependencies = {"caller": Provide(principal)}
+
+    @post("/credentials", status_code=201, summary="Request a credential for a task")
+    async def request_credential(
+        self,
+        request: Request[Any, Any, State],
+        caller: NamedDependency[Principal],
+        data: JSONBody[CredentialRequest],
+    ) -> CredentialResponse:
+        broker = broker_of(request)
+        issued = await broker.request_credential(
+            caller, intent_from_request(data), request_id=request_id(request)
+        )
+        return issued_response(issued)
+
+    @get("/leases", summary="The caller's leases")
+    async def list_leases(
+        self,
+        request: Request[Any, Any, State],
+        caller: NamedDependency[Principal],
+        all: FromQuery[bool] = False,
+    ) -> list[LeaseView]:
+        leases = await broker_of(request).list_leases(caller, include_inactive=all)
+        return [lease_view(le) for le in leases]
+
+    @get("/leases/{lease_id:str}", summary="One of the caller's leases")
+    async def get_lease(
+        self,
+        request: Request[Any, Any, State],
+        caller: NamedDependency[Principal],
+        lease_id: str = LeaseId,
+    ) -> LeaseView:
+        return lease_view(await broker_of(request).get_lease(caller, lease_id))
+
+    @delete("/leases/{lease_id:str}", status_code=200, summary="Revoke one of the caller's leases")
+    async def revoke_lease(
+        self,
+        request: Request[Any, Any, State],
+        caller: NamedDependency[Principal],
+        lease_id: str = LeaseId,
+    ) -> LeaseView:
+        return lease_view(await broker_of(request).revoke_lease(caller, lease_id))
+
+    @post("/leases/revoke-all", status_code=200, summary="Revoke every live lease of the caller")
+    async def revoke_all(
+        self, request: Request[Any, Any, State], caller: NamedDependency[Principal]
+    ) -> dict[str, int]:
+        return {"revoked": await broker_of(request).revoke_workload(caller)}
+
+    @get("/tasks/{task_id:str}", summary="One of the caller's tasks with its leases")
+    async def get_task(
+        self,
+        request: Request[Any, Any, State],
+        caller: NamedDependency[Principal],
+        task_id: str = TaskId,
+    ) -> TaskOut:
+        return task_out(await broker_of(request).get_task(caller, task_id))
+
+    @post(
+        "/tasks/{task_id:str}/complete",
+        status_code=200,
+        summary="Complete a task: revoke all its leases",
+    )
+    async def complete_task(
+        self,
+        request: Request[Any, Any, State],
+        caller: NamedDependency[Principal],
+        task_id: str = TaskId,
+    ) -> TaskOut:
+        return task_out(await broker_of(request).complete_task(caller, task_id))

@@ -1,0 +1,190 @@
+"""``jit serve`` and ``jit dev``: assemble a Broker, wrap it in the app, run uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import shutil
+import sys
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import click
+import uvicorn
+from rich.console import Console
+from rich.panel import Panel
+
+from broker.api import create_app
+from broker.config import IssuerInstanceSettings, Settings, load_settings
+from broker.errors import BrokerError
+from broker.identity import DevIdentityIssuer
+from broker.service import Broker, build_broker
+from broker.types import Secret
+
+__all__ = ["run_dev", "run_serve"]
+
+log = logging.getLogger("jit")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+async def _serve(broker: Broker, host: str, port: int, on_ready: Any = None) -> None:
+    app = create_app(broker)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="on", access_log=False
+    )
+    server = uvicorn.Server(config)
+    if on_ready is not None:
+
+        async def announce() -> None:
+            while not server.started:
+                if server.should_exit:
+                    return
+                await asyncio.sleep(0.05)
+            on_ready()
+
+        asyncio.create_task(announce())  # noqa: RUF006  # lives as long as the server
+    await server.serve()
+    if not server.started:
+        raise click.ClickException(f"could not listen on {host}:{port} (is the port in use?)")
+
+
+def run_serve(config_path: str) -> None:
+    setup_logging()
+    try:
+        settings = load_settings(config_path)
+    except BrokerError as exc:
+        raise click.ClickException(exc.message) from None
+
+    async def main() -> None:
+        try:
+            broker = await build_broker(settings)
+        except BrokerError as exc:
+            raise click.ClickException(exc.message) from None
+        log.info(
+            "jit-broker listening on %s:%s (public URL %s)",
+            settings.host,
+            settings.port,
+            settings.public_url,
+        )
+        await _serve(broker, settings.host, settings.port)
+
+    asyncio.run(main())
+
+
+def dev_policy_dir() -> Path:
+    return Path(str(files("broker.dev")))
+
+
+def run_dev(host: str, port: int, home: Path) -> None:
+    """Start a complete broker in memory: fakeredis, fresh keys, a dev OIDC issuer, the sample
+    policy. Writes the URL and the dev admin key to ``home/dev.json`` (mode 0600)."""
+    import fakeredis
+
+    from issuers.jwt.keys import generate_key
+
+    setup_logging("WARNING")
+    url = f"http://{host}:{port}"
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    keys_dir = home / f"dev-keys-{port}"
+    shutil.rmtree(keys_dir, ignore_errors=True)
+    keys_dir.mkdir(mode=0o700)
+    from broker.clock import SystemClock
+
+    clock = SystemClock()
+    generate_key(keys_dir, "EdDSA", clock.now())
+    settings = Settings(
+        public_url=url,
+        host=host,
+        port=port,
+        policy_dir=str(dev_policy_dir()),
+        issuers={
+            "jwt": IssuerInstanceSettings(
+                type="jwt",
+                config={"keys_dir": str(keys_dir), "max_ttl": "1h", "default_ttl": "15m"},
+            )
+        },
+    )
+    admin_key = secrets.token_urlsafe(32)
+    dev_identity = DevIdentityIssuer(f"{url}/dev/oidc", clock, audience=settings.broker_audience)
+    state_file = home / "dev.json"
+
+    def on_ready() -> None:
+        fd = os.open(state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(
+                {"url": url, "admin_key": admin_key, "keys_dir": str(keys_dir), "pid": os.getpid()},
+                fh,
+            )
+        banner(url, state_file, keys_dir)
+
+    async def main() -> None:
+        try:
+            broker = await build_broker(
+                settings,
+                clock=clock,
+                redis=fakeredis.FakeAsyncRedis(),
+                dev=True,
+                dev_identity=dev_identity,
+                dev_admin_key=Secret(admin_key),
+            )
+        except BrokerError as exc:
+            raise click.ClickException(exc.message) from None
+        try:
+            await _serve(broker, host, port, on_ready)
+        finally:
+            try:
+                current = json.loads(state_file.read_text())
+                if current.get("pid") == os.getpid():
+                    state_file.unlink()
+            except (OSError, ValueError):
+                pass
+
+    asyncio.run(main())
+
+
+def banner(url: str, state_file: Path, keys_dir: Path) -> None:
+    console = Console(stderr=False, highlight=False)
+    env = "" if url == "http://127.0.0.1:8200" else f"export JIT_URL={url}\n"
+    console.print(
+        Panel.fit(
+            "[bold yellow]WARNING: dev mode.[/] Everything is in memory (leases, tasks, audit) and "
+            "is lost when this process stops.\nThe signing key and the development identity "
+            "issuer are freshly generated. Do not use in production: see `jit serve`.",
+            title="jit-broker dev",
+            border_style="yellow",
+        )
+    )
+    console.print(f"Broker URL:        {url}")
+    console.print(f"Identity issuer:   {url}/dev/oidc  (audience jit-broker)")
+    console.print(f"Signing keys:      {keys_dir}  (rotate: jit keys rotate --dir {keys_dir})")
+    console.print(f"Dev admin key in:  {state_file}  (mode 0600; used by `jit dev token`)")
+    console.print(
+        "Sample policy:     jwt credentials for https://demo.local, actions read/write "
+        "(admin needs approval)\n"
+    )
+    console.print("Try, in another shell:\n")
+    console.print(
+        f"{env}"
+        "export JIT_TOKEN=$(jit dev token --sub ci-job-1)\n"
+        "jit request --resource https://demo.local --action read --ttl 10m --task build-42\n"
+        "jit leases\n"
+        "jit task complete build-42\n"
+        "jit request --resource https://demo.local --action admin   # -> approval required\n"
+        'jit policy explain --claims \'{"sub": "ci-job-1"}\' --resource https://demo.local '
+        "--action admin",
+        markup=False,
+    )
+    console.print("\nOpenAPI: " + url + "/schema   Stop with Ctrl-C.", markup=False)
+    sys.stdout.flush()

@@ -1,0 +1,418 @@
+"""The broker's use cases, free of HTTP: authenticate → decide → issue; introspect; revoke.
+
+``Broker`` owns the wiring of the parts (verifier, policy, lease manager, reaper, issuers, audit)
+and is what ``broker.api`` calls. ``build_broker()`` assembles one from settings, failing closed
+on anything that does not load. It does nothing whose cost grows with the number of leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from broker.audit import AuditLog, AuditSink, FileSink, LoggingSink
+from broker.clock import Clock, SystemClock
+from broker.config import ClientSettings, Settings
+from broker.errors import (
+    ApprovalRequired,
+    AuthenticationError,
+    ConfigError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    StoreUnavailable,
+)
+from broker.identity import DevIdentityIssuer, TokenVerifier
+from broker.issuer import Introspectable, Issuer, PublishesKeys
+from broker.leases import LeaseManager, LeaseStore, Reaper, TaskView
+from broker.leases.ttl import resolve_ttl
+from broker.policy import Allow, Deny, NeedsApproval, PolicySet, can, decide, load_policy_dir
+from broker.registry import load_issuers
+from broker.types import Credential, Intent, Lease, LeaseState, Principal, Secret
+
+__all__ = ["Broker", "Issued", "build_broker"]
+
+log = logging.getLogger("jit.broker")
+
+
+class Issued(msgspec.Struct, frozen=True, kw_only=True):
+    lease: Lease
+    credential: Credential
+    grant: str
+    policy_version: str
+    ttl_capped_by: str | None = None
+
+
+@dataclass
+class Client:
+    client_id: str
+    secret: Secret
+    permissions: frozenset[str]
+
+
+@dataclass
+class Broker:
+    settings: Settings
+    clock: Clock
+    redis: aioredis.Redis
+    verifier: TokenVerifier
+    policy: PolicySet
+    issuers: dict[str, Issuer]
+    manager: LeaseManager
+    reaper: Reaper
+    audit: AuditLog
+    clients: dict[str, Client] = field(default_factory=dict)
+    dev_identity: DevIdentityIssuer | None = None
+    dev_admin_key: Secret | None = None
+    in_memory: bool = False
+    _reaper_task: asyncio.Task[None] | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # -- identity ---------------------------------------------------------------------------
+
+    async def authenticate(self, token: str, *, request_id: str | None = None) -> Principal:
+        try:
+            return await self.verifier.verify(token)
+        except AuthenticationError as exc:
+            await self.audit.emit(
+                "auth.failed", outcome="deny", reasons=[exc.message], request_id=request_id
+            )
+            raise
+
+    async def authenticate_client(
+        self, client_id: str, secret: str, *, request_id: str | None = None
+    ) -> Client:
+        client = self.clients.get(client_id)
+        # Compare against a dummy when the client is unknown so timing does not reveal ids.
+        expected = client.secret.reveal() if client else secrets.token_urlsafe(32)
+        ok = hmac.compare_digest(expected.encode(), secret.encode())
+        if client is None or not ok:
+            await self.audit.emit(
+                "auth.failed",
+                outcome="deny",
+                reasons=["invalid client credentials"],
+                detail={"client_id": client_id},
+                request_id=request_id,
+            )
+            raise AuthenticationError("invalid client credentials")
+        return client
+
+    def check_dev_admin(self, presented: str) -> None:
+        if self.dev_admin_key is None:
+            raise NotFound("not found")
+        if not hmac.compare_digest(self.dev_admin_key.reveal().encode(), presented.encode()):
+            raise AuthenticationError("invalid development admin key")
+
+    # -- issuance ---------------------------------------------------------------------------
+
+    async def request_credential(
+        self, principal: Principal, intent: Intent, *, request_id: str | None = None
+    ) -> Issued:
+        now = self.clock.now()
+        decision = decide(self.policy, principal, intent, now)
+        scope = intent.scope
+        common: dict[str, Any] = {
+            "principal": principal.id,
+            "task_id": intent.task.id,
+            "issuer": scope.issuer,
+            "request_id": request_id,
+        }
+        detail: dict[str, Any] = {
+            "resource": scope.resource,
+            "actions": list(scope.actions),
+            "policy_version": decision.policy_version,
+        }
+        if intent.ttl is not None:
+            detail["ttl_seconds"] = int(intent.ttl.total_seconds())
+        if isinstance(decision, Deny):
+            await self.audit.emit(
+                "decision", outcome="deny", reasons=list(decision.reasons), detail=detail, **common
+            )
+            raise PermissionDenied("no grant allows this request", decision.reasons)
+        detail["grant"] = decision.grant
+        if isinstance(decision, NeedsApproval):
+            await self.audit.emit(
+                "decision",
+                outcome="approval_required",
+                reasons=list(decision.reasons),
+                detail=detail,
+                **common,
+            )
+            raise ApprovalRequired(decision.grant, decision.reasons)
+        assert isinstance(decision, Allow)
+        issuer = self.issuers.get(scope.issuer)
+        if issuer is None:  # policy lint checks this at load; kept as a guard
+            raise InvalidRequest(f"unknown issuer {scope.issuer!r}")
+        ttl = resolve_ttl(
+            intent.ttl,
+            grant_default=decision.ttl,
+            grant_max=decision.ttl,
+            issuer=issuer.capabilities,
+            hard_max=self.settings.limits.max_ttl,
+        )
+        detail["ttl_seconds"] = int(ttl.ttl.total_seconds())
+        await self.audit.emit(
+            "decision", outcome="ok", reasons=list(decision.reasons), detail=detail, **common
+        )
+        lease, credential = await self.manager.issue(
+            principal,
+            intent.task,
+            decision.scope,
+            ttl.ttl,
+            request_id=request_id,
+            detail={"grant": decision.grant, "policy_version": decision.policy_version},
+        )
+        return Issued(
+            lease=lease,
+            credential=credential,
+            grant=decision.grant,
+            policy_version=decision.policy_version,
+            ttl_capped_by=ttl.capped_by,
+        )
+
+    # -- leases and tasks -------------------------------------------------------------------
+
+    async def list_leases(self, principal: Principal, *, include_inactive: bool) -> list[Lease]:
+        return await self.manager.list(principal.id, include_inactive=include_inactive)
+
+    async def get_lease(self, principal: Principal, lease_id: str) -> Lease:
+        return await self.manager.get(lease_id, owner=principal.id)
+
+    async def revoke_lease(self, principal: Principal, lease_id: str) -> Lease:
+        return await self.manager.revoke(lease_id, "explicit", owner=principal.id)
+
+    async def complete_task(self, principal: Principal, task_id: str) -> TaskView:
+        return await self.manager.complete_task(principal.id, task_id)
+
+    async def get_task(self, principal: Principal, task_id: str) -> TaskView:
+        return await self.manager.get_task(principal.id, task_id)
+
+    async def revoke_workload(self, principal: Principal) -> int:
+        return await self.manager.revoke_workload(principal.id, "workload")
+
+    # -- OAuth introspection / revocation ---------------------------------------------------
+
+    def may_introspect(self, principal: Principal) -> bool:
+        return can(self.policy, principal, "introspect")
+
+    async def find_lease_for_token(self, token: str) -> Lease | None:
+        now = self.clock.now()
+        for issuer in self.issuers.values():
+            if isinstance(issuer, Introspectable):
+                lease_id = issuer.identify(token, now)
+                if lease_id is not None:
+                    try:
+                        return await self.manager.get(lease_id)
+                    except NotFound:
+                        return None
+        return None
+
+    async def introspect(self, token: str, *, caller: str) -> dict[str, Any]:
+        """RFC 7662 response. Active only while the lease is active and before not_after."""
+        lease = await self.find_lease_for_token(token)
+        now = self.clock.now()
+        active = lease is not None and lease.state is LeaseState.ACTIVE and now < lease.not_after
+        await self.audit.emit(
+            "lease.introspected",
+            outcome="ok" if active else "deny",
+            lease_id=lease.id if lease else None,
+            task_id=lease.task_id if lease else None,
+            detail={"caller": caller, "active": active},
+        )
+        if lease is None or not active:
+            return {"active": False}
+        return {
+            "active": True,
+            "scope": " ".join(lease.scope.actions),
+            "client_id": lease.owner,
+            "sub": lease.owner,
+            "aud": lease.scope.resource,
+            "iss": self.settings.public_url,
+            "exp": int(lease.not_after.timestamp()),
+            "iat": int(lease.issued_at.timestamp()),
+            "jti": lease.id,
+            "token_type": "Bearer",
+            "task_id": lease.task_id,
+            "authorization_details": [
+                {
+                    "type": lease.scope.issuer,
+                    "locations": [lease.scope.resource],
+                    "actions": list(lease.scope.actions),
+                }
+            ],
+        }
+
+    async def revoke_token(
+        self, token: str, *, principal: Principal | None, client: Client | None
+    ) -> None:
+        """RFC 7009: revoke the lease behind ``token`` if the caller may; silently ignore
+        unknown tokens (the RFC says to answer 200 either way)."""
+        lease = await self.find_lease_for_token(token)
+        if lease is None:
+            return
+        if client is not None and "revoke" in client.permissions:
+            await self.manager.revoke(lease.id, "explicit")
+        elif principal is not None and lease.owner == principal.id:
+            await self.manager.revoke(lease.id, "explicit", owner=principal.id)
+        else:
+            raise PermissionDenied("not allowed to revoke this token")
+
+    # -- key material -----------------------------------------------------------------------
+
+    def jwks(self) -> dict[str, Any]:
+        keys: list[Any] = []
+        for issuer in self.issuers.values():
+            if isinstance(issuer, PublishesKeys):
+                keys.extend(issuer.jwks().get("keys", []))
+        return {"keys": keys}
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def ready(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            await self.redis.ping()
+            checks["redis"] = "ok"
+        except (RedisError, OSError) as exc:
+            checks["redis"] = f"unavailable: {exc.__class__.__name__}"
+        for name, issuer in self.issuers.items():
+            try:
+                await issuer.check_health()
+                checks[f"issuer:{name}"] = "ok"
+            except Exception as exc:
+                checks[f"issuer:{name}"] = f"unhealthy: {exc.__class__.__name__}"
+        return checks
+
+    async def start(self) -> None:
+        self._stop = asyncio.Event()
+        self._reaper_task = asyncio.create_task(self.reaper.run(self._stop), name="jit-reaper")
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        if self._reaper_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self._reaper_task, timeout=5)
+        for issuer in self.issuers.values():
+            with contextlib.suppress(Exception):
+                await issuer.aclose()
+        await self.verifier.aclose()
+        await self.audit.aclose()
+        await self.redis.aclose()
+
+
+def _load_clients(clients: Sequence[ClientSettings]) -> dict[str, Client]:
+    out: dict[str, Client] = {}
+    for c in clients:
+        try:
+            secret = Path(c.secret_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"client {c.client_id!r}: cannot read secret_file {c.secret_file}: {exc.strerror}"
+            ) from None
+        if len(secret) < 16:
+            raise ConfigError(f"client {c.client_id!r}: secret must be at least 16 characters")
+        out[c.client_id] = Client(c.client_id, Secret(secret), frozenset(c.permissions))
+    return out
+
+
+async def build_broker(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    redis: aioredis.Redis | None = None,
+    dev: bool = False,
+    dev_identity: DevIdentityIssuer | None = None,
+    dev_admin_key: Secret | None = None,
+    policy_dir: str | Path | None = None,
+    audit_sinks: Sequence[AuditSink] | None = None,
+    extra_static_keys: Mapping[str, Any] | None = None,
+) -> Broker:
+    """Assemble a broker. Fails closed (ConfigError/StoreUnavailable) on anything that does
+    not load or answer: the policy, an issuer, Redis."""
+    clock = clock or SystemClock()
+    in_memory = redis is not None and dev
+    if redis is None:
+        redis = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        await redis.aclose()
+        raise StoreUnavailable(
+            f"Redis at {_redact_url(settings.redis_url)} is not answering: {exc}"
+        ) from None
+
+    identity = list(settings.identity)
+    static_keys: dict[str, Any] = dict(extra_static_keys or {})
+    if dev_identity is not None:
+        identity.append(dev_identity.settings())
+        static_keys[dev_identity.name] = dev_identity.keyset()
+    verifier = TokenVerifier(identity, clock, static_keys=static_keys)
+
+    issuers = load_issuers(settings.issuers, clock=clock, broker_url=settings.public_url, dev=dev)
+    for name, issuer in issuers.items():
+        try:
+            await issuer.check_health()
+        except Exception as exc:
+            raise ConfigError(f"issuer {name!r} failed its health check: {exc}") from exc
+
+    policy = load_policy_dir(
+        policy_dir or settings.policy_dir,
+        known_claims=verifier.known_claims(),
+        issuers=set(issuers),
+    )
+
+    sinks: list[AuditSink] = list(audit_sinks) if audit_sinks is not None else [LoggingSink()]
+    if settings.audit.file:
+        sinks.append(FileSink(settings.audit.file))
+    audit = AuditLog(clock, sinks)
+    store = LeaseStore(redis, settings.key_prefix)
+    manager = LeaseManager(store, issuers, audit, clock, settings.reaper)
+    reaper = Reaper(manager, settings.reaper, clock)
+    await audit.emit(
+        "broker.started",
+        detail={
+            "policy_version": policy.version,
+            "issuers": sorted(issuers),
+            "dev": dev,
+        },
+    )
+    return Broker(
+        settings=settings,
+        clock=clock,
+        redis=redis,
+        verifier=verifier,
+        policy=policy,
+        issuers=issuers,
+        manager=manager,
+        reaper=reaper,
+        audit=audit,
+        clients=_load_clients(settings.clients),
+        dev_identity=dev_identity,
+        dev_admin_key=dev_admin_key,
+        in_memory=in_memory,
+    )
+
+
+def _redact_url(url: str) -> str:
+    """Drop a password from a redis:// URL before it reaches a message."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        user = f"{parts.username}:***@" if parts.username else "***@"
+        return urlunsplit(parts._replace(netloc=user + host))
+    return url
