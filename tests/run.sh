@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The test command (README.md): installs what the tests need, makes sure Redis and PostgreSQL
+# answer on 127.0.0.1, then runs lint, types and the whole test suite.
+#   bash tests/run.sh            everything
+#   bash tests/run.sh -k policy  extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv"
+  "$PY" -m venv .venv
+fi
+echo "== installing jit-broker with its test extras"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+need_apt() { command -v "$1" >/dev/null 2>&1 || APT_PKGS="${APT_PKGS:-} $2"; }
+need_apt redis-server redis-server
+need_apt redis-cli redis-tools
+need_apt pg_isready postgresql
+if [ -n "${APT_PKGS:-}" ]; then
+  echo "== installing Debian packages:${APT_PKGS}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $APT_PKGS >/dev/null
+fi
+
+echo "== checking Redis on 127.0.0.1:6379"
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  echo "   not answering; starting redis-server"
+  mkdir -p /tmp/jit-redis
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /tmp/jit-redis --logfile /tmp/jit-redis/redis.log
+  for _ in $(seq 50); do redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  redis-cli -h 127.0.0.1 ping >/dev/null || { echo "Redis did not start"; exit 1; }
+fi
+
+echo "== checking PostgreSQL on 127.0.0.1:5432"
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  echo "   not answering; starting the cluster"
+  ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n1)
+  if [ -n "$ver" ]; then
+    pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+  fi
+  for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
+  pg_isready -h 127.0.0.1 -p 5432 || { echo "PostgreSQL did not start"; exit 1; }
+fi
+
+echo "== ruff"
+.venv/bin/ruff check broker issuers tests bench
+.venv/bin/ruff format --check broker issuers tests bench
+echo "== mypy (strict on broker/ and issuers/)"
+.venv/bin/mypy
+echo "== pytest"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
