@@ -1,0 +1,170 @@
+"""Reaper lag and start-up cost, on the real Redis with real time.
+
+    .venv/bin/python bench/reaper.py [--leases 5000] [--spread 5] [--replicas 2] [--live 100000]
+
+1. Lag: issues N leases (FakeIssuer backend, so the issuer costs ~nothing and what is measured is
+   the broker) whose TTLs end spread over ``--spread`` seconds, runs ``--replicas`` reapers
+   (separate Redis connections, one process), and prints revoked_at - not_after: p50, p90, p99,
+   max (target: p99 < 1 s), and how many revocations each replica did.
+2. Start-up: times ``build_broker`` + the first reaper round with no leases and with ``--live``
+   live leases in Redis, and prints both and their ratio (target: ~1.0, i.e. constant).
+
+Writes only under a random key prefix, which it deletes at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from broker.audit import AuditLog  # noqa: E402
+from broker.cli.server import dev_policy_dir  # noqa: E402
+from broker.clock import SystemClock  # noqa: E402
+from broker.config import IssuerInstanceSettings, ReaperSettings, Settings  # noqa: E402
+from broker.identity import DevIdentityIssuer  # noqa: E402
+from broker.leases import LeaseManager, LeaseStore, Reaper  # noqa: E402
+from broker.service import build_broker  # noqa: E402
+from broker.testing import FakeIssuer  # noqa: E402
+from broker.types import Principal, Scope, Task  # noqa: E402
+from issuers.jwt.keys import generate_key  # noqa: E402
+from tests.integration.test_leases_redis import _fill  # noqa: E402
+
+WHO = Principal(id="bench:ci", issuer="bench", subject="ci")
+SCOPE = Scope.of("fake", "https://demo.local", ["read"])
+
+
+async def lag(redis_url: str, n: int, spread: float, replicas: int) -> None:
+    prefix = f"jitbench-{secrets.token_hex(4)}"
+    clock = SystemClock()
+    settings = ReaperSettings()
+    issuer = FakeIssuer("fake", clock=clock)
+    clients = [aioredis.Redis.from_url(redis_url) for _ in range(replicas)]
+    managers = [
+        LeaseManager(
+            LeaseStore(c, prefix),
+            {"fake": issuer},
+            AuditLog(clock),
+            clock,
+            settings,
+            replica_id=f"r{i}",
+        )
+        for i, c in enumerate(clients)
+    ]
+    try:
+        print(f"issuing {n} leases ending over {spread:.0f}s ...", flush=True)
+        t0 = time.perf_counter()
+        base = 3.0 + n / 2000  # leave time to issue them all before the first expires
+        sem = asyncio.Semaphore(64)
+
+        async def one(i: int) -> None:
+            ttl = timedelta(seconds=base + spread * i / n) - (time.perf_counter() - t0) * (
+                timedelta(seconds=1)
+            )
+            async with sem:
+                await managers[0].issue(WHO, Task(f"t{i % 100}"), SCOPE, ttl)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        print(f"  issued in {time.perf_counter() - t0:.2f}s", flush=True)
+        stop = asyncio.Event()
+        reapers = [Reaper(m, settings, clock) for m in managers]
+        tasks = [asyncio.create_task(r.run(stop)) for r in reapers]
+        deadline = time.monotonic() + base + spread + 30
+        while sum(m.metrics.lag_count for m in managers) < n and time.monotonic() < deadline:  # noqa: ASYNC110 (polls a counter)
+            await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.gather(*tasks)
+        lags = sorted(x for m in managers for x in m.metrics._lags)
+        per = Counter({m.replica_id: m.metrics.lag_count for m in managers})
+        revokes = Counter(c.lease_id for c in issuer.calls_to("revoke"))
+        q = statistics.quantiles(lags, n=100, method="inclusive")
+        print(f"reaper lag over {len(lags)} leases, {replicas} replicas (poll 200ms):")
+        print(
+            f"  p50 {q[49] * 1000:.0f} ms   p90 {q[89] * 1000:.0f} ms   "
+            f"p99 {q[98] * 1000:.0f} ms   max {lags[-1] * 1000:.0f} ms   (target p99 < 1000 ms)"
+        )
+        print(
+            f"  revocations per replica: {dict(per)}; revoked twice: "
+            f"{sum(1 for v in revokes.values() if v > 1)}"
+        )
+    finally:
+        await _cleanup(clients[0], prefix)
+        for c in clients:
+            await c.aclose()
+
+
+async def startup(redis_url: str, live: int) -> None:
+    from broker.testing import FakeClock
+
+    keys = Path(tempfile.mkdtemp(prefix="jit-bench-keys-"))
+    clock = FakeClock()
+    generate_key(keys, "EdDSA", clock.now())
+    admin = aioredis.Redis.from_url(redis_url)
+    results: dict[int, float] = {}
+    for count in (0, live):
+        prefix = f"jitbench-{secrets.token_hex(4)}"
+        if count:
+            print(f"writing {count} live leases ...", flush=True)
+            await _fill(admin, prefix, count, clock)
+        settings = Settings(
+            key_prefix=prefix,
+            redis_url=redis_url,
+            policy_dir=str(dev_policy_dir()),
+            issuers={"jwt": IssuerInstanceSettings(type="jwt", config={"keys_dir": str(keys)})},
+        )
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            broker = await build_broker(
+                settings,
+                clock=clock,
+                dev_identity=DevIdentityIssuer("http://127.0.0.1:8200/dev/oidc", clock),
+            )
+            await broker.reaper.run_once()
+            times.append(time.perf_counter() - t)
+            await broker.aclose()
+        results[count] = statistics.median(times)
+        await _cleanup(admin, prefix)
+    await admin.aclose()
+    a, b = results[0], results[live]
+    print("start-up (build_broker + first reaper round, median of 5):")
+    print(f"  0 leases: {a * 1000:.1f} ms   {live} leases: {b * 1000:.1f} ms   ratio {b / a:.2f}")
+
+
+async def _cleanup(client: aioredis.Redis, prefix: str) -> None:
+    batch: list[bytes] = []
+    async for key in client.scan_iter(match=f"{prefix}:*", count=10_000):
+        batch.append(key)
+        if len(batch) >= 10_000:
+            await client.unlink(*batch)
+            batch.clear()
+    if batch:
+        await client.unlink(*batch)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    p.add_argument("--leases", type=int, default=5000)
+    p.add_argument("--spread", type=float, default=5.0)
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--live", type=int, default=100_000)
+    args = p.parse_args()
+    asyncio.run(lag(args.redis_url, args.leases, args.spread, args.replicas))
+    asyncio.run(startup(args.redis_url, args.live))
+
+
+if __name__ == "__main__":
+    main()
