@@ -154,6 +154,16 @@ def run_dev(host: str, port: int, home: Path) -> None:
     asyncio.run(main())
 
 
+def _activate_hint() -> str:
+    """``source …/activate`` when the ``jit`` that runs is not the one on PATH."""
+    here = Path(sys.executable).parent
+    on_path = shutil.which("jit")
+    if on_path and Path(on_path).resolve().parent == here.resolve():
+        return ""
+    activate = here / "activate"
+    return f"source {activate}\n" if activate.exists() else ""
+
+
 def banner(url: str, state_file: Path, keys_dir: Path) -> None:
     console = Console(stderr=False, highlight=False)
     env = "" if url == "http://127.0.0.1:8200" else f"export JIT_URL={url}\n"
@@ -166,25 +176,28 @@ def banner(url: str, state_file: Path, keys_dir: Path) -> None:
             border_style="yellow",
         )
     )
-    console.print(f"Broker URL:        {url}")
-    console.print(f"Identity issuer:   {url}/dev/oidc  (audience jit-broker)")
-    console.print(f"Signing keys:      {keys_dir}  (rotate: jit keys rotate --dir {keys_dir})")
-    console.print(f"Dev admin key in:  {state_file}  (mode 0600; used by `jit dev token`)")
-    console.print(
+
+    def line(text: str) -> None:  # never hard-wrapped: commands must stay copy-pastable
+        console.print(text, markup=False, soft_wrap=True)
+
+    line(f"Broker URL:        {url}")
+    line(f"Identity issuer:   {url}/dev/oidc  (audience jit-broker)")
+    line(f"Signing keys:      {keys_dir}  (rotate: jit keys rotate --dir {keys_dir})")
+    line(f"Dev admin key in:  {state_file}  (mode 0600; used by `jit dev token`)")
+    line(
         "Sample policy:     jwt credentials for https://demo.local, actions read/write "
         "(admin needs approval)\n"
     )
-    console.print("Try, in another shell:\n")
-    console.print(
-        f"{env}"
+    line("Try, in another shell:\n")
+    line(
+        f"{_activate_hint()}{env}"
         "export JIT_TOKEN=$(jit dev token --sub ci-job-1)\n"
         "jit request --resource https://demo.local --action read --ttl 10m --task build-42\n"
         "jit leases\n"
         "jit task complete build-42\n"
         "jit request --resource https://demo.local --action admin   # -> approval required\n"
         'jit policy explain --claims \'{"sub": "ci-job-1"}\' --resource https://demo.local '
-        "--action admin",
-        markup=False,
+        "--action admin"
     )
-    console.print("\nOpenAPI: " + url + "/schema   Stop with Ctrl-C.", markup=False)
+    line("\nOpenAPI: " + url + "/schema   Stop with Ctrl-C.")
     sys.stdout.flush()
