@@ -33,6 +33,7 @@ __all__ = [
     "Issuer",
     "IssuerContext",
     "IssuerFactory",
+    "PublishesDocuments",
     "PublishesKeys",
 ]
 
@@ -53,6 +54,11 @@ class IssuerContext(msgspec.Struct, frozen=True, kw_only=True):
     clock: Clock
     broker_url: str  # the broker's public URL (e.g. the ``iss`` of tokens it signs)
     dev: bool = False  # running under ``jit dev``: generate keys in memory, etc.
+    # Shared state for issuers that need it across replicas (e.g. an SSH KRL's revoked serials).
+    # Use only keys under ``state_prefix`` and hash-tag them (``{state_prefix}:{krl}``); never
+    # store a secret there. None in unit tests that do not need it.
+    redis: Any = None  # redis.asyncio.Redis
+    state_prefix: str = ""  # "<broker key prefix>:issuer:<instance name>"
 
 
 @runtime_checkable
@@ -87,6 +93,17 @@ class PublishesKeys(Protocol):
     ``/.well-known/jwks.json``."""
 
     def jwks(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class PublishesDocuments(Protocol):
+    """An issuer with public documents that relying parties fetch: a CA certificate or public
+    key, a certificate or key revocation list. Served without authentication at
+    ``GET /v1/issuers/<instance>/<name>``; the content must never be secret."""
+
+    async def documents(self) -> dict[str, tuple[str, bytes]]:
+        """``name -> (content type, body)``; names are ``[a-z0-9._-]+``."""
+        ...
 
 
 @runtime_checkable

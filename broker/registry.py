@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 from broker.clock import Clock
 from broker.config import IssuerInstanceSettings
@@ -51,6 +52,8 @@ def load_issuers(
     clock: Clock,
     broker_url: str,
     dev: bool = False,
+    redis: Any = None,
+    key_prefix: str = "jit",
 ) -> dict[str, Issuer]:
     """Construct every configured issuer instance. Raises ConfigError naming the instance."""
     eps = _entry_points()
@@ -69,7 +72,13 @@ def load_issuers(
                 f"{exc.__class__.__name__}: {exc}"
             ) from exc
         context = IssuerContext(
-            name=name, config=dict(inst.config), clock=clock, broker_url=broker_url, dev=dev
+            name=name,
+            config=dict(inst.config),
+            clock=clock,
+            broker_url=broker_url,
+            dev=dev,
+            redis=redis,
+            state_prefix=f"{key_prefix}:issuer:{name}",
         )
         try:
             issuer = factory(context)

@@ -34,7 +34,7 @@ from broker.errors import (
     StoreUnavailable,
 )
 from broker.identity import DevIdentityIssuer, TokenVerifier
-from broker.issuer import Introspectable, Issuer, PublishesKeys
+from broker.issuer import Introspectable, Issuer, PublishesDocuments, PublishesKeys
 from broker.leases import LeaseManager, LeaseStore, Reaper, TaskView
 from broker.leases.ttl import resolve_ttl
 from broker.policy import Allow, Deny, NeedsApproval, PolicySet, can, decide, load_policy_dir
@@ -170,6 +170,7 @@ class Broker:
             intent.task,
             decision.scope,
             ttl.ttl,
+            params=intent.params,
             request_id=request_id,
             detail={"grant": decision.grant, "policy_version": decision.policy_version},
         )
@@ -277,6 +278,16 @@ class Broker:
                 keys.extend(issuer.jwks().get("keys", []))
         return {"keys": keys}
 
+    async def issuer_document(self, issuer_name: str, document: str) -> tuple[str, bytes]:
+        """A public document of an issuer (CA certificate, KRL, ...): (content type, body)."""
+        issuer: object = self.issuers.get(issuer_name)
+        if not isinstance(issuer, PublishesDocuments):
+            raise NotFound("no such issuer document")
+        docs = await issuer.documents()
+        if document not in docs:
+            raise NotFound("no such issuer document")
+        return docs[document]
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def ready(self) -> dict[str, str]:
@@ -359,7 +370,14 @@ async def build_broker(
         static_keys[dev_identity.name] = dev_identity.keyset()
     verifier = TokenVerifier(identity, clock, static_keys=static_keys)
 
-    issuers = load_issuers(settings.issuers, clock=clock, broker_url=settings.public_url, dev=dev)
+    issuers = load_issuers(
+        settings.issuers,
+        clock=clock,
+        broker_url=settings.public_url,
+        dev=dev,
+        redis=redis,
+        key_prefix=settings.key_prefix,
+    )
     for name, issuer in issuers.items():
         try:
             await issuer.check_health()

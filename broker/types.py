@@ -118,6 +118,7 @@ class Intent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     task: Task
     scope: Scope
     ttl: timedelta | None = None
+    params: dict[str, str] = msgspec.field(default_factory=dict)  # see MintRequest.params
 
 
 class MintRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -130,6 +131,10 @@ class MintRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     scope: Scope
     issued_at: datetime
     not_after: datetime
+    # Non-secret, issuer-specific inputs from the workload, e.g. ``public_key`` (an SSH or X.509
+    # public key whose private half never leaves the workload) or ``source_address``. The issuer
+    # validates them strictly and refuses unknown names (InvalidRequest). Never a secret.
+    params: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Credential(msgspec.Struct, frozen=True, kw_only=True):

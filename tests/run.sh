@@ -18,6 +18,10 @@ need_apt() { command -v "$1" >/dev/null 2>&1 || APT_PKGS="${APT_PKGS:-} $2"; }
 need_apt redis-server redis-server
 need_apt redis-cli redis-tools
 need_apt pg_isready postgresql
+need_apt psql postgresql-client
+need_apt ssh openssh-client
+need_apt ssh-keygen openssh-client
+[ -x /usr/sbin/sshd ] || APT_PKGS="${APT_PKGS:-} openssh-server"   # the ssh issuer's real-client tests
 if [ -n "${APT_PKGS:-}" ]; then
   echo "== installing Debian packages:${APT_PKGS}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -19,7 +19,7 @@ from broker.api.auth import broker_of, request_id
 from broker.api.dev import DevController
 from broker.api.oauth import OAuthController, WellKnownOAuth
 from broker.api.schemas import problem
-from broker.api.v1 import V1Controller
+from broker.api.v1 import IssuerDocuments, V1Controller
 from broker.errors import (
     ApprovalRequired,
     BrokerError,
@@ -144,7 +144,14 @@ def create_app(broker: Broker, *, manage_lifecycle: bool = True) -> Litestar:
             if manage_lifecycle:
                 await broker.aclose()
 
-    handlers: list[Any] = [V1Controller, OAuthController, WellKnownOAuth, healthz, readyz]
+    handlers: list[Any] = [
+        V1Controller,
+        IssuerDocuments,
+        OAuthController,
+        WellKnownOAuth,
+        healthz,
+        readyz,
+    ]
     if broker.dev_identity is not None:
         handlers.append(DevController)
     app = Litestar(

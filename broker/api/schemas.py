@@ -37,6 +37,10 @@ class TaskIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     purpose: Annotated[str, msgspec.Meta(max_length=1000)] = ""
 
 
+ParamName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+ParamValue = Annotated[str, msgspec.Meta(max_length=8192)]
+
+
 class CredentialRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Ask for one credential for one task. ``ttl`` is seconds or a duration (``"10m"``);
     omitted, the grant's default applies. Without a task the credential is its own task."""
@@ -46,6 +50,8 @@ class CredentialRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     actions: Annotated[list[Action], msgspec.Meta(min_length=1, max_length=32)]
     task: TaskIn | None = None
     ttl: Ttl | None = None
+    # Issuer-specific, non-secret inputs (e.g. ``public_key`` for ssh/x509); see the issuer's page.
+    params: Annotated[dict[ParamName, ParamValue], msgspec.Meta(max_properties=8)] | None = None
 
 
 class CredentialOut(msgspec.Struct, frozen=True):

@@ -6,7 +6,7 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, JSONBody, Parameter
@@ -54,6 +54,7 @@ def intent_from_request(data: CredentialRequest) -> Intent:
         task=task,
         scope=Scope.of(data.issuer, data.resource, data.actions),
         ttl=parse_ttl(data.ttl),
+        params=dict(data.params or {}),
     )
 
 
@@ -151,3 +152,23 @@ class V1Controller(Controller):
         task_id: str = TaskId,
     ) -> TaskOut:
         return task_out(await broker_of(request).complete_task(caller, task_id))
+
+
+class IssuerDocuments(Controller):
+    """Public documents of issuers (a CA certificate, an SSH CA key, a revocation list). Public
+    by design, like ``/.well-known/jwks.json``: relying parties fetch them without credentials."""
+
+    path = "/v1/issuers"
+    tags = ["issuers"]
+
+    @get(
+        "/{issuer:str}/{document:str}",
+        summary="A public document of an issuer (CA certificate, KRL, CRL)",
+    )
+    async def document(
+        self, request: Request[Any, Any, State], issuer: str, document: str
+    ) -> Response[bytes]:
+        content_type, body = await broker_of(request).issuer_document(issuer, document)
+        return Response(
+            body, media_type=content_type, headers={"Cache-Control": "public, max-age=30"}
+        )

@@ -127,6 +127,13 @@ def serve(config_path: str) -> None:
 @click.option("--ttl", help="How long, e.g. 10m (default: the grant's default).")
 @click.option("--task", "task_id", help="Task id (default: a new task per credential).")
 @click.option("--purpose", default="", help="Why: shown to humans, never grants anything.")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Issuer input, e.g. public_key=@~/.ssh/id_ed25519.pub (@FILE reads a file). Repeatable.",
+)
 @url_option
 @token_option
 @token_file_option
@@ -138,6 +145,7 @@ def request(
     ttl: str | None,
     task_id: str | None,
     purpose: str,
+    params: tuple[str, ...],
     url: str | None,
     token: str | None,
     token_file: str | None,
@@ -146,6 +154,8 @@ def request(
     """Ask for a credential. Prints the secret on stdout, the lease on stderr."""
     acts = [a.strip() for item in actions for a in item.split(",") if a.strip()]
     body: dict[str, Any] = {"issuer": issuer, "resource": resource, "actions": acts}
+    if params:
+        body["params"] = _parse_params(params)
     if ttl:
         body["ttl"] = ttl
     if task_id or purpose:
@@ -164,6 +174,22 @@ def request(
     )
     if data.get("ttl_capped_by"):
         click.echo(f"ttl capped by {data['ttl_capped_by']}", err=True)
+
+
+def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            die(f"--param {item!r}: expected NAME=VALUE")
+        if value.startswith("@"):
+            path = Path(value[1:]).expanduser()
+            try:
+                value = path.read_text().strip()
+            except OSError as exc:
+                die(f"--param {name}: cannot read {path}: {exc.strerror}")
+        out[name] = value
+    return out
 
 
 def _lease_table(leases: list[dict[str, Any]]) -> Table:

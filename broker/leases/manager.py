@@ -110,6 +110,7 @@ class LeaseManager:
         scope: Scope,
         ttl: timedelta,
         *,
+        params: Mapping[str, str] | None = None,
         request_id: str | None = None,
         detail: Mapping[str, str] | None = None,
     ) -> tuple[Lease, Credential]:
@@ -159,6 +160,7 @@ class LeaseManager:
             scope=scope,
             issued_at=now,
             not_after=not_after,
+            params=dict(params or {}),
         )
         try:
             credential = await asyncio.wait_for(
