@@ -51,7 +51,7 @@ class CredentialRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     task: TaskIn | None = None
     ttl: Ttl | None = None
     # Issuer-specific, non-secret inputs (e.g. ``public_key`` for ssh/x509); see the issuer's page.
-    params: Annotated[dict[ParamName, ParamValue], msgspec.Meta(max_properties=8)] | None = None
+    params: Annotated[dict[ParamName, ParamValue], msgspec.Meta(max_length=8)] | None = None
 
 
 class CredentialOut(msgspec.Struct, frozen=True):
