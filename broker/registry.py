@@ -23,6 +23,8 @@ __all__ = ["GROUP", "available_types", "load_issuers"]
 GROUP = "jit_broker.issuers"
 BUILTIN_DISTRIBUTION = "jit-broker"
 log = logging.getLogger("jit.registry")
+# Built-in issuer types whose backend library is an optional extra (ADR 0005).
+_EXTRAS = {"postgres": "postgres", "aws": "aws"}
 
 
 def _entry_points() -> dict[str, EntryPoint]:
@@ -66,6 +68,12 @@ def load_issuers(
             )
         try:
             factory = ep.load()
+        except ModuleNotFoundError as exc:
+            extra = _EXTRAS.get(inst.type)
+            hint = f"; install it with: pip install 'jit-broker[{extra}]'" if extra else ""
+            raise ConfigError(
+                f"issuer {name!r}: type {inst.type!r} needs the module {exc.name!r}{hint}"
+            ) from exc
         except Exception as exc:
             raise ConfigError(
                 f"issuer {name!r}: type {inst.type!r} failed to load: "

@@ -1,0 +1,277 @@
+"""`jit serve` as an operator runs it: a config file, the real Redis, signing keys from files,
+policies from a directory and a trusted OIDC issuer (a small IdP on loopback). Bad configs stop
+start-up with a message naming the problem."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt as pyjwt
+import pytest
+import redis
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.e2e.conftest import JIT, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+class IdP:
+    """A minimal OIDC issuer: discovery and JWKS over HTTP on 127.0.0.1; signs ES256 tokens."""
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.port = free_port()
+        self.issuer = f"http://127.0.0.1:{self.port}"
+        jwk = json.loads(pyjwt.algorithms.ECAlgorithm.to_jwk(self.key.public_key()))
+        jwk.update({"kid": "idp-1", "use": "sig", "alg": "ES256"})
+        docs = {
+            "/.well-known/openid-configuration": {
+                "issuer": self.issuer,
+                "jwks_uri": f"{self.issuer}/jwks",
+            },
+            "/jwks": {"keys": [jwk]},
+        }
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = docs.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def token(self, sub: str, **claims: Any) -> str:
+        now = int(time.time())
+        payload = {
+            "iss": self.issuer,
+            "sub": sub,
+            "aud": "jit-broker",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 300,
+            **claims,
+        }
+        return pyjwt.encode(payload, self.key, algorithm="ES256", headers={"kid": "idp-1"})
+
+
+POLICY = """
+owner: platform
+workloads:
+  - issuer: ci
+    claims:
+      sub: {glob: "repo:acme/*"}
+grants:
+  - name: deploy-read
+    issuer: jwt
+    resource: https://orders.internal
+    actions: [read]
+    max_ttl: 30m
+    approval: none
+"""
+
+
+@pytest.fixture
+def idp() -> Iterator[IdP]:
+    p = IdP()
+    yield p
+    p.server.shutdown()
+
+
+def write_config(tmp: Path, idp: IdP, port: int, prefix: str, **over: Any) -> Path:
+    keys = tmp / "keys"
+    if not keys.exists():
+        subprocess.run(
+            [JIT, "keys", "rotate", "--dir", str(keys)],
+            check=True,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+        )
+    policies = tmp / "policies"
+    policies.mkdir(exist_ok=True)
+    (policies / "platform.yaml").write_text(POLICY)
+    config: dict[str, Any] = {
+        "public_url": f"http://127.0.0.1:{port}",
+        "port": port,
+        "redis_url": "redis://127.0.0.1:6379/0",
+        "key_prefix": prefix,
+        "policy_dir": "policies",
+        "identity": [
+            {
+                "name": "ci",
+                "issuer": idp.issuer,
+                "audiences": ["jit-broker"],
+                "algorithms": ["ES256"],
+            }
+        ],
+        "issuers": {"jwt": {"type": "jwt", "config": {"keys_dir": str(keys)}}},
+    }
+    config.update(over)
+    path = tmp / "jit.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def serve(config: Path, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [JIT, "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_jit_serve_issues_verifiable_credentials_from_files_and_redis(
+    tmp_path: Path, idp: IdP
+) -> None:
+    port = free_port()
+    prefix = f"jittest-serve-{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path, idp, port, prefix)
+    proc = subprocess.Popen(
+        [JIT, "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+        env = {**os.environ, "JIT_URL": url, "JIT_TOKEN": idp.token("repo:acme/app")}
+        out = subprocess.run(
+            [
+                JIT,
+                "request",
+                "--resource",
+                "https://orders.internal",
+                "--action",
+                "read",
+                "--task",
+                "deploy-1",
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+        assert out.returncode == 0, out.stderr
+        issued = json.loads(out.stdout)
+        token = issued["credential"]["secret"]
+        jwks = pyjwt.PyJWKClient(f"{url}/.well-known/jwks.json")
+        claims = pyjwt.decode(
+            token,
+            jwks.get_signing_key_from_jwt(token).key,
+            algorithms=["EdDSA"],
+            audience="https://orders.internal",
+            issuer=url,
+        )
+        assert claims["sub"] == "ci:repo:acme/app"
+        assert claims["jti"] == issued["lease_id"]
+        # The lease lives in the real Redis under the configured prefix.
+        r = redis.Redis()
+        assert r.zscore(f"{prefix}:{{due}}", issued["lease_id"]) is not None
+        # A workload the policy does not trust is refused with the reason.
+        env["JIT_TOKEN"] = idp.token("repo:evil/app")
+        denied = subprocess.run(
+            [JIT, "request", "--resource", "https://orders.internal", "--action", "read"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+        assert denied.returncode != 0
+        assert "Forbidden (403)" in denied.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        r = redis.Redis()
+        for key in r.scan_iter(match=f"{prefix}:*"):
+            r.unlink(key)
+
+
+def test_an_unknown_config_key_stops_start_up_naming_it(tmp_path: Path, idp: IdP) -> None:
+    config = write_config(tmp_path, idp, free_port(), "jittest-x", listen_adress="0.0.0.0")
+    result = serve(config)
+    assert result.returncode != 0
+    assert "listen_adress" in result.stderr
+
+
+def test_a_missing_config_file_stops_start_up_naming_it(tmp_path: Path) -> None:
+    result = serve(tmp_path / "nope.yaml")
+    assert result.returncode != 0
+    assert "nope.yaml" in result.stderr
+
+
+def test_an_unreachable_redis_stops_start_up_naming_it(tmp_path: Path, idp: IdP) -> None:
+    port = free_port()  # nothing listens there
+    config = write_config(
+        tmp_path, idp, free_port(), "jittest-x", redis_url=f"redis://127.0.0.1:{port}/0"
+    )
+    result = serve(config)
+    assert result.returncode != 0
+    assert f"Redis at redis://127.0.0.1:{port}/0 is not answering" in result.stderr
+
+
+def test_a_broken_policy_stops_start_up_with_file_and_line(tmp_path: Path, idp: IdP) -> None:
+    config = write_config(tmp_path, idp, free_port(), "jittest-x")
+    (tmp_path / "policies" / "broken.yaml").write_text(
+        "owner: x\nworkloads:\n  - issuer: ci\ngrants:\n  - name: g\n    issuer: jwt\n"
+        "    resource: https://a\n    actions: [read]\n    max_tll: 1h\n"
+    )
+    result = serve(config)
+    assert result.returncode != 0
+    assert "broken.yaml:" in result.stderr
+    assert "max_tll" in result.stderr
+
+
+def test_policy_lint_reports_file_line_and_reason(tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "p.yaml").write_text(POLICY.replace("issuer: ci", "issuer: dev"))
+    ok = subprocess.run(
+        [JIT, "policy", "lint", str(good)], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "p.yaml").write_text(POLICY + "    unknown_key: 1\n")
+    lint = subprocess.run(
+        [JIT, "policy", "lint", str(bad)], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    assert lint.returncode != 0
+    out = lint.stdout + lint.stderr
+    assert "p.yaml:" in out
+    assert "unknown_key" in out
