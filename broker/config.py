@@ -136,6 +136,8 @@ class ReaperSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=T
 class LimitsSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_body_bytes: int = 64 * 1024
     max_ttl: timedelta = timedelta(hours=12)  # hard ceiling whatever a policy says
+    default_task_ttl: timedelta = timedelta(hours=12)  # a task's life when it declares none
+    max_task_ttl: timedelta = timedelta(hours=24)  # the longest life a task may declare
 
 
 class AuditSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):

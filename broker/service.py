@@ -14,6 +14,7 @@ import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -154,12 +155,23 @@ class Broker:
         issuer = self.issuers.get(scope.issuer)
         if issuer is None:  # policy lint checks this at load; kept as a guard
             raise InvalidRequest(f"unknown issuer {scope.issuer!r}")
+        limits = self.settings.limits
+        if intent.task.ttl is not None and not (
+            timedelta(0) < intent.task.ttl <= limits.max_task_ttl
+        ):
+            raise InvalidRequest(
+                f"task ttl must be positive and at most {int(limits.max_task_ttl.total_seconds())}s"
+            )
+        deadline = await self.manager.task_deadline(
+            principal.id, intent.task, default=limits.default_task_ttl
+        )
         ttl = resolve_ttl(
             intent.ttl,
             grant_default=decision.ttl,
             grant_max=decision.ttl,
             issuer=issuer.capabilities,
-            hard_max=self.settings.limits.max_ttl,
+            hard_max=limits.max_ttl,
+            task_remaining=deadline - now,
         )
         detail["ttl_seconds"] = int(ttl.ttl.total_seconds())
         await self.audit.emit(
@@ -171,6 +183,7 @@ class Broker:
             decision.scope,
             ttl.ttl,
             params=intent.params,
+            deadline=deadline,
             request_id=request_id,
             detail={"grant": decision.grant, "policy_version": decision.policy_version},
         )

@@ -94,6 +94,9 @@ class Task(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     id: str
     purpose: str = ""
+    # How long the task may run, declared by its first request (later ones cannot change it).
+    # None: the broker's default. No credential from an expiry-only issuer outlives it.
+    ttl: timedelta | None = None
 
 
 class Principal(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

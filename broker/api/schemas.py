@@ -35,6 +35,8 @@ Ttl = (
 class TaskIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: Identifier
     purpose: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+    # How long the task may run (first request only): seconds or a duration ("2h").
+    ttl: Ttl | None = None
 
 
 ParamName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
@@ -97,6 +99,7 @@ class TaskOut(msgspec.Struct, frozen=True):
     state: str
     created_at: datetime
     completed_at: datetime | None
+    deadline: datetime | None
     leases: list[LeaseView]
 
 
@@ -125,6 +128,7 @@ def task_out(view: TaskView) -> TaskOut:
         state=view.state,
         created_at=view.created_at,
         completed_at=view.completed_at,
+        deadline=view.deadline,
         leases=[lease_view(le) for le in view.leases],
     )
 

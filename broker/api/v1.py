@@ -49,7 +49,11 @@ def parse_ttl(value: int | str | None) -> timedelta | None:
 
 
 def intent_from_request(data: CredentialRequest) -> Intent:
-    task = Task(id=data.task.id, purpose=data.task.purpose) if data.task else Task(new_task_id())
+    task = (
+        Task(id=data.task.id, purpose=data.task.purpose, ttl=parse_ttl(data.task.ttl))
+        if data.task
+        else Task(new_task_id())
+    )
     return Intent(
         task=task,
         scope=Scope.of(data.issuer, data.resource, data.actions),

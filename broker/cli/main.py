@@ -127,6 +127,7 @@ def serve(config_path: str) -> None:
 @click.option("--ttl", help="How long, e.g. 10m (default: the grant's default).")
 @click.option("--task", "task_id", help="Task id (default: a new task per credential).")
 @click.option("--purpose", default="", help="Why: shown to humans, never grants anything.")
+@click.option("--task-ttl", help="How long the task may run, e.g. 2h (first request of a task).")
 @click.option(
     "--param",
     "params",
@@ -145,6 +146,7 @@ def request(
     ttl: str | None,
     task_id: str | None,
     purpose: str,
+    task_ttl: str | None,
     params: tuple[str, ...],
     url: str | None,
     token: str | None,
@@ -158,10 +160,12 @@ def request(
         body["params"] = _parse_params(params)
     if ttl:
         body["ttl"] = ttl
-    if task_id or purpose:
+    if task_id or purpose or task_ttl:
         if not task_id:
-            die("--purpose needs --task")
+            die("--purpose and --task-ttl need --task")
         body["task"] = {"id": task_id, "purpose": purpose}
+        if task_ttl:
+            body["task"]["ttl"] = task_ttl
     data = _client(url, token, token_file).call("POST", "/v1/credentials", json=body)
     if as_json:
         _print_json(data)

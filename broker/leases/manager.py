@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from broker.audit import AuditLog
-from broker.clock import Clock, to_ms
+from broker.clock import Clock, from_ms, to_ms
 from broker.config import ReaperSettings
 from broker.errors import (
     BrokerError,
@@ -64,6 +64,7 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     state: str  # open | completed
     created_at: datetime
     completed_at: datetime | None
+    deadline: datetime | None
     leases: list[Lease]
 
 
@@ -111,12 +112,16 @@ class LeaseManager:
         ttl: timedelta,
         *,
         params: Mapping[str, str] | None = None,
+        deadline: datetime | None = None,
         request_id: str | None = None,
         detail: Mapping[str, str] | None = None,
     ) -> tuple[Lease, Credential]:
         """Mint a credential for exactly ``scope`` until now + ``ttl``, as a lease of ``task``.
 
-        Raises Conflict if the task is completed, InvalidRequest for an unknown issuer,
+        ``deadline`` is the task's end if this request creates the task (see
+        :meth:`task_deadline`); an expiry-only issuer's credential must not outlive the task.
+        Raises Conflict if the task is completed or past its deadline, InvalidRequest for an
+        unknown issuer,
         ScopeNotSupported from the issuer, IssuerUnavailable/IssuerError if the mint fails
         (anything it may have created is revoked)."""
         validate_task_id(task.id)
@@ -140,10 +145,18 @@ class LeaseManager:
         )
         due = min(now + s.mint_grace, not_after)
         status = await self.store.create(
-            lease, due_ms=to_ms(due), task_expire_ms=to_ms(not_after + s.retention)
+            lease,
+            due_ms=to_ms(due),
+            task_expire_ms=to_ms(not_after + s.retention),
+            deadline_ms=to_ms(deadline or self.max_deadline(now)),
+            bounded=not issuer.capabilities.revocable,
         )
         if status == "completed":
             raise Conflict(f"task {task.id!r} is completed; start a new task for new credentials")
+        if status == "deadline":
+            raise Conflict(
+                f"task {task.id!r} has reached its deadline; start a new task for new credentials"
+            )
         if status != "ok":
             raise Conflict(f"task {task.id!r} cannot take new leases ({status})")
         common: dict[str, Any] = {
@@ -205,6 +218,24 @@ class LeaseManager:
         )
         return active, credential
 
+    def max_deadline(self, now: datetime) -> datetime:
+        return now + timedelta(days=3650)  # effectively none (only for direct callers)
+
+    async def task_deadline(self, owner: str, task: Task, *, default: timedelta) -> datetime:
+        """The task's deadline: the stored one for an existing task, else now + its declared
+        ``ttl`` (or ``default``). Raises Conflict when it has passed."""
+        validate_task_id(task.id)
+        now = self.clock.now()
+        stored = await self.store.task_deadline_ms(task_key(owner, task.id), owner)
+        if stored is None:
+            return now + (task.ttl or default)
+        deadline = from_ms(stored)
+        if deadline <= now:
+            raise Conflict(
+                f"task {task.id!r} has reached its deadline; start a new task for new credentials"
+            )
+        return deadline
+
     # -- read -------------------------------------------------------------------------------
 
     async def get(self, lease_id: str, *, owner: str | None = None) -> Lease:
@@ -248,6 +279,7 @@ class LeaseManager:
             state=task.state,
             created_at=task.created_at,
             completed_at=task.completed_at,
+            deadline=task.deadline,
             leases=sorted((r.lease for r in records if r), key=lambda le: le.issued_at),
         )
 

@@ -56,6 +56,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     state: str  # open | completed
     created_at: datetime
     completed_at: datetime | None
+    deadline: datetime | None
     lease_ids: list[str]
 
 
@@ -64,16 +65,20 @@ _doc_dec = msgspec.json.Decoder(_Doc)
 _handle_dec = msgspec.json.Decoder(dict[str, str])
 
 # KEYS: task, task_leases, lease
-# ARGV: owner, task_id, now_ms, lease_id, doc, not_after_ms, task_expire_ms
+# ARGV: owner, task_id, now_ms, lease_id, doc, not_after_ms, task_expire_ms, deadline_ms,
+#       bounded ("1": not_after must not pass the task's deadline)
 _CREATE = """
 local st = redis.call('HGET', KEYS[1], 'state')
 if st == 'completed' then return 'completed' end
 if not st then
   redis.call('HSET', KEYS[1], 'task_id', ARGV[2], 'owner', ARGV[1], 'state', 'open',
-             'created_ms', ARGV[3])
+             'created_ms', ARGV[3], 'deadline_ms', ARGV[8])
 elseif redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
   return 'conflict'
 end
+local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline_ms') or ARGV[8])
+if tonumber(ARGV[3]) >= deadline then return 'deadline' end
+if ARGV[9] == '1' and tonumber(ARGV[6]) > deadline then return 'deadline' end
 redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('HSET', KEYS[3], 'doc', ARGV[5], 'state', 'minting', 'created_ms', ARGV[3],
            'not_after_ms', ARGV[6], 'attempts', 0, 'rev', 0)
@@ -198,7 +203,15 @@ class LeaseStore:
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def create(self, lease: Lease, *, due_ms: int, task_expire_ms: int) -> str:
+    async def create(
+        self,
+        lease: Lease,
+        *,
+        due_ms: int,
+        task_expire_ms: int,
+        deadline_ms: int,
+        bounded: bool,
+    ) -> str:
         """Write-ahead: the due entry first, then the lease (state ``minting``) in its task,
         then the owner index. Returns ``ok``, ``completed`` (the task is closed) or
         ``conflict``; on anything but ``ok`` the index entries are removed again."""
@@ -227,7 +240,9 @@ class LeaseStore:
                     lease.id,
                     doc,
                     to_ms(lease.not_after),
-                    task_expire_ms,
+                    max(task_expire_ms, deadline_ms),
+                    deadline_ms,
+                    "1" if bounded else "0",
                 ],
                 client=pipe,
             )
@@ -277,6 +292,13 @@ class LeaseStore:
         if r is None:
             return None
         return sorted(s for s in (_s(x) for x in r) if s)
+
+    async def task_deadline_ms(self, tkey: str, owner: str) -> int | None:
+        """The deadline of an existing task of ``owner``; None for a task not yet created."""
+        owner_raw, deadline = await self.redis.hmget(self.keys.task(tkey), ["owner", "deadline_ms"])
+        if _s(owner_raw) != owner or deadline is None:
+            return None
+        return int(_s(deadline) or 0)
 
     async def schedule(self, lease_id: str, at_ms: int) -> None:
         await self.redis.zadd(self.keys.due, {lease_id: at_ms})
@@ -368,12 +390,14 @@ class LeaseStore:
         if h.get("owner") != owner:
             return None
         completed = h.get("completed_ms")
+        deadline = h.get("deadline_ms")
         return TaskRecord(
             task_id=h.get("task_id") or "",
             owner=owner,
             state=h.get("state") or "open",
             created_at=from_ms(int(h.get("created_ms") or 0)),
             completed_at=from_ms(int(completed)) if completed else None,
+            deadline=from_ms(int(deadline)) if deadline else None,
             lease_ids=sorted(s for s in (_s(x) for x in members) if s),
         )
 

@@ -420,3 +420,34 @@ async def test_no_secret_reaches_audit_or_redis(api: Api) -> None:
         sig = s.rsplit(".", 1)[1]
         assert sig not in audit_text
         assert sig not in redis_text
+
+
+async def test_an_expiry_only_issuer_is_capped_to_the_task_and_the_response_says_so(
+    api: Api,
+) -> None:
+    import msgspec
+
+    jwt_issuer = api.broker.issuers["jwt"]
+    jwt_issuer.capabilities = msgspec.structs.replace(  # type: ignore[misc]
+        jwt_issuer.capabilities, revocable=False
+    )
+    body = request_body(task={"id": "short", "ttl": "2m"}, ttl="10m")
+    r = await api.client.post("/v1/credentials", json=body, headers=api.auth())
+    assert r.status_code == 201, r.text
+    assert r.json()["ttl"] == 120
+    assert r.json()["ttl_capped_by"] == "task"
+    task = (await api.client.get("/v1/tasks/short", headers=api.auth())).json()
+    assert task["deadline"] == r.json()["expires_at"]
+    api.clock.advance(timedelta(minutes=2))
+    late = await api.client.post(
+        "/v1/credentials", json=request_body(task={"id": "short"}), headers=api.auth()
+    )
+    assert late.status_code == 409
+    assert "reached its deadline" in late.json()["detail"]
+
+
+async def test_a_task_ttl_beyond_the_limit_is_a_400(api: Api) -> None:
+    body = request_body(task={"id": "long", "ttl": "48h"})
+    r = await api.client.post("/v1/credentials", json=body, headers=api.auth())
+    assert r.status_code == 400
+    assert "task ttl" in r.json()["detail"]

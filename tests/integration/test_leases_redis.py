@@ -174,7 +174,17 @@ async def _fill(redis: aioredis.Redis, prefix: str, n: int, clock: FakeClock) ->
                 pipe.zadd(k.due, {lid: to_ms(not_after)})
                 await script(
                     keys=[k.task(tkey), k.task_leases(tkey), k.lease(lid)],
-                    args=[ALICE.id, task, to_ms(now), lid, doc, to_ms(not_after), to_ms(not_after)],
+                    args=[
+                        ALICE.id,
+                        task,
+                        to_ms(now),
+                        lid,
+                        doc,
+                        to_ms(not_after),
+                        to_ms(not_after),
+                        to_ms(not_after),
+                        "0",
+                    ],
                     client=pipe,
                 )
             await pipe.execute()

@@ -343,3 +343,41 @@ async def test_revoked_records_expire_after_the_retention_window(kit: Kit) -> No
 async def test_a_live_lease_record_never_expires(kit: Kit) -> None:
     lease, _ = await kit.issue()
     assert await kit.redis.pttl(kit.store.keys.lease(lease.id)) == -1
+
+
+# -- task deadlines and expiry-only issuers -----------------------------------------------------
+
+
+async def test_a_task_deadline_is_set_by_its_first_request_and_then_enforced(kit: Kit) -> None:
+    deadline = await kit.manager.task_deadline(
+        ALICE.id, Task("t1", ttl=timedelta(minutes=30)), default=timedelta(hours=12)
+    )
+    assert deadline == kit.clock.now() + timedelta(minutes=30)
+    await kit.manager.issue(ALICE, Task("t1"), SCOPE, timedelta(minutes=5), deadline=deadline)
+    # Later requests cannot move it.
+    again = await kit.manager.task_deadline(
+        ALICE.id, Task("t1", ttl=timedelta(hours=5)), default=timedelta(hours=12)
+    )
+    assert again == deadline
+    view = await kit.manager.get_task(ALICE.id, "t1")
+    assert view.deadline == deadline
+    kit.clock.advance(timedelta(minutes=30))
+    with pytest.raises(Conflict, match="reached its deadline"):
+        await kit.manager.task_deadline(ALICE.id, Task("t1"), default=timedelta(hours=12))
+    with pytest.raises(Conflict, match="reached its deadline"):
+        await kit.issue("t1", ttl=60)
+
+
+async def test_an_expiry_only_credential_may_not_outlive_its_task(kit: Kit) -> None:
+    from broker.issuer import Capabilities
+
+    kit.issuer.capabilities = Capabilities(
+        max_ttl=timedelta(hours=1), default_ttl=timedelta(minutes=15), revocable=False
+    )
+    deadline = kit.clock.now() + timedelta(minutes=10)
+    with pytest.raises(Conflict, match="reached its deadline"):
+        await kit.manager.issue(ALICE, Task("t1"), SCOPE, timedelta(minutes=20), deadline=deadline)
+    lease, _ = await kit.manager.issue(
+        ALICE, Task("t1"), SCOPE, timedelta(minutes=10), deadline=deadline
+    )
+    assert lease.not_after == deadline
