@@ -28,6 +28,9 @@ if [ -n "${APT_PKGS:-}" ]; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $APT_PKGS >/dev/null
 fi
 
+# sshd's privilege-separation directory (the ssh issuer's tests start a real sshd)
+if [ "$(id -u)" -eq 0 ]; then mkdir -p -m 0755 /run/sshd; else sudo mkdir -p -m 0755 /run/sshd || true; fi
+
 echo "== checking Redis on 127.0.0.1:6379"
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   echo "   not answering; starting redis-server"
