@@ -33,7 +33,13 @@ sys.path.insert(0, str(ROOT))
 from broker.audit import AuditLog  # noqa: E402
 from broker.cli.server import dev_policy_dir  # noqa: E402
 from broker.clock import SystemClock  # noqa: E402
-from broker.config import IssuerInstanceSettings, ReaperSettings, Settings  # noqa: E402
+from broker.config import (  # noqa: E402
+    ApprovalSettings,
+    IssuerInstanceSettings,
+    PersonSettings,
+    ReaperSettings,
+    Settings,
+)
 from broker.identity import DevIdentityIssuer  # noqa: E402
 from broker.leases import LeaseManager, LeaseStore, Reaper  # noqa: E402
 from broker.service import build_broker  # noqa: E402
@@ -123,6 +129,7 @@ async def startup(redis_url: str, live: int) -> None:
             redis_url=redis_url,
             policy_dir=str(dev_policy_dir()),
             issuers={"jwt": IssuerInstanceSettings(type="jwt", config={"keys_dir": str(keys)})},
+            approvals=ApprovalSettings(people={"ops": PersonSettings()}, default_approvers=["ops"]),
         )
         times = []
         for _ in range(5):

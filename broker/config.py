@@ -19,13 +19,16 @@ import yaml
 from broker.errors import ConfigError
 
 __all__ = [
+    "ApprovalSettings",
     "AuditSettings",
     "ClientSettings",
     "IdentityIssuerSettings",
     "IssuerInstanceSettings",
     "LimitsSettings",
+    "PersonSettings",
     "ReaperSettings",
     "Settings",
+    "SlackSettings",
     "json_schema",
     "load_settings",
     "parse_duration",
@@ -120,6 +123,33 @@ class ClientSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=T
     )
 
 
+class PersonSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A human who may approve requests, and how to recognise them."""
+
+    slack: str | None = None  # Slack user id (U0123ABC)
+    identities: list[str] = msgspec.field(default_factory=list)  # Principal ids ("okta:alice@x")
+    github: str | None = None  # GitHub login (matched against actor / triggering_actor)
+    gitlab: str | None = None  # GitLab username (matched against user_login)
+
+
+class SlackSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    bot_token_file: str  # xoxb- token, in a file (never in the config)
+    signing_secret_file: str  # the app's signing secret, in a file
+    api_url: str = "https://slack.com/api/"  # tests point this at a local fake
+    default_channel: str | None = None  # channel id when a grant names none
+    timeout: timedelta = timedelta(seconds=10)
+
+
+class ApprovalSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    people: dict[str, PersonSettings] = msgspec.field(default_factory=dict)
+    groups: dict[str, list[str]] = msgspec.field(default_factory=dict)  # name -> people
+    default_approvers: list[str] = msgspec.field(default_factory=list)  # for `approval: required`
+    default_expiry: timedelta = timedelta(minutes=15)
+    max_pending_per_workload: int = 10
+    max_wait: timedelta = timedelta(seconds=60)  # longest ?wait= long-poll
+    slack: SlackSettings | None = None
+
+
 class ReaperSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     poll_interval: timedelta = timedelta(milliseconds=200)
     batch_size: int = 200
@@ -158,6 +188,7 @@ class Settings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     reaper: ReaperSettings = msgspec.field(default_factory=ReaperSettings)
     limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
+    approvals: ApprovalSettings = msgspec.field(default_factory=ApprovalSettings)
     broker_audience: str = "jit-broker"  # the ``aud`` workload tokens must carry for the broker
 
 
@@ -199,6 +230,14 @@ def _check(s: Settings, source: str) -> None:
                 f"{source}: identity issuer {ident.name!r}: algorithms {bad} are not allowed "
                 "(only asymmetric algorithms verify third-party tokens)"
             )
+    a = s.approvals
+    for group, members in a.groups.items():
+        unknown = sorted(set(members) - set(a.people))
+        if unknown:
+            raise ConfigError(f"{source}: approvals.groups.{group}: unknown people {unknown}")
+    for name in a.default_approvers:
+        if name.removeprefix("group:") not in (a.groups if name.startswith("group:") else a.people):
+            raise ConfigError(f"{source}: approvals.default_approvers: unknown {name!r}")
     r = s.reaper
     if r.batch_size < 1 or r.concurrency < 1 or r.overdue_after_attempts < 1:
         raise ConfigError(

@@ -14,7 +14,7 @@ import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,15 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from broker.approvals import Approvals, ApprovalState, ApprovalStore, ApprovalView, People
 from broker.audit import AuditLog, AuditSink, FileSink, LoggingSink
 from broker.clock import Clock, SystemClock
-from broker.config import ClientSettings, Settings
+from broker.config import ClientSettings, PersonSettings, Settings
 from broker.errors import (
     ApprovalRequired,
     AuthenticationError,
     ConfigError,
+    Conflict,
     InvalidRequest,
     NotFound,
     PermissionDenied,
@@ -37,12 +39,15 @@ from broker.errors import (
 from broker.identity import DevIdentityIssuer, TokenVerifier
 from broker.issuer import Introspectable, Issuer, PublishesDocuments, PublishesKeys
 from broker.leases import LeaseManager, LeaseStore, Reaper, TaskView
-from broker.leases.ttl import resolve_ttl
+from broker.leases.ttl import TtlDecision, resolve_ttl
 from broker.policy import Allow, Deny, NeedsApproval, PolicySet, can, decide, load_policy_dir
 from broker.registry import load_issuers
 from broker.types import Credential, Intent, Lease, LeaseState, Principal, Secret
 
-__all__ = ["Broker", "Issued", "build_broker"]
+__all__ = ["DEV_APPROVER", "Broker", "Issued", "build_broker"]
+
+#: The approver that ``jit dev`` configures (authenticated by the dev approver key).
+DEV_APPROVER = "dev-approver"
 
 log = logging.getLogger("jit.broker")
 
@@ -73,11 +78,14 @@ class Broker:
     manager: LeaseManager
     reaper: Reaper
     audit: AuditLog
+    approvals: Approvals
     clients: dict[str, Client] = field(default_factory=dict)
     dev_identity: DevIdentityIssuer | None = None
     dev_admin_key: Secret | None = None
+    dev_approver_key: Secret | None = None
     in_memory: bool = False
     _reaper_task: asyncio.Task[None] | None = None
+    _approvals_task: asyncio.Task[None] | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- identity ---------------------------------------------------------------------------
@@ -118,8 +126,15 @@ class Broker:
     # -- issuance ---------------------------------------------------------------------------
 
     async def request_credential(
-        self, principal: Principal, intent: Intent, *, request_id: str | None = None
-    ) -> Issued:
+        self,
+        principal: Principal,
+        intent: Intent,
+        *,
+        on_behalf_of: str | None = None,
+        request_id: str | None = None,
+    ) -> Issued | ApprovalView:
+        """Decide and mint; or, for a grant that needs approval, open (or join) an approval
+        request and return it (the credential comes from :meth:`collect` once approved)."""
         now = self.clock.now()
         decision = decide(self.policy, principal, intent, now)
         scope = intent.scope
@@ -142,6 +157,12 @@ class Broker:
             )
             raise PermissionDenied("no grant allows this request", decision.reasons)
         detail["grant"] = decision.grant
+        issuer = self.issuers.get(scope.issuer)
+        if issuer is None:  # policy lint checks this at load; kept as a guard
+            raise InvalidRequest(f"unknown issuer {scope.issuer!r}")
+        issuer.check_scope(scope)
+        deadline, ttl = await self._ttl(principal, intent, decision.ttl, issuer)
+        detail["ttl_seconds"] = int(ttl.ttl.total_seconds())
         if isinstance(decision, NeedsApproval):
             await self.audit.emit(
                 "decision",
@@ -150,30 +171,21 @@ class Broker:
                 detail=detail,
                 **common,
             )
-            raise ApprovalRequired(decision.grant, decision.reasons)
-        assert isinstance(decision, Allow)
-        issuer = self.issuers.get(scope.issuer)
-        if issuer is None:  # policy lint checks this at load; kept as a guard
-            raise InvalidRequest(f"unknown issuer {scope.issuer!r}")
-        limits = self.settings.limits
-        if intent.task.ttl is not None and not (
-            timedelta(0) < intent.task.ttl <= limits.max_task_ttl
-        ):
-            raise InvalidRequest(
-                f"task ttl must be positive and at most {int(limits.max_task_ttl.total_seconds())}s"
+            grant = self.policy.grant(decision.grant)
+            if grant is None or grant.approval is None:  # cannot happen: decide() named it
+                raise ApprovalRequired(decision.grant, decision.reasons)
+            return await self.approvals.open(
+                principal,
+                intent,
+                ttl=ttl.ttl,
+                grant=decision.grant,
+                grant_owner=grant.owner,
+                rule=grant.approval,
+                policy_version=decision.policy_version,
+                on_behalf_of=on_behalf_of,
+                request_id=request_id,
             )
-        deadline = await self.manager.task_deadline(
-            principal.id, intent.task, default=limits.default_task_ttl
-        )
-        ttl = resolve_ttl(
-            intent.ttl,
-            grant_default=decision.ttl,
-            grant_max=decision.ttl,
-            issuer=issuer.capabilities,
-            hard_max=limits.max_ttl,
-            task_remaining=deadline - now,
-        )
-        detail["ttl_seconds"] = int(ttl.ttl.total_seconds())
+        assert isinstance(decision, Allow)
         await self.audit.emit(
             "decision", outcome="ok", reasons=list(decision.reasons), detail=detail, **common
         )
@@ -194,6 +206,99 @@ class Broker:
             policy_version=decision.policy_version,
             ttl_capped_by=ttl.capped_by,
         )
+
+    async def _ttl(
+        self, principal: Principal, intent: Intent, grant_ttl: timedelta, issuer: Issuer
+    ) -> tuple[datetime, TtlDecision]:
+        limits = self.settings.limits
+        if intent.task.ttl is not None and not (
+            timedelta(0) < intent.task.ttl <= limits.max_task_ttl
+        ):
+            raise InvalidRequest(
+                f"task ttl must be positive and at most {int(limits.max_task_ttl.total_seconds())}s"
+            )
+        deadline = await self.manager.task_deadline(
+            principal.id, intent.task, default=limits.default_task_ttl
+        )
+        ttl = resolve_ttl(
+            intent.ttl,
+            grant_default=grant_ttl,
+            grant_max=grant_ttl,
+            issuer=issuer.capabilities,
+            hard_max=limits.max_ttl,
+            task_remaining=deadline - self.clock.now(),
+        )
+        return deadline, ttl
+
+    # -- approvals --------------------------------------------------------------------------
+
+    async def collect(
+        self, principal: Principal, approval_id: str, *, request_id: str | None = None
+    ) -> tuple[ApprovalView, Issued | None]:
+        """The workload's view of its approval request; once approved, the credential is
+        minted here, once, for the approved scope. The grant's clock started at approval."""
+        view = await self.approvals.get_for(approval_id, owner=principal.id, person=None)
+        if view.state is not ApprovalState.APPROVED or view.lease_id or view.decided_at is None:
+            return view, None
+        scope, approved_ttl = self.approvals.approved_terms(view)
+        now = self.clock.now()
+        remaining = approved_ttl - (now - view.decided_at)
+        if remaining < timedelta(seconds=1):
+            raise Conflict("the approved credential's time ran out before it was collected")
+        planned = self.manager.plan_lease_id(principal.id, view.task.id)
+        status, previous = await self.approvals.claim_mint(view, planned)
+        if status != "ok":
+            return await self.approvals.get(approval_id), None
+        if previous:  # an earlier minter died mid-mint: make sure its credential is gone
+            with contextlib.suppress(NotFound):
+                await self.manager.revoke(previous, "approval_remint")
+        intent = Intent(task=view.task, scope=scope, ttl=remaining, params=dict(view.params))
+        try:
+            decision = decide(self.policy, principal, intent, now)
+            if isinstance(decision, Deny):
+                raise PermissionDenied(
+                    "the policy no longer allows this approved request", decision.reasons
+                )
+            lease, credential = await self.manager.issue(
+                principal,
+                view.task,
+                scope,
+                remaining,
+                params=view.params,
+                lease_id=planned,
+                request_id=request_id,
+                detail={
+                    "grant": view.grant,
+                    "policy_version": decision.policy_version,
+                    "approval_id": view.id,
+                },
+            )
+        except BaseException:
+            await self.approvals.mark_minted(view, "")
+            raise
+        await self.approvals.mark_minted(view, lease.id)
+        issued = Issued(
+            lease=lease,
+            credential=credential,
+            grant=view.grant,
+            policy_version=decision.policy_version,
+            ttl_capped_by="approval" if approved_ttl < view.ttl else None,
+        )
+        return await self.approvals.get(approval_id), issued
+
+    def approver_for(self, principal: Principal) -> str:
+        """The person behind a human identity token; PermissionDenied if not an approver."""
+        person = self.approvals.people.for_principal(principal)
+        if person is None:
+            raise PermissionDenied(f"{principal.id} is not a configured approver")
+        return person
+
+    def check_dev_approver(self, presented: str) -> str:
+        if self.dev_approver_key is None:
+            raise AuthenticationError("not an approver key")
+        if not hmac.compare_digest(self.dev_approver_key.reveal().encode(), presented.encode()):
+            raise AuthenticationError("invalid development approver key")
+        return DEV_APPROVER
 
     # -- leases and tasks -------------------------------------------------------------------
 
@@ -321,12 +426,31 @@ class Broker:
     async def start(self) -> None:
         self._stop = asyncio.Event()
         self._reaper_task = asyncio.create_task(self.reaper.run(self._stop), name="jit-reaper")
+        self._approvals_task = asyncio.create_task(self._sweep_approvals(), name="jit-approvals")
+
+    async def _sweep_approvals(self) -> None:
+        """Expire due approval requests and retry Slack posts, about once a second."""
+        while not self._stop.is_set():
+            try:
+                await self.approvals.sweep()
+            except (RedisError, OSError) as exc:
+                log.warning("approval sweep: Redis unavailable (%s)", type(exc).__name__)
+            except Exception:
+                log.exception("approval sweep failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=1.0)
 
     async def aclose(self) -> None:
         self._stop.set()
-        if self._reaper_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._reaper_task, timeout=5)
+        for task in (self._reaper_task, self._approvals_task):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(task, timeout=5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.approvals.idle(), timeout=5)
+        if self.approvals.notifier is not None:
+            with contextlib.suppress(Exception):
+                await self.approvals.notifier.aclose()
         for issuer in self.issuers.values():
             with contextlib.suppress(Exception):
                 await issuer.aclose()
@@ -358,6 +482,7 @@ async def build_broker(
     dev: bool = False,
     dev_identity: DevIdentityIssuer | None = None,
     dev_admin_key: Secret | None = None,
+    dev_approver_key: Secret | None = None,
     policy_dir: str | Path | None = None,
     audit_sinks: Sequence[AuditSink] | None = None,
     extra_static_keys: Mapping[str, Any] | None = None,
@@ -397,10 +522,15 @@ async def build_broker(
         except Exception as exc:
             raise ConfigError(f"issuer {name!r} failed its health check: {exc}") from exc
 
+    if dev:
+        settings = _with_dev_approver(settings)
+    people = People(settings.approvals)
     policy = load_policy_dir(
         policy_dir or settings.policy_dir,
         known_claims=verifier.known_claims(),
         issuers=set(issuers),
+        approvers=people.known_names(),
+        has_default_approvers=bool(people.expand(())),
     )
 
     sinks: list[AuditSink] = list(audit_sinks) if audit_sinks is not None else [LoggingSink()]
@@ -410,6 +540,17 @@ async def build_broker(
     store = LeaseStore(redis, settings.key_prefix)
     manager = LeaseManager(store, issuers, audit, clock, settings.reaper)
     reaper = Reaper(manager, settings.reaper, clock)
+    approvals = Approvals(
+        ApprovalStore(redis, settings.key_prefix),
+        settings.approvals,
+        clock,
+        audit,
+        notifier=_slack_notifier(settings, clock),
+        default_channel=settings.approvals.slack.default_channel
+        if settings.approvals.slack
+        else None,
+        replica_id=manager.replica_id,
+    )
     await audit.emit(
         "broker.started",
         detail={
@@ -428,11 +569,35 @@ async def build_broker(
         manager=manager,
         reaper=reaper,
         audit=audit,
+        approvals=approvals,
         clients=_load_clients(settings.clients),
         dev_identity=dev_identity,
         dev_admin_key=dev_admin_key,
+        dev_approver_key=dev_approver_key,
         in_memory=in_memory,
     )
+
+
+def _with_dev_approver(settings: Settings) -> Settings:
+    """``jit dev``: add the development approver (it approves with the dev approver key) and
+    make it the default approver."""
+    a = settings.approvals
+    people = {**a.people, DEV_APPROVER: a.people.get(DEV_APPROVER, PersonSettings())}
+    approvals = msgspec.structs.replace(
+        a,
+        people=people,
+        default_approvers=a.default_approvers or [DEV_APPROVER],
+    )
+    return msgspec.structs.replace(settings, approvals=approvals)
+
+
+def _slack_notifier(settings: Settings, clock: Clock) -> Any:
+    slack = settings.approvals.slack
+    if slack is None:
+        return None
+    from broker.approvals.slack import SlackNotifier
+
+    return SlackNotifier(slack, clock, broker_url=settings.public_url)
 
 
 def _redact_url(url: str) -> str:

@@ -97,6 +97,7 @@ class Task(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # How long the task may run, declared by its first request (later ones cannot change it).
     # None: the broker's default. No credential from an expiry-only issuer outlives it.
     ttl: timedelta | None = None
+    auto: bool = False  # the broker named it (the request named no task)
 
 
 class Principal(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

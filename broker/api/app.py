@@ -15,6 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker import __version__
+from broker.api.approvals import ApprovalsController, SlackController
 from broker.api.auth import broker_of, request_id
 from broker.api.dev import DevController
 from broker.api.oauth import OAuthController, WellKnownOAuth
@@ -146,6 +147,8 @@ def create_app(broker: Broker, *, manage_lifecycle: bool = True) -> Litestar:
 
     handlers: list[Any] = [
         V1Controller,
+        ApprovalsController,
+        SlackController,
         IssuerDocuments,
         OAuthController,
         WellKnownOAuth,

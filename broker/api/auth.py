@@ -68,10 +68,10 @@ def basic_credentials(request: Request[Any, Any, State]) -> tuple[str, str] | No
 async def principal(request: Request[Any, Any, State]) -> Principal:
     """Dependency: the verified workload behind the bearer token."""
     broker, rid = broker_of(request), request_id(request)
-    return await broker.authenticate(await _bearer_or_audit(request, broker, rid), request_id=rid)
+    return await broker.authenticate(await bearer_or_audit(request, broker, rid), request_id=rid)
 
 
-async def _bearer_or_audit(request: Request[Any, Any, State], broker: Broker, rid: str) -> str:
+async def bearer_or_audit(request: Request[Any, Any, State], broker: Broker, rid: str) -> str:
     try:
         return bearer_token(request)
     except AuthenticationError as exc:
@@ -95,5 +95,5 @@ async def authenticate_caller(
         return None, await broker.authenticate_client(
             form["client_id"], form["client_secret"], request_id=rid
         )
-    token = await _bearer_or_audit(request, broker, rid)
+    token = await bearer_or_audit(request, broker, rid)
     return await broker.authenticate(token, request_id=rid), None

@@ -12,6 +12,7 @@ from litestar.datastructures import State
 
 from broker.api.auth import authenticate_caller, broker_of, request_id
 from broker.api.v1 import new_task_id, parse_ttl
+from broker.approvals import ApprovalState, ApprovalView
 from broker.errors import (
     ApprovalRequired,
     AuthenticationError,
@@ -19,7 +20,8 @@ from broker.errors import (
     InvalidRequest,
     PermissionDenied,
 )
-from broker.types import Intent, Scope, Task
+from broker.service import Broker, Issued
+from broker.types import Intent, Principal, Scope, Task
 
 __all__ = ["OAuthController", "WellKnownOAuth", "oauth_error"]
 
@@ -149,6 +151,7 @@ def intent_from_form(form: dict[str, str], default_issuer: str | None) -> Intent
         if not ttl_raw.isdigit():
             raise InvalidRequest("ttl must be a number of seconds")
         ttl = parse_ttl(int(ttl_raw))
+    auto = not form.get("task_id")
     task_id = form.get("task_id") or new_task_id()
     if len(task_id) > 128 or not all(c.isalnum() or c in "._:@-" for c in task_id):
         raise InvalidRequest("task_id: 1-128 characters of A-Z a-z 0-9 . _ : @ -")
@@ -156,7 +159,9 @@ def intent_from_form(form: dict[str, str], default_issuer: str | None) -> Intent
     if len(purpose) > 1000:
         raise InvalidRequest("purpose: at most 1000 characters")
     return Intent(
-        task=Task(id=task_id, purpose=purpose), scope=Scope.of(issuer, resource, actions), ttl=ttl
+        task=Task(id=task_id, purpose=purpose, auto=auto),
+        scope=Scope.of(issuer, resource, actions),
+        ttl=ttl,
     )
 
 
@@ -176,7 +181,14 @@ class OAuthController(Controller):
             form = await read_form(request)
             intent = intent_from_form(form, "jwt" if "jwt" in broker.issuers else None)
             principal = await broker.authenticate(form["subject_token"], request_id=rid)
-            issued = await broker.request_credential(principal, intent, request_id=rid)
+            result = await broker.request_credential(principal, intent, request_id=rid)
+            if isinstance(result, Issued):
+                issued = result
+            else:
+                pending = await self._approval(broker, principal, result, rid)
+                if isinstance(pending, Response):
+                    return pending
+                issued = pending
         except BrokerError as exc:
             return from_broker_error(exc)
         lease, cred = issued.lease, issued.credential
@@ -199,6 +211,38 @@ class OAuthController(Controller):
         if issued.ttl_capped_by:
             body["ttl_capped_by"] = issued.ttl_capped_by
         return Response(body, status_code=200, headers=NO_STORE)
+
+    @staticmethod
+    async def _approval(
+        broker: Broker, principal: Principal, view: ApprovalView, rid: str
+    ) -> Issued | Response[dict[str, Any]]:
+        """The device-flow/CIBA convention for a request that needs approval: repeat the same
+        token request; ``authorization_pending`` until decided, then the token,
+        ``access_denied`` or ``expired_token``."""
+        link = f"{broker.settings.public_url}/v1/approvals/{view.id}"
+        if view.state is ApprovalState.APPROVED:
+            view, issued = await broker.collect(principal, view.id, request_id=rid)
+            if issued is not None:
+                return issued
+        if view.state is ApprovalState.DENIED:
+            return oauth_error(
+                "access_denied", "the approval request was denied", approval_id=view.id
+            )
+        if view.state in (ApprovalState.EXPIRED, ApprovalState.CANCELLED):
+            return oauth_error(
+                "expired_token",
+                f"the approval request is {view.state.value}",
+                approval_id=view.id,
+            )
+        expires_in = int((view.expires_at - broker.clock.now()).total_seconds())
+        return oauth_error(
+            "authorization_pending",
+            f"waiting for approval of grant {view.grant} ({view.needed} more needed)",
+            approval_id=view.id,
+            approval_uri=link,
+            expires_in=max(expires_in, 0),
+            interval=5,
+        )
 
     @post("/introspect", status_code=200, summary="RFC 7662 token introspection")
     async def introspect(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:

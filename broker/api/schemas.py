@@ -54,6 +54,9 @@ class CredentialRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     ttl: Ttl | None = None
     # Issuer-specific, non-secret inputs (e.g. ``public_key`` for ssh/x509); see the issuer's page.
     params: Annotated[dict[ParamName, ParamValue], msgspec.Meta(max_length=8)] | None = None
+    # An agent acting for a person names them (a configured person, Slack id or identity): that
+    # person cannot approve the request (separation of duties) and is shown to approvers.
+    on_behalf_of: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
 
 
 class CredentialOut(msgspec.Struct, frozen=True):
@@ -75,6 +78,49 @@ class CredentialResponse(msgspec.Struct, frozen=True):
     policy_version: str
     credential: CredentialOut
     ttl_capped_by: str | None = None
+
+
+class ReviewOut(msgspec.Struct, frozen=True):
+    person: str
+    decision: str
+    at: datetime
+    via: str
+    ttl: int | None = None
+    actions: list[str] | None = None
+    reason: str = ""
+
+
+class ApprovalOut(msgspec.Struct, frozen=True, kw_only=True):
+    approval_id: str
+    state: str
+    owner: str
+    task_id: str
+    purpose: str
+    issuer: str
+    resource: str
+    actions: list[str]
+    ttl: int
+    grant: str
+    policy_version: str
+    approvers: list[str]
+    quorum: int
+    needed: int
+    reviews: list[ReviewOut]
+    created_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    on_behalf_of: str | None
+    link: str
+    lease_id: str | None = None
+    credential: CredentialResponse | None = None  # once approved, to its owner, once
+
+
+class ReviewIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Approve (optionally narrower: a shorter ttl, a subset of the actions) or deny."""
+
+    ttl: Ttl | None = None
+    actions: Annotated[list[Action], msgspec.Meta(min_length=1, max_length=32)] | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
 
 
 class LeaseView(msgspec.Struct, frozen=True):

@@ -21,8 +21,9 @@ from broker.api.schemas import (
     lease_view,
     task_out,
 )
+from broker.approvals import ApprovalState
 from broker.config import parse_duration
-from broker.errors import InvalidRequest
+from broker.errors import Conflict, InvalidRequest, PermissionDenied
 from broker.service import Issued
 from broker.types import Intent, Principal, Scope, Task
 
@@ -52,7 +53,7 @@ def intent_from_request(data: CredentialRequest) -> Intent:
     task = (
         Task(id=data.task.id, purpose=data.task.purpose, ttl=parse_ttl(data.task.ttl))
         if data.task
-        else Task(new_task_id())
+        else Task(new_task_id(), auto=True)
     )
     return Intent(
         task=task,
@@ -94,12 +95,33 @@ class V1Controller(Controller):
         request: Request[Any, Any, State],
         caller: NamedDependency[Principal],
         data: JSONBody[CredentialRequest],
-    ) -> CredentialResponse:
-        broker = broker_of(request)
-        issued = await broker.request_credential(
-            caller, intent_from_request(data), request_id=request_id(request)
+    ) -> Response[Any]:
+        """201 with the credential; or, when the grant needs approval, 202 with the approval
+        request (follow it at ``link``). Repeating an identical request answers with the same
+        approval request; once approved, it answers 201 with the credential (minted once)."""
+        from broker.api.approvals import approval_out
+
+        broker, rid = broker_of(request), request_id(request)
+        result = await broker.request_credential(
+            caller, intent_from_request(data), on_behalf_of=data.on_behalf_of, request_id=rid
         )
-        return issued_response(issued)
+        if isinstance(result, Issued):
+            return Response(issued_response(result), status_code=201)
+        view = result
+        if view.state is ApprovalState.APPROVED:
+            view, issued = await broker.collect(caller, view.id, request_id=rid)
+            if issued is not None:
+                return Response(issued_response(issued), status_code=201)
+        if view.state is ApprovalState.DENIED:
+            reasons = [f"{r.person}: {r.reason}" for r in view.reviews if r.decision == "deny"]
+            raise PermissionDenied(f"approval request {view.id} was denied", reasons)
+        if view.state in (ApprovalState.EXPIRED, ApprovalState.CANCELLED):
+            raise Conflict(f"approval request {view.id} is {view.state.value}")
+        return Response(
+            approval_out(broker, view),
+            status_code=202,
+            headers={"Location": f"/v1/approvals/{view.id}"},
+        )
 
     @get("/leases", summary="The caller's leases")
     async def list_leases(

@@ -11,7 +11,15 @@ from typing import Any, NoReturn
 import click
 import httpx
 
-__all__ = ["ApiClient", "dev_state_path", "die", "load_dev_state", "resolve_token", "resolve_url"]
+__all__ = [
+    "ApiClient",
+    "dev_state_path",
+    "die",
+    "load_dev_state",
+    "resolve_approver_token",
+    "resolve_token",
+    "resolve_url",
+]
 
 DEFAULT_URL = "http://127.0.0.1:8200"
 
@@ -44,6 +52,17 @@ def resolve_url(url: str | None) -> str:
     if state and isinstance(state.get("url"), str):
         return str(state["url"]).rstrip("/")
     return DEFAULT_URL
+
+
+def resolve_approver_token(token: str | None, url: str) -> str:
+    """An approver's credential: --approver-token / JIT_APPROVER_TOKEN (a human identity
+    token), else, against the running ``jit dev`` broker, its development approver key."""
+    if token:
+        return token.strip()
+    state = load_dev_state()
+    if state and state.get("url") == url and isinstance(state.get("approver_key"), str):
+        return str(state["approver_key"])
+    die("no approver credential: pass --approver-token or set JIT_APPROVER_TOKEN")
 
 
 def resolve_token(token: str | None, token_file: str | None) -> str:
@@ -85,6 +104,8 @@ def explain_error(resp: httpx.Response) -> NoReturn:
     else:
         msg = f"{body.get('title', 'error')} ({resp.status_code}): {body.get('detail', '')}"
     lines = [msg]
+    if body.get("approval_id"):
+        lines.append(f"  approval: {body['approval_id']}")
     if body.get("grant"):
         lines.append(f"  grant: {body['grant']}")
     for reason in body.get("reasons") or []:

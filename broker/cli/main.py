@@ -14,7 +14,15 @@ from rich.console import Console
 from rich.table import Table
 
 from broker import __version__
-from broker.cli.client import ApiClient, die, jit_home, load_dev_state, resolve_token, resolve_url
+from broker.cli.client import (
+    ApiClient,
+    die,
+    jit_home,
+    load_dev_state,
+    resolve_approver_token,
+    resolve_token,
+    resolve_url,
+)
 from broker.config import load_settings, parse_duration
 
 __all__ = ["main"]
@@ -129,6 +137,14 @@ def serve(config_path: str) -> None:
 @click.option("--purpose", default="", help="Why: shown to humans, never grants anything.")
 @click.option("--task-ttl", help="How long the task may run, e.g. 2h (first request of a task).")
 @click.option(
+    "--on-behalf-of", help="The person an agent acts for (they cannot approve the request)."
+)
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="If approval is needed, print the approval id and exit instead of waiting.",
+)
+@click.option(
     "--param",
     "params",
     multiple=True,
@@ -147,13 +163,18 @@ def request(
     task_id: str | None,
     purpose: str,
     task_ttl: str | None,
+    on_behalf_of: str | None,
+    no_wait: bool,
     params: tuple[str, ...],
     url: str | None,
     token: str | None,
     token_file: str | None,
     as_json: bool,
 ) -> None:
-    """Ask for a credential. Prints the secret on stdout, the lease on stderr."""
+    """Ask for a credential. Prints the secret on stdout, the lease on stderr.
+
+    When the grant needs human approval, waits (with a live status line) until it is approved,
+    then prints the credential; denied or expired exits 1. --no-wait prints the approval id."""
     acts = [a.strip() for item in actions for a in item.split(",") if a.strip()]
     body: dict[str, Any] = {"issuer": issuer, "resource": resource, "actions": acts}
     if params:
@@ -166,7 +187,20 @@ def request(
         body["task"] = {"id": task_id, "purpose": purpose}
         if task_ttl:
             body["task"]["ttl"] = task_ttl
-    data = _client(url, token, token_file).call("POST", "/v1/credentials", json=body)
+    if on_behalf_of:
+        body["on_behalf_of"] = on_behalf_of
+    client = _client(url, token, token_file)
+    data = client.call("POST", "/v1/credentials", json=body)
+    if "approval_id" in data:  # 202: approval needed
+        if no_wait:
+            click.echo(data["approval_id"])
+            click.echo(
+                f"approval needed for grant {data['grant']}: {data['needed']} of "
+                f"{', '.join(data['approvers'])}; expires {data['expires_at']}",
+                err=True,
+            )
+            return
+        data = _wait_for_approval(client, data)
     if as_json:
         _print_json(data)
         return
@@ -178,6 +212,131 @@ def request(
     )
     if data.get("ttl_capped_by"):
         click.echo(f"ttl capped by {data['ttl_capped_by']}", err=True)
+
+
+def _wait_for_approval(client: ApiClient, pending: dict[str, Any]) -> dict[str, Any]:
+    """Long-poll the approval request with a live status line; return the credential."""
+    aid = pending["approval_id"]
+    console = Console(stderr=True, highlight=False)
+    data = pending
+    try:
+        with console.status("") as status:
+            while True:
+                left = datetime.fromisoformat(data["expires_at"]) - datetime.now(UTC)
+                secs = max(0, int(left.total_seconds()))
+                status.update(
+                    f"waiting for approval {aid} (grant {data['grant']}): "
+                    f"{data['needed']} more of {', '.join(data['approvers'])}; "
+                    f"expires in {secs // 60}:{secs % 60:02d}"
+                )
+                if data["state"] != "pending":
+                    break
+                data = client.call("GET", f"/v1/approvals/{aid}", params={"wait": 20})
+    except KeyboardInterrupt:
+        die(f"stopped waiting; the request is still pending: jit approvals show {aid}", 130)
+    if data.get("credential"):
+        approvers = [r["person"] for r in data["reviews"] if r["decision"] == "approve"]
+        click.echo(f"approved by {', '.join(approvers)}", err=True)
+        return dict(data["credential"])
+    if data["state"] == "denied":
+        reasons = [f"{r['person']}: {r['reason']}" for r in data["reviews"]]
+        die("approval denied\n" + "\n".join(f"  - {r}" for r in reasons))
+    if data["state"] == "approved":
+        die(f"approved, but the credential was already collected (lease {data['lease_id']})")
+    die(f"approval request {data['state']}")
+
+
+def _approval_line(a: dict[str, Any]) -> str:
+    return (
+        f"{a['approval_id']}  {a['state']:<9} {a['owner']}  task {a['task_id']}  "
+        f"{a['issuer']} {a['resource']} {','.join(a['actions'])} for {a['ttl']}s  "
+        f"grant {a['grant']}  needs {a['needed']}/{a['quorum']}  expires {a['expires_at']}"
+    )
+
+
+approver_token_option = click.option(
+    "--approver-token",
+    envvar="JIT_APPROVER_TOKEN",
+    help="A human identity token of an approver [env JIT_APPROVER_TOKEN]; jit dev: automatic.",
+)
+
+
+def _approver_client(url: str | None, approver_token: str | None) -> ApiClient:
+    base = resolve_url(url)
+    return ApiClient(base, resolve_approver_token(approver_token, base))
+
+
+@main.group()
+def approvals() -> None:
+    """Approval requests waiting for you (as an approver)."""
+
+
+@approvals.command("list")
+@url_option
+@approver_token_option
+@json_option
+def approvals_list(url: str | None, approver_token: str | None, as_json: bool) -> None:
+    """Pending requests you may approve."""
+    data = _approver_client(url, approver_token).call("GET", "/v1/approvals/")
+    if as_json:
+        _print_json(data)
+        return
+    if not data:
+        click.echo("no pending approval requests", err=True)
+    for a in data:
+        click.echo(_approval_line(a))
+
+
+@approvals.command("show")
+@click.argument("approval_id")
+@url_option
+@approver_token_option
+def approvals_show(approval_id: str, url: str | None, approver_token: str | None) -> None:
+    """One approval request, in full (JSON)."""
+    _print_json(_approver_client(url, approver_token).call("GET", f"/v1/approvals/{approval_id}"))
+
+
+@main.command()
+@click.argument("approval_id")
+@click.option("--ttl", help="Approve a shorter TTL than asked, e.g. 5m.")
+@click.option(
+    "--action", "-a", "actions", multiple=True, help="Approve only these actions (repeatable)."
+)
+@click.option("--reason", default="", help="A note for the record.")
+@url_option
+@approver_token_option
+def approve(
+    approval_id: str,
+    ttl: str | None,
+    actions: tuple[str, ...],
+    reason: str,
+    url: str | None,
+    approver_token: str | None,
+) -> None:
+    """Approve a request (optionally narrower: a shorter TTL, fewer actions)."""
+    body: dict[str, Any] = {"reason": reason}
+    if ttl:
+        body["ttl"] = ttl
+    acts = [a.strip() for item in actions for a in item.split(",") if a.strip()]
+    if acts:
+        body["actions"] = acts
+    data = _approver_client(url, approver_token).call(
+        "POST", f"/v1/approvals/{approval_id}/approve", json=body
+    )
+    click.echo(f"{data['approval_id']}: {data['state']} ({data['needed']} more needed)")
+
+
+@main.command()
+@click.argument("approval_id")
+@click.option("--reason", required=True, help="Why (shown to the requester).")
+@url_option
+@approver_token_option
+def deny(approval_id: str, reason: str, url: str | None, approver_token: str | None) -> None:
+    """Deny a request."""
+    data = _approver_client(url, approver_token).call(
+        "POST", f"/v1/approvals/{approval_id}/deny", json={"reason": reason}
+    )
+    click.echo(f"{data['approval_id']}: {data['state']}")
 
 
 def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
@@ -300,6 +459,16 @@ def _policy_context(
 ) -> tuple[dict[str, set[str] | None] | None, set[str] | None]:
     if not config_path:
         return None, None
+    known_claims, issuers, _, _ = _policy_options(config_path)
+    return known_claims, issuers
+
+
+def _policy_options(config_path: str | None) -> tuple[Any, Any, Any, bool]:
+    """(known claims, issuer names, approver names, has default approvers) from a config;
+    all unchecked (None) without one."""
+    if not config_path:
+        return None, None, None, True
+    from broker.approvals import People
     from broker.clock import SystemClock
     from broker.errors import BrokerError
     from broker.identity import TokenVerifier
@@ -309,7 +478,13 @@ def _policy_context(
     except BrokerError as exc:
         die(exc.message, 2)
     verifier = TokenVerifier(settings.identity, SystemClock())
-    return verifier.known_claims(), set(settings.issuers)
+    people = People(settings.approvals)
+    return (
+        verifier.known_claims(),
+        set(settings.issuers),
+        people.known_names(),
+        bool(people.expand(())),
+    )
 
 
 @main.group()
@@ -329,8 +504,14 @@ def policy_lint(directory: str, config_path: str | None) -> None:
     """Validate every policy document in DIRECTORY; print file:line: reason for each problem."""
     from broker.policy import lint_policy_dir
 
-    known_claims, issuers = _policy_context(config_path)
-    problems = lint_policy_dir(directory, known_claims=known_claims, issuers=issuers)
+    known_claims, issuers, approvers, has_default = _policy_options(config_path)
+    problems = lint_policy_dir(
+        directory,
+        known_claims=known_claims,
+        issuers=issuers,
+        approvers=approvers,
+        has_default_approvers=has_default,
+    )
     for p in problems:
         click.echo(str(p), err=True)
     if problems:

@@ -117,6 +117,7 @@ def run_dev(host: str, port: int, home: Path) -> None:
         },
     )
     admin_key = secrets.token_urlsafe(32)
+    approver_key = "jitdev-approver-" + secrets.token_urlsafe(32)
     dev_identity = DevIdentityIssuer(f"{url}/dev/oidc", clock, audience=settings.broker_audience)
     state_file = home / "dev.json"
 
@@ -124,7 +125,13 @@ def run_dev(host: str, port: int, home: Path) -> None:
         fd = os.open(state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(
-                {"url": url, "admin_key": admin_key, "keys_dir": str(keys_dir), "pid": os.getpid()},
+                {
+                    "url": url,
+                    "admin_key": admin_key,
+                    "approver_key": approver_key,
+                    "keys_dir": str(keys_dir),
+                    "pid": os.getpid(),
+                },
                 fh,
             )
         banner(url, state_file, keys_dir)
@@ -138,6 +145,7 @@ def run_dev(host: str, port: int, home: Path) -> None:
                 dev=True,
                 dev_identity=dev_identity,
                 dev_admin_key=Secret(admin_key),
+                dev_approver_key=Secret(approver_key),
             )
         except BrokerError as exc:
             raise click.ClickException(exc.message) from None
@@ -195,7 +203,9 @@ def banner(url: str, state_file: Path, keys_dir: Path) -> None:
         "jit request --resource https://demo.local --action read --ttl 10m --task build-42\n"
         "jit leases\n"
         "jit task complete build-42\n"
-        "jit request --resource https://demo.local --action admin   # -> approval required\n"
+        "jit request --resource https://demo.local --action admin   # waits for approval\n"
+        "jit approvals list     # in a third shell: the pending request (as the dev approver)\n"
+        "jit approve <APPROVAL_ID>\n"
         'jit policy explain --claims \'{"sub": "ci-job-1"}\' --resource https://demo.local '
         "--action admin"
     )

@@ -77,6 +77,7 @@ GITHUB_CLAIMS = frozenset(
         "sub",
         "actor",
         "actor_id",
+        "triggering_actor",
         "base_ref",
         "check_run_id",
         "enterprise",

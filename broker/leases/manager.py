@@ -113,6 +113,7 @@ class LeaseManager:
         *,
         params: Mapping[str, str] | None = None,
         deadline: datetime | None = None,
+        lease_id: str | None = None,
         request_id: str | None = None,
         detail: Mapping[str, str] | None = None,
     ) -> tuple[Lease, Credential]:
@@ -132,8 +133,11 @@ class LeaseManager:
         s = self.settings
         now = self.clock.now()
         not_after = now + ttl
+        tkey = task_key(principal.id, task.id)
+        if lease_id is not None and task_key_of(lease_id) != tkey:
+            raise InvalidRequest("lease id does not belong to this task")
         lease = Lease(
-            id=new_lease_id(task_key(principal.id, task.id)),
+            id=lease_id or new_lease_id(tkey),
             task_id=task.id,
             owner=principal.id,
             principal=principal,
@@ -217,6 +221,11 @@ class LeaseManager:
             lease, state=LeaseState.ACTIVE, handle=dict(credential.handle)
         )
         return active, credential
+
+    def plan_lease_id(self, owner: str, task_id: str) -> str:
+        """A fresh lease id for ``owner``'s task, to record before :meth:`issue` is called
+        with it (an approved request records it so a crashed mint can be found)."""
+        return new_lease_id(task_key(owner, task_id))
 
     def max_deadline(self, now: datetime) -> datetime:
         return now + timedelta(days=3650)  # effectively none (only for direct callers)

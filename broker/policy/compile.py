@@ -27,6 +27,7 @@ from broker.errors import PolicyError
 from broker.policy.model import (
     CEL_VARIABLES,
     DEFAULT_TTL_CAP,
+    ApprovalSpec,
     ClaimPattern,
     DocumentSpec,
     GrantSpec,
@@ -35,6 +36,7 @@ from broker.policy.model import (
 from broker.policy.source import ParsedYaml, YamlPath, parse_yaml, show_path
 
 __all__ = [
+    "ApprovalRule",
     "ClaimMatcher",
     "CompileOptions",
     "Condition",
@@ -107,6 +109,17 @@ class Condition:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalRule:
+    """A compiled ``approval:`` setting. ``approvers`` are names as written (people and
+    ``group:<name>``); empty means the config's default approvers."""
+
+    approvers: tuple[str, ...]
+    quorum: int
+    expires_after: timedelta | None
+    channel: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Grant:
     """A compiled grant. ``id`` is ``<owner>/<name>``."""
 
@@ -119,10 +132,14 @@ class Grant:
     actions: frozenset[str]
     max_ttl: timedelta
     default_ttl: timedelta
-    approval_required: bool
+    approval: ApprovalRule | None  # None: no approval needed
     condition: Condition | None
     file: str
     line: int
+
+    @property
+    def approval_required(self) -> bool:
+        return self.approval is not None
 
     def matches_resource(self, resource: str) -> bool:
         """The requested resource is inside this grant's resource.
@@ -158,6 +175,13 @@ class PolicySet:
     documents: tuple[PolicyDocument, ...]
     files: tuple[str, ...]
 
+    def grant(self, grant_id: str) -> Grant | None:
+        for document in self.documents:
+            for grant in document.grants:
+                if grant.id == grant_id:
+                    return grant
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class CompileOptions:
@@ -169,6 +193,10 @@ class CompileOptions:
 
     known_claims: Mapping[str, Collection[str] | None] | None = None
     issuers: Collection[str] | None = None
+    # Approver names the config knows: people and "group:<name>" (None: not checked), and
+    # whether ``approval: required`` (the config's default approvers) has anyone to ask.
+    approvers: Collection[str] | None = None
+    has_default_approvers: bool = True
 
 
 def compile_document(
@@ -382,7 +410,8 @@ class _Compiler:
         pattern = None
         if _GLOB_CHARS & set(spec.resource):
             pattern = re.compile(fnmatch.translate(spec.resource))
-        if not ok or max_ttl is None or default_ttl is None:
+        approval_ok, approval = self.approval(spec.approval, (*path, "approval"))
+        if not ok or not approval_ok or max_ttl is None or default_ttl is None:
             return None
         return Grant(
             id=f"{owner}/{spec.name}",
@@ -394,11 +423,57 @@ class _Compiler:
             actions=frozenset(spec.actions),
             max_ttl=max_ttl,
             default_ttl=default_ttl,
-            approval_required=spec.approval == "required",
+            approval=approval,
             condition=condition,
             file=self.file,
             line=self.source.line_of(path),
         )
+
+    def approval(
+        self, spec: str | ApprovalSpec, path: YamlPath
+    ) -> tuple[bool, ApprovalRule | None]:
+        """(ok, the compiled rule); the rule is None for ``approval: none``."""
+        if spec == "none":
+            return True, None
+        if spec == "required":
+            if not self.options.has_default_approvers:
+                self.error(
+                    path,
+                    "approval: required has nobody to ask: name approvers here "
+                    "(approval: {approvers: [...]}) or set approvals.default_approvers in config",
+                )
+                return False, None
+            return True, ApprovalRule(approvers=(), quorum=1, expires_after=None, channel=None)
+        assert isinstance(spec, ApprovalSpec)
+        ok = True
+        known = self.options.approvers
+        if known is not None:
+            for i, name in enumerate(spec.approvers):
+                if name not in known:
+                    self.error((*path, "approvers", i), f"unknown approver {name!r}")
+                    ok = False
+        expires: timedelta | None = None
+        if spec.expires_after is not None:
+            expires = self.duration(spec.expires_after, (*path, "expires_after"))
+            ok = ok and expires is not None
+        if known is not None and ok:
+            people = {n for n in known if not n.startswith("group:")}
+            direct = [n for n in spec.approvers if not n.startswith("group:")]
+            if not [n for n in spec.approvers if n.startswith("group:")] and (
+                len(set(direct) & people) < spec.quorum
+            ):
+                self.error(
+                    (*path, "quorum"),
+                    f"quorum {spec.quorum} needs at least {spec.quorum} approvers",
+                )
+                ok = False
+        rule = ApprovalRule(
+            approvers=tuple(spec.approvers),
+            quorum=spec.quorum,
+            expires_after=expires,
+            channel=spec.channel,
+        )
+        return ok, rule if ok else None
 
     def duration(self, raw: str | int, path: YamlPath) -> timedelta | None:
         name = str(path[-1])

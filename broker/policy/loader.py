@@ -28,9 +28,12 @@ def load_policy_dir(
     *,
     known_claims: KnownClaims | None = None,
     issuers: Collection[str] | None = None,
+    approvers: Collection[str] | None = None,
+    has_default_approvers: bool = True,
 ) -> PolicySet:
     """Load and compile every policy file in ``path``. Raises the first :class:`PolicyError`."""
-    policy, errors = _build_dir(Path(path), CompileOptions(known_claims, issuers))
+    options = CompileOptions(known_claims, issuers, approvers, has_default_approvers)
+    policy, errors = _build_dir(Path(path), options)
     if errors or policy is None:
         raise errors[0]
     return policy
@@ -41,9 +44,12 @@ def lint_policy_dir(
     *,
     known_claims: KnownClaims | None = None,
     issuers: Collection[str] | None = None,
+    approvers: Collection[str] | None = None,
+    has_default_approvers: bool = True,
 ) -> list[PolicyError]:
     """Every problem in the policy directory (empty: it loads), sorted by file and line."""
-    return _build_dir(Path(path), CompileOptions(known_claims, issuers))[1]
+    options = CompileOptions(known_claims, issuers, approvers, has_default_approvers)
+    return _build_dir(Path(path), options)[1]
 
 
 def load_policy_text(
@@ -52,11 +58,12 @@ def load_policy_text(
     file: str = "<policy>",
     known_claims: KnownClaims | None = None,
     issuers: Collection[str] | None = None,
+    approvers: Collection[str] | None = None,
+    has_default_approvers: bool = True,
 ) -> PolicySet:
     """Compile one document given as text (``file`` names it in errors and in the version)."""
-    document, errors = compile_document(
-        text, file=file, options=CompileOptions(known_claims, issuers)
-    )
+    options = CompileOptions(known_claims, issuers, approvers, has_default_approvers)
+    document, errors = compile_document(text, file=file, options=options)
     if document is None:
         raise errors[0]
     return PolicySet(

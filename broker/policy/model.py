@@ -21,6 +21,7 @@ __all__ = [
     "GRANT_NAME_PATTERN",
     "OWNER_PATTERN",
     "PERMISSIONS",
+    "ApprovalSpec",
     "ClaimPattern",
     "DocumentSpec",
     "GrantSpec",
@@ -63,6 +64,16 @@ class WorkloadSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     claims: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+class ApprovalSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Who must approve a grant's requests, and how many of them."""
+
+    # people (names from the config's approvals.people) or groups ("group:<name>")
+    approvers: Annotated[list[NonEmpty], msgspec.Meta(min_length=1)]
+    quorum: Annotated[int, msgspec.Meta(ge=1, le=10)] = 1
+    expires_after: str | int | None = None  # how long a request may wait; None: config default
+    channel: str | None = None  # Slack channel id; None: the config's default channel
+
+
 class GrantSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One grant: what the document's workloads may ask for, and on which terms."""
 
@@ -72,7 +83,8 @@ class GrantSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     actions: Annotated[list[Action], msgspec.Meta(min_length=1)]
     max_ttl: str | int  # a duration: 90s, 15m, 1h, 1h30m, or a number of seconds
     default_ttl: str | int | None = None  # <= max_ttl; None: min(max_ttl, 15m)
-    approval: Literal["none", "required"]
+    # "none", "required" (approvers: the config's approvals.default_approvers), or a mapping
+    approval: Literal["none", "required"] | ApprovalSpec
     when: str | None = None  # a CEL condition over claims, principal, request, now
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from datetime import datetime
 
@@ -10,7 +11,7 @@ import httpx
 import jwt as pyjwt
 import pytest
 
-from tests.e2e.conftest import DevBroker
+from tests.e2e.conftest import JIT, DevBroker
 
 pytestmark = pytest.mark.e2e
 
@@ -141,24 +142,81 @@ def test_the_cli_requests_lists_and_revokes_a_credential(dev_broker: DevBroker) 
     assert json.loads(dev_broker.jit("leases", "--json", token=identity).stdout) == []
 
 
-def test_the_admin_grant_answers_approval_required_naming_the_grant(dev_broker: DevBroker) -> None:
+def test_an_admin_request_waits_for_jit_approve_then_prints_a_credential_that_verifies(
+    dev_broker: DevBroker,
+) -> None:
     identity = dev_broker.token("ci-job-2")
+    env = {**dev_broker.env, "JIT_TOKEN": identity}
+    waiting = subprocess.Popen(
+        [
+            JIT,
+            "request",
+            "--resource",
+            "https://demo.local",
+            "--action",
+            "admin",
+            "--task",
+            "hotfix-1",
+            "--json",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        pending: list[str] = []
+        while not pending and time.monotonic() < deadline:
+            listed = dev_broker.jit("approvals", "list", "--json")
+            pending = [a["approval_id"] for a in json.loads(listed.stdout)]
+            time.sleep(0.2)
+        assert len(pending) == 1, "the request did not show up for the approver"
+        shown = json.loads(dev_broker.jit("approvals", "show", pending[0]).stdout)
+        assert shown["grant"] == "dev/demo-admin"
+        assert shown["owner"] == "dev:ci-job-2"
+        approved = dev_broker.jit("approve", pending[0], "--ttl", "5m")
+        assert "approved" in approved.stdout
+        out, err = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 0, err
+    issued = json.loads(out)
+    assert issued["actions"] == ["admin"]
+    assert issued["ttl"] <= 300
+    token = issued["credential"]["secret"]
+    jwks = pyjwt.PyJWKClient(f"{dev_broker.url}/.well-known/jwks.json")
+    claims = pyjwt.decode(
+        token,
+        jwks.get_signing_key_from_jwt(token).key,
+        algorithms=["EdDSA"],
+        audience="https://demo.local",
+    )
+    assert claims["jti"] == issued["lease_id"]
+    assert claims["scope"] == "admin"
+
+
+def test_no_wait_prints_the_approval_id_and_deny_ends_it(dev_broker: DevBroker) -> None:
+    identity = dev_broker.token("ci-job-3")
     out = dev_broker.jit(
         "request",
         "--resource",
         "https://demo.local",
         "--action",
         "admin",
+        "--no-wait",
         token=identity,
-        check=False,
     )
-    assert out.returncode == 1
-    assert "Approval required" in out.stderr
-    assert "dev/demo-admin" in out.stderr
+    aid = out.stdout.strip()
+    assert len(aid) == 32
+    assert "approval needed for grant dev/demo-admin" in out.stderr
+    dev_broker.jit("deny", aid, "--reason", "not during the freeze")
+    # The identical request through OAuth token exchange sees the outcome.
     resp = exchange(dev_broker, identity, scope="admin")
-    assert resp.status_code == 400
-    assert resp.json()["error"] == "approval_required"
-    assert resp.json()["grant"] == "dev/demo-admin"
+    assert resp.json()["error"] == "access_denied"
+    assert resp.json()["approval_id"] == aid
 
 
 def test_a_workload_sees_and_revokes_only_its_own_leases(dev_broker: DevBroker) -> None:

@@ -214,13 +214,17 @@ async def test_requests_outside_the_grant_are_denied_with_reasons(
     assert await api.lease_keys() == []
 
 
-async def test_admin_needs_approval_and_the_error_names_the_grant(api: Api) -> None:
+async def test_admin_needs_approval_and_the_answer_names_the_grant(api: Api) -> None:
     r = await api.client.post(
         "/v1/credentials", json=request_body(actions=["admin"]), headers=api.auth()
     )
-    assert r.status_code == 403
-    assert r.json()["type"].endswith("/approval-required")
-    assert r.json()["grant"] == "dev/demo-admin"
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["state"] == "pending"
+    assert body["grant"] == "dev/demo-admin"
+    assert body["approvers"] == ["dev-approver"]
+    assert r.headers["location"] == f"/v1/approvals/{body['approval_id']}"
+    assert await api.lease_keys() == []  # nothing minted
 
 
 async def test_a_completed_task_gets_no_new_credentials(api: Api) -> None:

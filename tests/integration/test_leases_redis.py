@@ -16,7 +16,7 @@ from redis.asyncio.connection import Connection
 
 from broker.cli.server import dev_policy_dir
 from broker.clock import to_ms
-from broker.config import IssuerInstanceSettings, Settings
+from broker.config import ApprovalSettings, IssuerInstanceSettings, PersonSettings, Settings
 from broker.identity import DevIdentityIssuer
 from broker.leases import LeaseManager, LeaseStore, Reaper
 from broker.leases.keys import new_lease_id, task_key
@@ -197,6 +197,7 @@ async def _start_and_stop(prefix: str, clock: FakeClock, keys: Path) -> Counter[
         key_prefix=prefix,
         policy_dir=str(dev_policy_dir()),
         issuers={"jwt": IssuerInstanceSettings(type="jwt", config={"keys_dir": str(keys)})},
+        approvals=ApprovalSettings(people={"ops": PersonSettings()}, default_approvers=["ops"]),
     )
     broker = await build_broker(
         settings,
