@@ -56,7 +56,8 @@ class IssuerContext(msgspec.Struct, frozen=True, kw_only=True):
     dev: bool = False  # running under ``jit dev``: generate keys in memory, etc.
     # Shared state for issuers that need it across replicas (e.g. an SSH KRL's revoked serials).
     # Use only keys under ``state_prefix`` and hash-tag them (``{state_prefix}:{krl}``); never
-    # store a secret there. None in unit tests that do not need it.
+    # store a secret there in the clear (the github issuer keeps AES-GCM-sealed copies of its
+    # tokens under a key only the broker reads: ADR 0006). None in unit tests.
     redis: Any = None  # redis.asyncio.Redis
     state_prefix: str = ""  # "<broker key prefix>:issuer:<instance name>"
 

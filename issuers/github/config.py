@@ -1,0 +1,329 @@
+"""Configuration of a ``github`` issuer instance: strict parsing and the files it names.
+
+Owns :class:`GitHubConfig` (the raw ``config:`` mapping, unknown keys refused) and
+:func:`load_settings`, which validates every value and reads the files (the App's private key,
+the token-store keys) into :class:`Settings`. Every problem is a ``ConfigError`` naming the
+instance and the key; no message ever contains file content.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import ipaddress
+import logging
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from joserfc.jwk import RSAKey
+
+from broker.errors import ConfigError
+
+__all__ = [
+    "GITHUB_TOKEN_LIFETIME",
+    "GitHubConfig",
+    "Settings",
+    "load_settings",
+    "parse_duration",
+]
+
+log = logging.getLogger("jit.issuers.github")
+
+#: GitHub installation tokens live one hour; nobody can ask for less (or more).
+GITHUB_TOKEN_LIFETIME: Final = timedelta(hours=1)
+
+_DURATION: Final = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
+_CLIENT_ID: Final = re.compile(r"^Iv[0-9A-Za-z.]{4,60}$")
+_OWNER: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,38}$")
+_MIN_RSA_BITS: Final = 2048
+
+
+class GitHubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ``config`` of a ``github`` issuer instance. Unknown keys are errors."""
+
+    app_id: int | str  # the App's numeric id, or its client ID ("Iv23li...")
+    private_key_file: str  # the App's PEM RSA private key, as GitHub hands it out
+    installations: dict[str, int] = msgspec.field(default_factory=dict)  # owner -> id
+    discover_installations: bool = False  # GET /repos/{owner}/{repo}/installation
+    base_url: str = "https://api.github.com"  # GHES: https://HOST/api/v3
+    web_url: str | None = None  # where repositories live; default derived from base_url
+    state_key_file: str | None = None  # 32-byte AES key: encrypts the stored tokens
+    previous_state_key_files: list[str] = msgspec.field(default_factory=list)
+    max_ttl: str | int | float = "1h"
+    default_ttl: str | int | float = "15m"
+    timeout: str | int | float = "10s"  # one HTTP exchange with GitHub
+    connect_timeout: str | int | float = "5s"
+    installation_cache_ttl: str | int | float = "10m"  # discovered installation ids
+    ca_file: str | None = None  # PEM CA bundle for a GHES with a private CA
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Settings:
+    """A validated configuration with its files read. ``repr`` shows no key material."""
+
+    app_id: str
+    signing_key: RSAKey
+    installations: dict[str, int]  # lower-cased owner -> installation id
+    discover_installations: bool
+    base_url: str
+    web_host: str
+    state_keys: tuple[bytes, ...]  # the first encrypts; all decrypt
+    ephemeral_state_key: bool  # generated in memory (dev only)
+    max_ttl: timedelta
+    default_ttl: timedelta
+    timeout: timedelta
+    connect_timeout: timedelta
+    installation_cache_ttl: timedelta
+    ca_file: str | None
+
+    def __repr__(self) -> str:
+        return f"Settings(app_id={self.app_id!r}, base_url={self.base_url!r})"
+
+
+def parse_duration(value: object) -> timedelta:
+    """``"90s"``, ``"15m"``, ``"1h"``, ``"1h30m"``, ``"200ms"`` or a number of seconds.
+
+    Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"negative duration: {value!r}")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return timedelta(seconds=int(text))
+        m = _DURATION.match(text)
+        if text and m and any(m.groups()):
+            h, mi, s, ms = (int(g) if g else 0 for g in m.groups())
+            return timedelta(hours=h, minutes=mi, seconds=s, milliseconds=ms)
+    raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 1h, 1h30m or seconds)")
+
+
+def load_settings(name: str, raw: dict[str, Any], *, dev: bool) -> Settings:
+    """Validate ``raw`` (the instance's ``config:``) and read the files it names."""
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"github issuer {name!r}: {message}")
+
+    try:
+        config = msgspec.convert(raw, GitHubConfig)
+    except msgspec.ValidationError as exc:
+        raise fail(str(exc)) from None
+
+    app_id = _app_id(config.app_id, fail)
+    base_url, host = _base_url(config.base_url, fail)
+    web_host = _web_host(config.web_url, host, fail)
+
+    installations: dict[str, int] = {}
+    for owner, installation_id in config.installations.items():
+        if not _OWNER.match(owner):
+            raise fail(f"installations: {owner!r} is not a GitHub account name")
+        if installation_id <= 0:
+            raise fail(f"installations.{owner}: must be a positive installation id")
+        if owner.lower() in installations:
+            raise fail(f"installations: {owner!r} is listed twice (names are case-insensitive)")
+        installations[owner.lower()] = installation_id
+    if not installations and not config.discover_installations:
+        raise fail(
+            "installations: name at least one owner's installation id, or set "
+            "discover_installations: true"
+        )
+
+    def duration(key: str, value: object, minimum: timedelta) -> timedelta:
+        try:
+            d = parse_duration(value)
+        except ValueError as exc:
+            raise fail(f"{key}: {exc}") from None
+        if d < minimum:
+            raise fail(f"{key}: must be at least {minimum.total_seconds():g}s, got {value!r}")
+        return d
+
+    one_second = timedelta(seconds=1)
+    max_ttl = duration("max_ttl", config.max_ttl, one_second)
+    default_ttl = duration("default_ttl", config.default_ttl, one_second)
+    if max_ttl > GITHUB_TOKEN_LIFETIME:
+        raise fail(f"max_ttl: GitHub installation tokens live 1h at most, got {config.max_ttl!r}")
+    if default_ttl > max_ttl:
+        raise fail(f"default_ttl: {config.default_ttl!r} exceeds max_ttl {config.max_ttl!r}")
+    timeout = duration("timeout", config.timeout, timedelta(milliseconds=100))
+    connect_timeout = duration("connect_timeout", config.connect_timeout, timedelta(0))
+    if connect_timeout <= timedelta(0):
+        raise fail("connect_timeout: must be positive")
+    cache_ttl = duration("installation_cache_ttl", config.installation_cache_ttl, timedelta(0))
+
+    signing_key = _private_key(config.private_key_file, fail)
+    state_keys, ephemeral = _state_keys(config, dev, fail)
+    if config.ca_file is not None and not Path(config.ca_file).is_file():
+        raise fail(f"ca_file: {config.ca_file} is not a readable file")
+
+    return Settings(
+        app_id=app_id,
+        signing_key=signing_key,
+        installations=installations,
+        discover_installations=config.discover_installations,
+        base_url=base_url,
+        web_host=web_host,
+        state_keys=state_keys,
+        ephemeral_state_key=ephemeral,
+        max_ttl=max_ttl,
+        default_ttl=default_ttl,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        installation_cache_ttl=cache_ttl,
+        ca_file=config.ca_file,
+    )
+
+
+def _app_id(value: int | str, fail: Any) -> str:
+    if isinstance(value, bool):
+        raise fail("app_id: must be the App's numeric id or its client ID")
+    if isinstance(value, int):
+        if value <= 0:
+            raise fail("app_id: must be a positive number")
+        return str(value)
+    text = value.strip()
+    if text.isdigit() and int(text) > 0:
+        return str(int(text))
+    if _CLIENT_ID.match(text):
+        return text
+    raise fail(f"app_id: {value!r} is neither an App id (digits) nor a client ID (Iv...)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _base_url(value: str, fail: Any) -> tuple[str, str]:
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        raise fail(f"base_url: not a URL: {value!r}") from None
+    if not host or parts.query or parts.fragment or parts.username or parts.password:
+        raise fail(f"base_url: must be https://HOST[/path] without credentials, got {value!r}")
+    if parts.scheme != "https" and not (parts.scheme == "http" and _is_loopback(host)):
+        raise fail(f"base_url: must use https (plain http only on loopback), got {value!r}")
+    return value.rstrip("/"), host
+
+
+def _web_host(web_url: str | None, api_host: str, fail: Any) -> str:
+    if web_url is None:
+        # api.github.com -> github.com; api.<sub>.ghe.com -> <sub>.ghe.com; GHES serves the API
+        # under https://HOST/api/v3 on the host its repositories live on.
+        return api_host[4:] if api_host.startswith("api.") else api_host
+    try:
+        parts = urlsplit(web_url)
+        host = parts.hostname
+    except ValueError:
+        raise fail(f"web_url: not a URL: {web_url!r}") from None
+    if parts.scheme != "https" or not host or parts.path.strip("/") or parts.query:
+        raise fail(f"web_url: must be https://HOST, got {web_url!r}")
+    return parts.netloc
+
+
+def _private_key(path: str, fail: Any) -> RSAKey:
+    try:
+        pem = Path(path).read_bytes()
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise fail(f"private_key_file: cannot read {path} ({exc.strerror})") from None
+    if mode & 0o077:
+        log.warning(
+            "github App private key %s is accessible to group or others (mode %o); it should "
+            "be 0600",
+            path,
+            mode & 0o777,
+        )
+    try:
+        raw = _load_rsa(pem)
+    except (ValueError, TypeError) as exc:
+        raise fail(
+            f"private_key_file: {path} is not an unencrypted PEM private key "
+            f"({exc.__class__.__name__})"
+        ) from None
+    if raw is None:
+        raise fail(f"private_key_file: {path} is not an RSA key (GitHub Apps sign with RS256)")
+    if raw.key_size < _MIN_RSA_BITS:
+        raise fail(f"private_key_file: {path} is a {raw.key_size}-bit key; at least 2048 bits")
+    return RSAKey.import_key(raw)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_rsa(pem: bytes) -> rsa.RSAPrivateKey | None:
+    """Parse (and validate, which costs ~0.1 s for RSA) a PEM key once per content: issuer
+    instances of one process that share a key file share the parsed key."""
+    raw = load_pem_private_key(pem, password=None)
+    return raw if isinstance(raw, rsa.RSAPrivateKey) else None
+
+
+def _state_keys(config: GitHubConfig, dev: bool, fail: Any) -> tuple[tuple[bytes, ...], bool]:
+    if config.state_key_file is None:
+        if config.previous_state_key_files:
+            raise fail("previous_state_key_files: needs state_key_file")
+        if not dev:
+            raise fail(
+                "state_key_file: required (a file holding 32 random bytes, base64 or hex; "
+                "create one with `openssl rand -base64 32`)"
+            )
+        log.warning(
+            "github issuer: no state_key_file; encrypting stored tokens with an in-memory key "
+            "(dev only: tokens minted before a restart cannot be revoked early)"
+        )
+        return (os.urandom(32),), True
+    keys = [_read_state_key("state_key_file", config.state_key_file, fail)]
+    for i, path in enumerate(config.previous_state_key_files):
+        keys.append(_read_state_key(f"previous_state_key_files[{i}]", path, fail))
+    if len(set(keys)) != len(keys):
+        raise fail("previous_state_key_files: a key is listed twice")
+    return tuple(keys), False
+
+
+def _read_state_key(key: str, path: str, fail: Any) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise fail(f"{key}: cannot read {path} ({exc.strerror})") from None
+    if mode & 0o077:
+        log.warning(
+            "github state key %s is accessible to group or others (mode %o); it should be 0600",
+            path,
+            mode & 0o777,
+        )
+    text = data.strip()
+    decoded: bytes | None = None
+    try:
+        if re.fullmatch(rb"[0-9a-fA-F]{64}", text):
+            decoded = bytes.fromhex(text.decode())
+        elif re.fullmatch(rb"[A-Za-z0-9+/_-]+={0,2}", text) and not (
+            re.search(rb"[+/]", text) and re.search(rb"[_-]", text)
+        ):
+            bare = text.rstrip(b"=")
+            padded = bare + b"=" * (-len(bare) % 4)
+            altchars = b"-_" if re.search(rb"[_-]", bare) else b"+/"
+            decoded = base64.b64decode(padded, altchars=altchars, validate=True)
+    except (binascii.Error, ValueError):
+        decoded = None
+    if decoded is None or len(decoded) != 32:
+        raise fail(
+            f"{key}: {path} must hold 32 random bytes as base64 or 64 hex digits "
+            "(`openssl rand -base64 32`)"
+        )
+    return decoded
