@@ -25,10 +25,14 @@ __all__ = [
     "IdentityIssuerSettings",
     "IssuerInstanceSettings",
     "LimitsSettings",
+    "LoggingSettings",
     "PersonSettings",
     "ReaperSettings",
     "Settings",
     "SlackSettings",
+    "SsfReceiverSettings",
+    "SsfSettings",
+    "WebhookSinkSettings",
     "json_schema",
     "load_settings",
     "parse_duration",
@@ -170,9 +174,48 @@ class LimitsSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=T
     max_task_ttl: timedelta = timedelta(hours=24)  # the longest life a task may declare
 
 
+class WebhookSinkSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """An HTTP endpoint that receives audit records in batches (JSON array), retried until it
+    answers 2xx; the Redis stream is the buffer, so nothing is dropped during an outage."""
+
+    name: str
+    url: str
+    token_file: str | None = None  # bearer token for the endpoint, in a file
+    batch_size: int = 100
+    timeout: timedelta = timedelta(seconds=10)
+
+
 class AuditSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     file: str | None = None  # JSON-lines file; None: only the Redis stream and the log
     stream_maxlen: int = 1_000_000
+    # Ed25519 private key (PEM) that signs chain checkpoints; dev: generated in memory.
+    signing_key_file: str | None = None
+    # Key for the keyed HMACs of sensitive identifiers (tokens) in records; dev: generated.
+    hmac_key_file: str | None = None
+    checkpoint_every: int = 1000  # records between signed checkpoints
+    checkpoint_interval: timedelta = timedelta(minutes=1)  # or this long, whichever first
+    webhooks: list[WebhookSinkSettings] = msgspec.field(default_factory=list)
+
+
+class SsfReceiverSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A Shared Signals receiver (a resource server): revocations are pushed to it (RFC 8935)."""
+
+    name: str
+    endpoint: str  # the push endpoint URL
+    audience: str  # the SET ``aud``
+    token_file: str | None = None  # bearer token the receiver expects, in a file
+    timeout: timedelta = timedelta(seconds=10)
+
+
+class SsfSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Private key (PEM; Ed25519 or P-256) that signs Security Event Tokens; dev: generated.
+    signing_key_file: str | None = None
+    receivers: list[SsfReceiverSettings] = msgspec.field(default_factory=list)
+
+
+class LoggingSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    format: Literal["json", "text"] = "json"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 class Settings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -189,6 +232,8 @@ class Settings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     approvals: ApprovalSettings = msgspec.field(default_factory=ApprovalSettings)
+    ssf: SsfSettings = msgspec.field(default_factory=SsfSettings)
+    logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
     broker_audience: str = "jit-broker"  # the ``aud`` workload tokens must carry for the broker
 
 
