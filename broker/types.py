@@ -139,6 +139,11 @@ class MintRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # public key whose private half never leaves the workload) or ``source_address``. The issuer
     # validates them strictly and refuses unknown names (InvalidRequest). Never a secret.
     params: dict[str, str] = msgspec.field(default_factory=dict)
+    # RFC 7800 confirmation: the key the credential is bound to, e.g. {"jkt": <RFC 7638
+    # thumbprint>} when the request carried a verified DPoP proof (RFC 9449). An issuer that
+    # can bind (the JWT issuer: the ``cnf`` claim) must; others refuse a bound request with
+    # ScopeNotSupported.
+    cnf: dict[str, str] | None = None
 
 
 class Credential(msgspec.Struct, frozen=True, kw_only=True):
@@ -187,6 +192,7 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int = 0  # failed revocation attempts so far
     overdue: bool = False  # revocation has failed max_attempts times (still retried)
     last_error: str | None = None
+    cnf: dict[str, str] | None = None  # the key the credential is bound to (DPoP), if any
 
     @property
     def ttl(self) -> timedelta:

@@ -9,7 +9,7 @@ from typing import Any
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromQuery, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from broker.api.auth import broker_of, principal, request_id
 from broker.api.schemas import (
@@ -192,7 +192,10 @@ class IssuerDocuments(Controller):
         summary="A public document of an issuer (CA certificate, KRL, CRL)",
     )
     async def document(
-        self, request: Request[Any, Any, State], issuer: str, document: str
+        self,
+        request: Request[Any, Any, State],
+        issuer: FromPath[str],
+        document: FromPath[str],
     ) -> Response[bytes]:
         content_type, body = await broker_of(request).issuer_document(issuer, document)
         return Response(
