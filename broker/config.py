@@ -122,7 +122,7 @@ class ClientSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=T
 
     client_id: str
     secret_file: str  # file holding the client secret (never in the config itself)
-    permissions: list[Literal["introspect", "revoke"]] = msgspec.field(
+    permissions: list[Literal["introspect", "revoke", "report"]] = msgspec.field(
         default_factory=lambda: ["introspect"]
     )
 

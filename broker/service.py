@@ -36,6 +36,7 @@ from broker.errors import (
     PermissionDenied,
     StoreUnavailable,
 )
+from broker.governance import Governance
 from broker.identity import DevIdentityIssuer, TokenVerifier
 from broker.issuer import Introspectable, Issuer, PublishesDocuments, PublishesKeys
 from broker.leases import LeaseManager, LeaseStore, Reaper, TaskView
@@ -86,6 +87,18 @@ class Broker:
     in_memory: bool = False
     _reaper_task: asyncio.Task[None] | None = None
     _approvals_task: asyncio.Task[None] | None = None
+    governance: Governance = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.governance = Governance(
+            self.manager,
+            lambda: self.policy,
+            self.redis,
+            self.settings.key_prefix,
+            self.clock,
+            self.audit,
+        )
+
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- identity ---------------------------------------------------------------------------
@@ -131,6 +144,7 @@ class Broker:
         intent: Intent,
         *,
         on_behalf_of: str | None = None,
+        origin: str | None = None,
         request_id: str | None = None,
     ) -> Issued | ApprovalView:
         """Decide and mint; or, for a grant that needs approval, open (or join) an approval
@@ -196,6 +210,9 @@ class Broker:
             ttl.ttl,
             params=intent.params,
             deadline=deadline,
+            cnf=intent.cnf,
+            grant=decision.grant,
+            origin=origin,
             request_id=request_id,
             detail={"grant": decision.grant, "policy_version": decision.policy_version},
         )
@@ -233,7 +250,12 @@ class Broker:
     # -- approvals --------------------------------------------------------------------------
 
     async def collect(
-        self, principal: Principal, approval_id: str, *, request_id: str | None = None
+        self,
+        principal: Principal,
+        approval_id: str,
+        *,
+        origin: str | None = None,
+        request_id: str | None = None,
     ) -> tuple[ApprovalView, Issued | None]:
         """The workload's view of its approval request; once approved, the credential is
         minted here, once, for the approved scope. The grant's clock started at approval."""
@@ -252,7 +274,9 @@ class Broker:
         if previous:  # an earlier minter died mid-mint: make sure its credential is gone
             with contextlib.suppress(NotFound):
                 await self.manager.revoke(previous, "approval_remint")
-        intent = Intent(task=view.task, scope=scope, ttl=remaining, params=dict(view.params))
+        intent = Intent(
+            task=view.task, scope=scope, ttl=remaining, params=dict(view.params), cnf=view.cnf
+        )
         try:
             decision = decide(self.policy, principal, intent, now)
             if isinstance(decision, Deny):
@@ -266,6 +290,9 @@ class Broker:
                 remaining,
                 params=view.params,
                 lease_id=planned,
+                cnf=view.cnf,
+                grant=view.grant,
+                origin=origin,
                 request_id=request_id,
                 detail={
                     "grant": view.grant,
@@ -337,9 +364,31 @@ class Broker:
                         return None
         return None
 
-    async def introspect(self, token: str, *, caller: str) -> dict[str, Any]:
-        """RFC 7662 response. Active only while the lease is active and before not_after."""
+    async def introspect(
+        self,
+        token: str,
+        *,
+        caller: str,
+        resource: str | None = None,
+        action: str | None = None,
+        client_address: str | None = None,
+    ) -> dict[str, Any]:
+        """RFC 7662 response. Active only while the lease is active and before not_after.
+
+        Every introspection of a known token is a use: it is recorded and checked against the
+        grant's governance rules (which may revoke it, and its task, before we answer)."""
         lease = await self.find_lease_for_token(token)
+        if lease is not None:
+            violations = await self.governance.record_use(
+                lease,
+                reporter=caller,
+                via="introspection",
+                resource=resource,
+                action=action,
+                client_address=client_address,
+            )
+            if violations:
+                lease = await self.manager.get(lease.id)
         now = self.clock.now()
         active = lease is not None and lease.state is LeaseState.ACTIVE and now < lease.not_after
         await self.audit.emit(
@@ -351,7 +400,7 @@ class Broker:
         )
         if lease is None or not active:
             return {"active": False}
-        return {
+        answer: dict[str, Any] = {
             "active": True,
             "scope": " ".join(lease.scope.actions),
             "client_id": lease.owner,
@@ -361,7 +410,7 @@ class Broker:
             "exp": int(lease.not_after.timestamp()),
             "iat": int(lease.issued_at.timestamp()),
             "jti": lease.id,
-            "token_type": "Bearer",
+            "token_type": "DPoP" if lease.cnf else "Bearer",
             "task_id": lease.task_id,
             "authorization_details": [
                 {
@@ -370,6 +419,42 @@ class Broker:
                     "actions": list(lease.scope.actions),
                 }
             ],
+        }
+        if lease.cnf:
+            answer["cnf"] = dict(lease.cnf)  # RFC 9449 §6.2: the resource server checks it
+        return answer
+
+    async def report_use(
+        self,
+        *,
+        caller: str,
+        token: str | None,
+        lease_id: str | None,
+        resource: str | None,
+        action: str | None,
+        client_address: str | None,
+    ) -> dict[str, Any]:
+        """A resource server's report of one use (by token or lease id)."""
+        lease = await self.find_lease_for_token(token) if token else None
+        if lease is None and lease_id:
+            with contextlib.suppress(NotFound):
+                lease = await self.manager.get(lease_id)
+        if lease is None:
+            raise NotFound("no such credential")
+        violations = await self.governance.record_use(
+            lease,
+            reporter=caller,
+            via="report",
+            resource=resource,
+            action=action,
+            client_address=client_address,
+        )
+        lease = await self.manager.get(lease.id)
+        now = self.clock.now()
+        return {
+            "lease_id": lease.id,
+            "active": lease.state is LeaseState.ACTIVE and now < lease.not_after,
+            "violations": [v.rule for v in violations],
         }
 
     async def revoke_token(

@@ -123,6 +123,7 @@ class Intent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     scope: Scope
     ttl: timedelta | None = None
     params: dict[str, str] = msgspec.field(default_factory=dict)  # see MintRequest.params
+    cnf: dict[str, str] | None = None  # a verified DPoP key to bind to (see MintRequest.cnf)
 
 
 class MintRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -193,6 +194,8 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
     overdue: bool = False  # revocation has failed max_attempts times (still retried)
     last_error: str | None = None
     cnf: dict[str, str] | None = None  # the key the credential is bound to (DPoP), if any
+    grant: str | None = None  # the policy grant that allowed it ("<owner>/<name>")
+    origin: str | None = None  # the client address the request came from, as the broker saw it
 
     @property
     def ttl(self) -> timedelta:

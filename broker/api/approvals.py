@@ -14,7 +14,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import FromQuery, JSONBody, Parameter
 
-from broker.api.auth import bearer_or_audit, broker_of, request_id
+from broker.api.auth import bearer_or_audit, broker_of, client_address, request_id
 from broker.api.schemas import ApprovalOut, ReviewIn, ReviewOut
 from broker.api.v1 import issued_response, parse_ttl
 from broker.approvals import ApprovalState, ApprovalView
@@ -124,7 +124,10 @@ class ApprovalsController(Controller):
             view = await broker.approvals.get(approval_id)
         if principal is not None and view.owner == principal.id:
             view, issued = await broker.collect(
-                principal, approval_id, request_id=request_id(request)
+                principal,
+                approval_id,
+                origin=client_address(request),
+                request_id=request_id(request),
             )
             return approval_out(broker, view, issued)
         return approval_out(broker, view)

@@ -38,6 +38,11 @@ def request_id(request: Request[Any, Any, State]) -> str:
     return rid
 
 
+def client_address(request: Request[Any, Any, State]) -> str | None:
+    """The peer address of the HTTP connection (the broker does not trust X-Forwarded-For)."""
+    return request.client.host if request.client else None
+
+
 def bearer_token(request: Request[Any, Any, State]) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")

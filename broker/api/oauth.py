@@ -3,14 +3,16 @@ RFC 8414 metadata. Errors use the RFC 6749 §5.2 shape, not problem+json."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.params import JSONBody
 
-from broker.api.auth import authenticate_caller, broker_of, request_id
+from broker.api.auth import authenticate_caller, broker_of, client_address, request_id
 from broker.api.v1 import new_task_id, parse_ttl
 from broker.approvals import ApprovalState, ApprovalView
 from broker.errors import (
@@ -165,6 +167,66 @@ def intent_from_form(form: dict[str, str], default_issuer: str | None) -> Intent
     )
 
 
+def use_params(fields: dict[str, str]) -> dict[str, str | None]:
+    """The optional description of a use that a resource server adds when it introspects or
+    reports (extension parameters): what it is (``resource``), what the client tried to do
+    (``action``) and the client's address as the resource server saw it (``client_address``)."""
+    address = fields.get("client_address") or None
+    if address is not None:
+        try:
+            address = str(ipaddress.ip_address(address))
+        except ValueError:
+            raise InvalidRequest("client_address must be an IP address") from None
+    resource = fields.get("resource") or None
+    action = fields.get("action") or None
+    for name, value in (("resource", resource), ("action", action)):
+        if value is not None and (len(value) > 2048 or not value.isprintable()):
+            raise InvalidRequest(f"{name}: at most 2048 printable characters")
+    return {"resource": resource, "action": action, "client_address": address}
+
+
+class UsageIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A use of a credential, reported by the resource server that saw it."""
+
+    token: str | None = None
+    lease_id: str | None = None
+    resource: str | None = None
+    action: str | None = None
+    client_address: str | None = None
+
+
+class UsageController(Controller):
+    path = "/v1/usage"
+    tags = ["governance"]
+
+    @post("/", status_code=200, summary="Report a use of a credential (resource servers)")
+    async def report(
+        self, request: Request[Any, Any, State], data: JSONBody[UsageIn]
+    ) -> dict[str, Any]:
+        broker = broker_of(request)
+        principal, client = await authenticate_caller(request, {})
+        if client is not None:
+            allowed = bool({"report", "introspect"} & client.permissions)
+            caller = f"client:{client.client_id}"
+        else:
+            assert principal is not None
+            allowed, caller = broker.may_introspect(principal), principal.id
+        if not allowed:
+            raise PermissionDenied("caller may not report uses")
+        if not data.token and not data.lease_id:
+            raise InvalidRequest("token or lease_id is required")
+        use = use_params(
+            {
+                "resource": data.resource or "",
+                "action": data.action or "",
+                "client_address": data.client_address or "",
+            }
+        )
+        return await broker.report_use(
+            caller=caller, token=data.token, lease_id=data.lease_id, **use
+        )
+
+
 class OAuthController(Controller):
     path = "/oauth"
     tags = ["oauth"]
@@ -181,11 +243,14 @@ class OAuthController(Controller):
             form = await read_form(request)
             intent = intent_from_form(form, "jwt" if "jwt" in broker.issuers else None)
             principal = await broker.authenticate(form["subject_token"], request_id=rid)
-            result = await broker.request_credential(principal, intent, request_id=rid)
+            origin = client_address(request)
+            result = await broker.request_credential(
+                principal, intent, origin=origin, request_id=rid
+            )
             if isinstance(result, Issued):
                 issued = result
             else:
-                pending = await self._approval(broker, principal, result, rid)
+                pending = await self._approval(broker, principal, result, rid, origin)
                 if isinstance(pending, Response):
                     return pending
                 issued = pending
@@ -214,14 +279,14 @@ class OAuthController(Controller):
 
     @staticmethod
     async def _approval(
-        broker: Broker, principal: Principal, view: ApprovalView, rid: str
+        broker: Broker, principal: Principal, view: ApprovalView, rid: str, origin: str | None
     ) -> Issued | Response[dict[str, Any]]:
         """The device-flow/CIBA convention for a request that needs approval: repeat the same
         token request; ``authorization_pending`` until decided, then the token,
         ``access_denied`` or ``expired_token``."""
         link = f"{broker.settings.public_url}/v1/approvals/{view.id}"
         if view.state is ApprovalState.APPROVED:
-            view, issued = await broker.collect(principal, view.id, request_id=rid)
+            view, issued = await broker.collect(principal, view.id, origin=origin, request_id=rid)
             if issued is not None:
                 return issued
         if view.state is ApprovalState.DENIED:
@@ -264,7 +329,12 @@ class OAuthController(Controller):
         token = form.get("token", "")
         if not token:
             return oauth_error("invalid_request", "token is required")
-        return Response(await broker.introspect(token, caller=caller), headers=NO_STORE)
+        try:
+            use = use_params(form)
+        except InvalidRequest as exc:
+            return oauth_error("invalid_request", exc.message)
+        answer = await broker.introspect(token, caller=caller, **use)
+        return Response(answer, headers=NO_STORE)
 
     @post("/revoke", status_code=200, summary="RFC 7009 token revocation")
     async def revoke(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:

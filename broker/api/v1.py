@@ -11,7 +11,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
-from broker.api.auth import broker_of, principal, request_id
+from broker.api.auth import broker_of, client_address, principal, request_id
 from broker.api.schemas import (
     CredentialOut,
     CredentialRequest,
@@ -103,13 +103,19 @@ class V1Controller(Controller):
 
         broker, rid = broker_of(request), request_id(request)
         result = await broker.request_credential(
-            caller, intent_from_request(data), on_behalf_of=data.on_behalf_of, request_id=rid
+            caller,
+            intent_from_request(data),
+            on_behalf_of=data.on_behalf_of,
+            origin=client_address(request),
+            request_id=rid,
         )
         if isinstance(result, Issued):
             return Response(issued_response(result), status_code=201)
         view = result
         if view.state is ApprovalState.APPROVED:
-            view, issued = await broker.collect(caller, view.id, request_id=rid)
+            view, issued = await broker.collect(
+                caller, view.id, origin=client_address(request), request_id=rid
+            )
             if issued is not None:
                 return Response(issued_response(issued), status_code=201)
         if view.state is ApprovalState.DENIED:

@@ -71,6 +71,7 @@ class ApprovalView(msgspec.Struct, frozen=True, kw_only=True):
     approved_ttl: timedelta | None = None  # the TTL approved (<= ttl), once approved
     lease_id: str | None = None  # the credential's lease, once minted
     params: dict[str, str] = msgspec.field(default_factory=dict)  # the request's issuer inputs
+    cnf: dict[str, str] | None = None  # the DPoP key the credential will be bound to
 
     @property
     def approvals(self) -> tuple[Review, ...]:

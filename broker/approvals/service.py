@@ -185,6 +185,7 @@ class Approvals:
             requester_people=behind,
             channel=rule.channel or self.default_channel,
             params=dict(intent.params),
+            cnf=intent.cnf,
         )
         await self.store.create(
             view,
@@ -532,6 +533,7 @@ def _digest(owner: str, intent: Intent, ttl: timedelta, on_behalf_of: str | None
             intent.scope,
             int(ttl.total_seconds()),
             sorted(intent.params.items()),
+            sorted((intent.cnf or {}).items()),
             on_behalf_of,
         ]
     )

@@ -114,6 +114,9 @@ class LeaseManager:
         params: Mapping[str, str] | None = None,
         deadline: datetime | None = None,
         lease_id: str | None = None,
+        cnf: Mapping[str, str] | None = None,
+        grant: str | None = None,
+        origin: str | None = None,
         request_id: str | None = None,
         detail: Mapping[str, str] | None = None,
     ) -> tuple[Lease, Credential]:
@@ -146,6 +149,9 @@ class LeaseManager:
             not_after=not_after,
             state=LeaseState.MINTING,
             purpose=task.purpose,
+            cnf=dict(cnf) if cnf else None,
+            grant=grant,
+            origin=origin,
         )
         due = min(now + s.mint_grace, not_after)
         status = await self.store.create(
@@ -178,6 +184,7 @@ class LeaseManager:
             issued_at=now,
             not_after=not_after,
             params=dict(params or {}),
+            cnf=dict(cnf) if cnf else None,
         )
         try:
             credential = await asyncio.wait_for(

@@ -36,6 +36,9 @@ class _Doc(msgspec.Struct, frozen=True, kw_only=True):
     issued_at: datetime
     not_after: datetime
     purpose: str = ""
+    cnf: dict[str, str] | None = None
+    grant: str | None = None
+    origin: str | None = None
 
 
 class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -227,6 +230,9 @@ class LeaseStore:
                 issued_at=lease.issued_at,
                 not_after=lease.not_after,
                 purpose=lease.purpose,
+                cnf=lease.cnf,
+                grant=lease.grant,
+                origin=lease.origin,
             )
         )
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -427,6 +433,9 @@ def _record(raw: dict[Any, Any]) -> LeaseRecord | None:
         attempts=int(h.get("attempts") or 0),
         overdue=h.get("overdue") == "1",
         last_error=h.get("last_error"),
+        cnf=doc.cnf,
+        grant=doc.grant,
+        origin=doc.origin,
     )
     return LeaseRecord(
         lease=lease,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import ipaddress
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -30,16 +31,19 @@ from broker.policy.model import (
     ApprovalSpec,
     ClaimPattern,
     DocumentSpec,
+    GovernanceSpec,
     GrantSpec,
     WorkloadSpec,
 )
 from broker.policy.source import ParsedYaml, YamlPath, parse_yaml, show_path
 
 __all__ = [
+    "DEFAULT_GOVERNANCE",
     "ApprovalRule",
     "ClaimMatcher",
     "CompileOptions",
     "Condition",
+    "GovernanceRule",
     "Grant",
     "PolicyDocument",
     "PolicySet",
@@ -120,6 +124,19 @@ class ApprovalRule:
 
 
 @dataclass(frozen=True, slots=True)
+class GovernanceRule:
+    """A compiled ``governance:`` setting (defaults when the grant has none)."""
+
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    pin_request_address: bool = False
+    max_uses_per_minute: int = 600
+    on_violation: str = "revoke_task"
+
+
+DEFAULT_GOVERNANCE = GovernanceRule()
+
+
+@dataclass(frozen=True, slots=True)
 class Grant:
     """A compiled grant. ``id`` is ``<owner>/<name>``."""
 
@@ -134,6 +151,7 @@ class Grant:
     default_ttl: timedelta
     approval: ApprovalRule | None  # None: no approval needed
     condition: Condition | None
+    governance: GovernanceRule
     file: str
     line: int
 
@@ -411,7 +429,14 @@ class _Compiler:
         if _GLOB_CHARS & set(spec.resource):
             pattern = re.compile(fnmatch.translate(spec.resource))
         approval_ok, approval = self.approval(spec.approval, (*path, "approval"))
-        if not ok or not approval_ok or max_ttl is None or default_ttl is None:
+        governance = self.governance(spec.governance, (*path, "governance"))
+        if (
+            not ok
+            or not approval_ok
+            or governance is None
+            or max_ttl is None
+            or default_ttl is None
+        ):
             return None
         return Grant(
             id=f"{owner}/{spec.name}",
@@ -424,9 +449,35 @@ class _Compiler:
             max_ttl=max_ttl,
             default_ttl=default_ttl,
             approval=approval,
+            governance=governance,
             condition=condition,
             file=self.file,
             line=self.source.line_of(path),
+        )
+
+    def governance(self, spec: GovernanceSpec | None, path: YamlPath) -> GovernanceRule | None:
+        """The compiled rule (the defaults without a spec); None after reporting an error."""
+        if spec is None:
+            return DEFAULT_GOVERNANCE
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        pin = False
+        ok = True
+        for i, raw in enumerate(spec.networks):
+            if raw == "request":
+                pin = True
+                continue
+            try:
+                networks.append(ipaddress.ip_network(raw, strict=True))
+            except ValueError as exc:
+                self.error((*path, "networks", i), f"not a network (CIDR) or 'request': {exc}")
+                ok = False
+        if not ok:
+            return None
+        return GovernanceRule(
+            networks=tuple(networks),
+            pin_request_address=pin,
+            max_uses_per_minute=spec.max_uses_per_minute,
+            on_violation=spec.on_violation,
         )
 
     def approval(

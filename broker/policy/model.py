@@ -24,6 +24,7 @@ __all__ = [
     "ApprovalSpec",
     "ClaimPattern",
     "DocumentSpec",
+    "GovernanceSpec",
     "GrantSpec",
     "WorkloadSpec",
 ]
@@ -74,6 +75,19 @@ class ApprovalSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     channel: str | None = None  # Slack channel id; None: the config's default channel
 
 
+class GovernanceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How a grant's credentials may be used, checked on every reported use (introspection,
+    usage reports). Use after the task completed and use outside the intent are always checked."""
+
+    # Where uses may come from: CIDR blocks, and/or "request" (the address that asked for the
+    # credential). Empty: not checked.
+    networks: list[NonEmpty] = msgspec.field(default_factory=list)
+    max_uses_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 600
+    # What a violation does: revoke the lease and the rest of its task (default), only the
+    # lease, or only raise an alert.
+    on_violation: Literal["revoke_task", "revoke_lease", "alert"] = "revoke_task"
+
+
 class GrantSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One grant: what the document's workloads may ask for, and on which terms."""
 
@@ -85,6 +99,7 @@ class GrantSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     default_ttl: str | int | None = None  # <= max_ttl; None: min(max_ttl, 15m)
     # "none", "required" (approvers: the config's approvals.default_approvers), or a mapping
     approval: Literal["none", "required"] | ApprovalSpec
+    governance: GovernanceSpec | None = None
     when: str | None = None  # a CEL condition over claims, principal, request, now
 
 

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = {"broker.types", "broker.errors", "broker.issuer", "broker.clock"}
-CORE = ["identity", "policy", "leases", "approval", "audit"]
+CORE = ["identity", "policy", "leases", "approvals", "audit", "ssf"]
 
 
 def imports_of(path: Path) -> set[str]:
