@@ -1,17 +1,64 @@
-"""Shared fixtures: clocks, an isolated key prefix on the real Redis, and fakeredis."""
+"""Shared fixtures: clocks, an isolated key prefix on the real Redis, and fakeredis; and the
+suite-wide secret scan (tests/leakscan.py): no secret the suite creates may appear in an audit
+record, a log line or a Redis value written during the suite."""
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from broker.audit import AuditLog
 from broker.testing import FakeClock
+from broker.types import Secret
+from tests.leakscan import LEAKS, CaptureHandler, redis_values
 
 REDIS_URL = os.environ.get("JIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+_secret_init = Secret.__init__
+_audit_emit = AuditLog.emit
+
+
+def _recording_init(self: Secret, value: str) -> None:
+    _secret_init(self, value)
+    if isinstance(value, str):
+        LEAKS.add_secret(value)
+
+
+async def _recording_emit(self: AuditLog, type: str, **fields: object) -> Any:
+    event = await _audit_emit(self, type, **fields)
+    LEAKS.audit.append(msgspec.json.encode(event))
+    return event
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    Secret.__init__ = _recording_init  # type: ignore[method-assign]
+    AuditLog.emit = _recording_emit  # type: ignore[method-assign]
+    handler = CaptureHandler(LEAKS)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    for name in ("jit", "broker", "issuers"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    logging.getLogger().addHandler(handler)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    found = LEAKS.find_with_context()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"secret scan: {LEAKS.sizes}")
+    if found:
+        if reporter is not None:
+            for secret, where, context in found:
+                reporter.write_line(
+                    f"SECRET LEAK: a secret starting {secret} is in {where}, after: {context!r}"
+                )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture
@@ -34,6 +81,7 @@ async def real_redis(key_prefix: str) -> AsyncIterator[aioredis.Redis]:
     except Exception as exc:  # the README's test command starts Redis; this should not happen
         pytest.fail(f"Redis at {REDIS_URL} is not answering: {exc}")
     yield client
+    LEAKS.redis.extend(await redis_values(client, f"{key_prefix}:*"))
     async for batch in _scan(client, f"{key_prefix}:*"):
         await client.unlink(*batch)
     await client.aclose()
@@ -56,4 +104,5 @@ async def fake_redis() -> AsyncIterator[aioredis.Redis]:
 
     client = fakeredis.FakeAsyncRedis()
     yield client
+    LEAKS.redis.extend(await redis_values(client, "*"))
     await client.aclose()

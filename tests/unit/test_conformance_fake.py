@@ -22,6 +22,7 @@ from broker.testing import (
     new_lease_id,
 )
 from broker.types import Credential, Lease, LeaseState, MintRequest, Scope, Secret
+from tests.leakscan import LEAKS
 
 SCOPE = Scope.of("fake", "db://orders", ["read", "write"])
 
@@ -247,6 +248,7 @@ class LeaksSecretInHandle(FakeIssuer):
 class LogsTheSecret(FakeIssuer):
     async def mint(self, request: MintRequest) -> Credential:
         cred = await super().mint(request)
+        LEAKS.allow(cred.secret.reveal())  # leaked on purpose: the kit must catch it
         logging.getLogger("leaky").debug("minted %s", cred.secret.reveal())
         return cred
 
