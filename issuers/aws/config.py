@@ -1,0 +1,351 @@
+"""Configuration of the ``aws`` issuer type: the strict schema, its validation, and the broker's
+own credentials file.
+
+Owns everything an operator writes under ``issuers: {<name>: {type: aws, config: {...}}}`` and
+turns it into a frozen :class:`Settings`. Anything wrong raises ``ConfigError`` naming the
+instance and the key; nothing here talks to AWS. See docs/issuers/aws.md.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import msgspec
+
+from broker.errors import ConfigError
+from broker.types import Secret
+
+__all__ = [
+    "MAX_POLICY_CHARS",
+    "MAX_SESSION",
+    "MIN_TTL",
+    "STS_MIN_SESSION",
+    "AWSConfig",
+    "BrokerCredentials",
+    "ResourceConfig",
+    "Settings",
+    "Target",
+    "load_settings",
+    "parse_duration",
+    "read_credentials_file",
+    "session_policy",
+]
+
+#: AWS STS refuses ``DurationSeconds`` below 15 minutes.
+STS_MIN_SESSION: Final = timedelta(minutes=15)
+#: The longest role session AWS allows (a role's ``MaxSessionDuration`` is at most 12 hours).
+MAX_SESSION: Final = timedelta(hours=12)
+#: The shortest lease this issuer accepts: STS's 15-minute floor plus headroom for the broker's
+#: own work between choosing ``not_after`` and calling STS, and for ``latency_margin`` (at most
+#: 30 s). The session is sized to the time *left* when STS is called, never longer.
+MIN_TTL: Final = timedelta(minutes=16)
+#: AWS's limit on the plaintext of an inline session policy.
+MAX_POLICY_CHARS: Final = 2048
+
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
+_REGION = re.compile(r"^[a-z]{2,4}(?:-[a-z]+)+-\d{1,2}$")
+_PARTITION = r"aws(?:-[a-z]+)*"
+_ROLE_ARN = re.compile(rf"^arn:{_PARTITION}:iam::\d{{12}}:role/[\w+=,.@/-]{{1,512}}$")
+_ARN = re.compile(rf"^arn:{_PARTITION}:[a-z0-9-]+:[a-z0-9-]*:(?:\d{{12}}|aws)?:[^\s]+$")
+_IAM_ACTION = re.compile(r"^[a-z0-9-]+:[A-Za-z0-9*?]+$")
+_ACTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_EXTERNAL_ID = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
+_PROFILE = re.compile(r"^[\w.+@-]{1,64}$")
+_LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+class ResourceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One scope resource: the role to assume and what each scope action allows."""
+
+    role_arn: str
+    actions: dict[str, list[str]]  # scope action -> IAM actions, e.g. read: [s3:GetObject]
+    resources: list[str]  # the IAM resource ARNs the session policy grants them on
+    external_id: str | None = None  # overrides the instance's external_id for this role
+
+
+class AWSConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ``config`` of an ``aws`` issuer instance. Unknown keys are errors."""
+
+    region: str
+    resources: dict[str, ResourceConfig]
+    endpoint_url: str | None = None  # e.g. a VPC endpoint; http only on loopback (tests)
+    credentials_file: str | None = None  # a shared-credentials (INI) file; default: boto3's chain
+    profile: str | None = None  # the section of credentials_file (default "default")
+    external_id: str | None = None  # sent as ExternalId (AWS: not a secret)
+    max_ttl: str | int | float = "1h"
+    default_ttl: str | int | float = "30m"
+    timeout: str | int | float = "5s"  # one STS call, retries included
+    max_attempts: int = 3  # botocore "standard" retries: total attempts per call
+    latency_margin: str | int | float = "1s"  # how long STS may take to answer (see docs)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A validated resource entry."""
+
+    role_arn: str
+    actions: Mapping[str, tuple[str, ...]]
+    arns: tuple[str, ...]
+    external_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A validated instance configuration."""
+
+    region: str
+    endpoint_url: str | None
+    credentials_file: Path | None
+    profile: str
+    max_ttl: timedelta
+    default_ttl: timedelta
+    timeout: timedelta
+    max_attempts: int
+    latency_margin: timedelta
+    targets: Mapping[str, Target]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class BrokerCredentials:
+    """The broker's own static AWS credentials, read from ``credentials_file``."""
+
+    access_key_id: str
+    secret_access_key: Secret
+    session_token: Secret | None
+
+    def __repr__(self) -> str:
+        return f"BrokerCredentials(access_key_id={self.access_key_id!r}, secret_access_key=***)"
+
+
+def parse_duration(value: object) -> timedelta:
+    """``"90s"``, ``"15m"``, ``"1h"``, ``"1h30m"``, ``"200ms"`` or a number of seconds.
+
+    Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        if value < 0 or value != value:  # negative or NaN
+            raise ValueError(f"not a duration: {value!r}")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return timedelta(seconds=int(text))
+        m = _DURATION.match(text)
+        if text and m and any(m.groups()):
+            h, mi, s, ms = (int(g) if g else 0 for g in m.groups())
+            return timedelta(hours=h, minutes=mi, seconds=s, milliseconds=ms)
+    raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 1h, 1h30m or seconds)")
+
+
+def session_policy(target: Target, actions: tuple[str, ...]) -> str:
+    """The inline session policy for ``actions`` (scope action names) of ``target``: one Allow
+    statement with exactly their IAM actions (sorted, without duplicates) on the target's
+    resource ARNs. Compact JSON, the same bytes for the same input."""
+    iam_actions = sorted({a for name in actions for a in target.actions[name]})
+    document = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": iam_actions, "Resource": list(target.arns)}],
+    }
+    return json.dumps(document, separators=(",", ":"))
+
+
+def load_settings(name: str, raw: Mapping[str, Any]) -> Settings:
+    """Validate the raw ``config`` mapping of instance ``name``. Raises ConfigError."""
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"aws issuer {name!r}: {message}")
+
+    try:
+        config = msgspec.convert(dict(raw), AWSConfig, strict=True)
+    except msgspec.ValidationError as exc:
+        raise fail(str(exc)) from None
+    except TypeError:
+        raise fail("config must be a mapping") from None
+
+    if not _REGION.match(config.region):
+        raise fail(f"region: not an AWS region name: {config.region!r}")
+    endpoint = config.endpoint_url
+    if endpoint is not None:
+        problem = _endpoint_problem(endpoint)
+        if problem:
+            raise fail(f"endpoint_url: {problem}")
+    credentials_file: Path | None = None
+    if config.credentials_file is not None:
+        if not config.credentials_file:
+            raise fail("credentials_file: must not be empty")
+        credentials_file = Path(config.credentials_file)
+    if config.profile is not None:
+        if credentials_file is None:
+            raise fail("profile: only used with credentials_file (set AWS_PROFILE for the chain)")
+        if not _PROFILE.match(config.profile):
+            raise fail(f"profile: not a profile name: {config.profile!r}")
+    profile = config.profile or "default"
+    if credentials_file is not None:
+        try:
+            read_credentials_file(credentials_file, profile)
+        except ValueError as exc:
+            raise fail(f"credentials_file: {exc}") from None
+    if config.external_id is not None and not _EXTERNAL_ID.match(config.external_id):
+        raise fail("external_id: 2 to 1224 characters of letters, digits and _+=,.@:/-")
+
+    def duration(key: str, value: object, low: timedelta, high: timedelta) -> timedelta:
+        try:
+            d = parse_duration(value)
+        except ValueError as exc:
+            raise fail(f"{key}: {exc}") from None
+        if not low <= d <= high:
+            raise fail(f"{key}: must be between {_fmt(low)} and {_fmt(high)}, got {value!r}")
+        return d
+
+    max_ttl = duration("max_ttl", config.max_ttl, MIN_TTL, MAX_SESSION)
+    default_ttl = duration("default_ttl", config.default_ttl, MIN_TTL, MAX_SESSION)
+    if default_ttl > max_ttl:
+        raise fail("default_ttl must not exceed max_ttl")
+    timeout = duration("timeout", config.timeout, timedelta(seconds=1), timedelta(seconds=60))
+    margin = duration("latency_margin", config.latency_margin, timedelta(0), timedelta(seconds=30))
+    if not 1 <= config.max_attempts <= 10:
+        raise fail(f"max_attempts: must be between 1 and 10, got {config.max_attempts}")
+
+    if not config.resources:
+        raise fail("resources: at least one resource is required")
+    targets: dict[str, Target] = {}
+    for resource, entry in config.resources.items():
+        where = f"resources[{resource!r}]"
+        if not resource or len(resource) > 2048 or any(c.isspace() for c in resource):
+            raise fail(f"{where}: a resource name is 1 to 2048 characters without whitespace")
+        if not _ROLE_ARN.match(entry.role_arn):
+            raise fail(f"{where}.role_arn: not an IAM role ARN: {entry.role_arn!r}")
+        if not entry.actions:
+            raise fail(f"{where}.actions: at least one action is required")
+        actions: dict[str, tuple[str, ...]] = {}
+        for action, iam_actions in entry.actions.items():
+            if not _ACTION_NAME.match(action):
+                raise fail(f"{where}.actions: not an action name: {action!r}")
+            if not iam_actions:
+                raise fail(f"{where}.actions.{action}: list at least one IAM action")
+            for iam_action in iam_actions:
+                if not _IAM_ACTION.match(iam_action):
+                    raise fail(
+                        f"{where}.actions.{action}: not an IAM action (service:Action): "
+                        f"{iam_action!r}"
+                    )
+            actions[action] = tuple(dict.fromkeys(iam_actions))
+        if not entry.resources:
+            raise fail(f"{where}.resources: list at least one resource ARN")
+        for arn in entry.resources:
+            if not _ARN.match(arn) or len(arn) > 2048:
+                raise fail(f"{where}.resources: not an ARN: {arn!r}")
+        if entry.external_id is not None and not _EXTERNAL_ID.match(entry.external_id):
+            raise fail(
+                f"{where}.external_id: 2 to 1224 characters of letters, digits and _+=,.@:/-"
+            )
+        target = Target(
+            role_arn=entry.role_arn,
+            actions=actions,
+            arns=tuple(dict.fromkeys(entry.resources)),
+            external_id=entry.external_id or config.external_id,
+        )
+        size = len(session_policy(target, tuple(actions)))  # the largest policy it can need
+        if size > MAX_POLICY_CHARS:
+            raise fail(
+                f"{where}: the session policy for all its actions is {size} characters, over "
+                f"AWS's limit of {MAX_POLICY_CHARS}; use fewer resources or IAM actions"
+            )
+        targets[resource] = target
+
+    return Settings(
+        region=config.region,
+        endpoint_url=endpoint,
+        credentials_file=credentials_file,
+        profile=profile,
+        max_ttl=max_ttl,
+        default_ttl=default_ttl,
+        timeout=timeout,
+        max_attempts=config.max_attempts,
+        latency_margin=margin,
+        targets=targets,
+    )
+
+
+def read_credentials_file(path: Path, profile: str) -> BrokerCredentials:
+    """The ``[profile]`` keys of an AWS shared-credentials file (``aws_access_key_id``,
+    ``aws_secret_access_key``, optional ``aws_session_token``).
+
+    Raises ValueError with a message that never holds a value from the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{str(path)!r} is not readable ({exc.__class__.__name__})") from None
+    parser = configparser.RawConfigParser()
+    try:
+        parser.read_string(text, source="<credentials_file>")
+    except configparser.Error as exc:
+        raise ValueError(
+            f"{str(path)!r} is not an INI credentials file ({exc.__class__.__name__})"
+        ) from None
+    if not parser.has_section(profile):
+        raise ValueError(f"{str(path)!r} has no [{profile}] section")
+    section = parser[profile]
+    unknown = sorted(
+        set(section) - {"aws_access_key_id", "aws_secret_access_key", "aws_session_token"}
+    )
+    if unknown:
+        raise ValueError(f"[{profile}] has unexpected keys: {', '.join(unknown)}")
+    key_id = section.get("aws_access_key_id", "").strip()
+    secret = section.get("aws_secret_access_key", "").strip()
+    token = section.get("aws_session_token", "").strip()
+    if not key_id or not secret:
+        raise ValueError(f"[{profile}] needs aws_access_key_id and aws_secret_access_key")
+    if not re.fullmatch(r"[A-Z0-9]{16,128}", key_id):
+        raise ValueError(f"[{profile}] aws_access_key_id is not an access key id")
+    return BrokerCredentials(
+        access_key_id=key_id,
+        secret_access_key=Secret(secret),
+        session_token=Secret(token) if token else None,
+    )
+
+
+def _endpoint_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "not a URL"
+    del port
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return "must be an http(s) URL with a host"
+    if parts.username or parts.password or parts.query or parts.fragment:
+        return "must not hold credentials, a query or a fragment"
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        return "plain http is allowed only on a loopback address (credentials travel on it)"
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _fmt(d: timedelta) -> str:
+    s = int(d.total_seconds())
+    if s and s % 3600 == 0:
+        return f"{s // 3600}h"
+    if s and s % 60 == 0:
+        return f"{s // 60}m"
+    return f"{d.total_seconds():g}s"
