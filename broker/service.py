@@ -34,10 +34,12 @@ from broker.errors import (
     InvalidRequest,
     NotFound,
     PermissionDenied,
+    ScopeNotSupported,
     StoreUnavailable,
 )
 from broker.governance import Governance
 from broker.identity import DevIdentityIssuer, TokenVerifier
+from broker.identity.dpop import DPoPVerifier, RedisReplayCache
 from broker.issuer import Introspectable, Issuer, PublishesDocuments, PublishesKeys
 from broker.leases import LeaseManager, LeaseStore, Reaper, TaskView
 from broker.leases.ttl import TtlDecision, resolve_ttl
@@ -88,6 +90,7 @@ class Broker:
     _reaper_task: asyncio.Task[None] | None = None
     _approvals_task: asyncio.Task[None] | None = None
     governance: Governance = field(init=False)
+    dpop: DPoPVerifier = field(init=False)
 
     def __post_init__(self) -> None:
         self.governance = Governance(
@@ -98,6 +101,30 @@ class Broker:
             self.clock,
             self.audit,
         )
+        self.dpop = DPoPVerifier(
+            self.clock, RedisReplayCache(self.redis, f"{self.settings.key_prefix}:dpop")
+        )
+
+    async def verify_dpop(
+        self, proofs: list[str], *, path: str, request_id: str | None = None
+    ) -> dict[str, str] | None:
+        """The confirmation (``{"jkt": ...}``) for a request carrying a DPoP proof (RFC 9449);
+        None without one. The proof must be for POST to this broker's public URL + ``path``."""
+        if not proofs:
+            return None
+        url = self.settings.public_url.rstrip("/") + path
+        try:
+            jkt = await self.dpop.verify(proofs, method="POST", url=url)
+        except AuthenticationError as exc:
+            await self.audit.emit(
+                "auth.failed",
+                outcome="deny",
+                reasons=[exc.message],
+                detail={"dpop": True},
+                request_id=request_id,
+            )
+            raise
+        return {"jkt": jkt}
 
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -175,6 +202,10 @@ class Broker:
         if issuer is None:  # policy lint checks this at load; kept as a guard
             raise InvalidRequest(f"unknown issuer {scope.issuer!r}")
         issuer.check_scope(scope)
+        if intent.cnf and not set(intent.cnf) <= getattr(
+            issuer, "confirmation_methods", frozenset()
+        ):
+            raise ScopeNotSupported(f"issuer {scope.issuer!r} cannot bind a credential to a key")
         deadline, ttl = await self._ttl(principal, intent, decision.ttl, issuer)
         detail["ttl_seconds"] = int(ttl.ttl.total_seconds())
         if isinstance(decision, NeedsApproval):

@@ -60,6 +60,11 @@ def from_broker_error(exc: BrokerError, *, client_auth: bool = False) -> Respons
         extra["reasons"] = list(exc.reasons)
     if isinstance(exc, ApprovalRequired):
         extra["grant"] = exc.grant
+    if isinstance(exc, AuthenticationError) and exc.oauth_error in (
+        "invalid_dpop_proof",
+        "use_dpop_nonce",
+    ):
+        return oauth_error(exc.oauth_error, exc.message, 400)  # RFC 9449 §5.1
     if isinstance(exc, AuthenticationError):
         # The subject token failed: invalid_grant (400). A bad caller: invalid_client (401).
         if client_auth:
@@ -243,6 +248,12 @@ class OAuthController(Controller):
             form = await read_form(request)
             intent = intent_from_form(form, "jwt" if "jwt" in broker.issuers else None)
             principal = await broker.authenticate(form["subject_token"], request_id=rid)
+            # After authentication, so an unauthenticated caller cannot fill the replay cache.
+            cnf = await broker.verify_dpop(
+                request.headers.getall("dpop", []), path="/oauth/token", request_id=rid
+            )
+            if cnf is not None:
+                intent = msgspec.structs.replace(intent, cnf=cnf)
             origin = client_address(request)
             result = await broker.request_credential(
                 principal, intent, origin=origin, request_id=rid
@@ -374,6 +385,7 @@ class WellKnownOAuth(Controller):
             "revocation_endpoint": f"{base}/oauth/revoke",
             "jwks_uri": f"{base}/.well-known/jwks.json",
             "grant_types_supported": [GRANT_TOKEN_EXCHANGE],
+            "dpop_signing_alg_values_supported": sorted(broker.dpop.algorithms),
             "response_types_supported": [],
             "token_endpoint_auth_methods_supported": ["none"],
             "introspection_endpoint_auth_methods_supported": auth_methods,

@@ -6,6 +6,7 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -102,9 +103,15 @@ class V1Controller(Controller):
         from broker.api.approvals import approval_out
 
         broker, rid = broker_of(request), request_id(request)
+        intent = intent_from_request(data)
+        cnf = await broker.verify_dpop(
+            request.headers.getall("dpop", []), path="/v1/credentials", request_id=rid
+        )
+        if cnf is not None:
+            intent = msgspec.structs.replace(intent, cnf=cnf)
         result = await broker.request_credential(
             caller,
-            intent_from_request(data),
+            intent,
             on_behalf_of=data.on_behalf_of,
             origin=client_address(request),
             request_id=rid,

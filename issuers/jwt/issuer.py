@@ -11,6 +11,9 @@ introspection, and the public keys it publishes. Keys live in :mod:`issuers.jwt.
   has nothing to call. The token itself stays cryptographically valid until ``exp``, so a
   resource server that needs revocation to bite must introspect; everyone else relies on short
   TTLs.
+- A request bound to a DPoP key (``MintRequest.cnf = {"jkt": ...}``, RFC 9449) gets a token
+  with the ``cnf`` claim (RFC 7800) and ``token_type`` ``DPoP``; any other confirmation method
+  is refused (ScopeNotSupported). Unbound requests are unchanged.
 - ``EdDSA`` is signed and verified on purpose although RFC 9864 deprecates the name (ADR 0002);
   joserfc's warning about it is skipped for this issuer's own registry only.
 """
@@ -21,7 +24,7 @@ import logging
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -43,6 +46,9 @@ AT_JWT_TYP: Final = "at+jwt"  # RFC 9068 §2.1
 #: Longer strings are never one of our tokens; refuse them before any parsing.
 MAX_TOKEN_LENGTH: Final = 16 * 1024
 _MAX_URI_LENGTH: Final = 2048
+
+#: An RFC 7638 SHA-256 thumbprint, base64url without padding: 32 bytes are 43 characters.
+_JKT = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
@@ -144,12 +150,35 @@ def _check_action(action: object) -> None:
         )
 
 
+def _confirmation(cnf: dict[str, str] | None) -> dict[str, str] | None:
+    """The ``cnf`` claim (RFC 7800) for a bound request, or None for an unbound one.
+
+    This issuer binds to a DPoP key only (RFC 9449 §6.1: ``{"jkt": <thumbprint>}``); any other
+    confirmation method, or a ``jkt`` that is not a SHA-256 thumbprint, is refused rather than
+    minting a token that would look bound to something no resource server checks."""
+    if cnf is None:
+        return None
+    if set(cnf) != {"jkt"}:
+        raise ScopeNotSupported(
+            f"the jwt issuer can bind a token only to a DPoP key (cnf jkt), not {sorted(cnf)}"
+        )
+    jkt = cnf["jkt"]
+    if not isinstance(jkt, str) or not _JKT.match(jkt):
+        raise ScopeNotSupported("cnf jkt must be a base64url SHA-256 JWK thumbprint (RFC 7638)")
+    return {"jkt": jkt}
+
+
 class JWTIssuer:
     """Mints broker-signed JWT access tokens. Implements ``Issuer``, ``PublishesKeys`` and
     ``Introspectable``.
 
     Raises ConfigError at construction for invalid config, a missing or empty ``keys_dir``
     (outside development mode), or an unusable key file."""
+
+    #: The RFC 7800 confirmation members ``mint()`` can bind a token to (``MintRequest.cnf``):
+    #: a DPoP key thumbprint (RFC 9449 §6.1). Lets the broker refuse a bound request to an
+    #: issuer that cannot bind before it writes a lease.
+    confirmation_methods: ClassVar[frozenset[str]] = frozenset({"jkt"})
 
     def __init__(self, context: IssuerContext) -> None:
         self.name: str = context.name
@@ -223,9 +252,11 @@ class JWTIssuer:
 
     async def mint(self, request: MintRequest) -> Credential:
         """A signed access token for ``request.scope`` that expires at ``request.not_after``
-        (rounded down to the second)."""
+        (rounded down to the second). When ``request.cnf`` names a DPoP key (``jkt``), the
+        token carries it as its ``cnf`` claim and the credential's ``token_type`` is ``DPoP``."""
         scope = request.scope
         self.check_scope(scope)
+        cnf = _confirmation(request.cnf)
         self._ring.refresh()
         key = self._ring.signing
         iat = int(request.issued_at.timestamp())
@@ -246,6 +277,8 @@ class JWTIssuer:
                 {"type": scope.issuer, "locations": [scope.resource], "actions": actions}
             ],
         }
+        if cnf is not None:
+            claims["cnf"] = cnf  # RFC 7800 / RFC 9449 §6.1: usable only with that key's proofs
         header = {"alg": key.algorithm, "kid": key.kid, "typ": AT_JWT_TYP}
         try:
             token = jwt.encode(header, claims, key.private, registry=self._registry)
@@ -256,6 +289,7 @@ class JWTIssuer:
         return Credential(
             secret=Secret(token),
             expires_at=datetime.fromtimestamp(exp, UTC),
+            token_type="DPoP" if cnf is not None else "Bearer",  # RFC 9449 §5
             handle={"jti": request.lease_id, "kid": key.kid},
             metadata={"kid": key.kid},
         )
