@@ -45,6 +45,7 @@ from broker.leases import LeaseManager, LeaseStore, Reaper, TaskView
 from broker.leases.ttl import TtlDecision, resolve_ttl
 from broker.policy import Allow, Deny, NeedsApproval, PolicySet, can, decide, load_policy_dir
 from broker.registry import load_issuers
+from broker.ssf import SsfTransmitter
 from broker.types import Credential, Intent, Lease, LeaseState, Principal, Secret
 
 __all__ = ["DEV_APPROVER", "Broker", "Issued", "build_broker"]
@@ -86,9 +87,11 @@ class Broker:
     dev_identity: DevIdentityIssuer | None = None
     dev_admin_key: Secret | None = None
     dev_approver_key: Secret | None = None
+    ssf: SsfTransmitter | None = None
     in_memory: bool = False
     _reaper_task: asyncio.Task[None] | None = None
     _approvals_task: asyncio.Task[None] | None = None
+    _ssf_task: asyncio.Task[None] | None = None
     governance: Governance = field(init=False)
     dpop: DPoPVerifier = field(init=False)
 
@@ -543,6 +546,8 @@ class Broker:
         self._stop = asyncio.Event()
         self._reaper_task = asyncio.create_task(self.reaper.run(self._stop), name="jit-reaper")
         self._approvals_task = asyncio.create_task(self._sweep_approvals(), name="jit-approvals")
+        if self.ssf is not None:
+            self._ssf_task = asyncio.create_task(self.ssf.run(self._stop), name="jit-ssf")
 
     async def _sweep_approvals(self) -> None:
         """Expire due approval requests and retry Slack posts, about once a second."""
@@ -558,7 +563,7 @@ class Broker:
 
     async def aclose(self) -> None:
         self._stop.set()
-        for task in (self._reaper_task, self._approvals_task):
+        for task in (self._reaper_task, self._approvals_task, self._ssf_task):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(task, timeout=5)
@@ -570,6 +575,9 @@ class Broker:
         for issuer in self.issuers.values():
             with contextlib.suppress(Exception):
                 await issuer.aclose()
+        if self.ssf is not None:
+            with contextlib.suppress(Exception):
+                await self.ssf.aclose()
         await self.verifier.aclose()
         await self.audit.aclose()
         await self.redis.aclose()
@@ -652,7 +660,15 @@ async def build_broker(
     sinks: list[AuditSink] = list(audit_sinks) if audit_sinks is not None else [LoggingSink()]
     if settings.audit.file:
         sinks.append(FileSink(settings.audit.file))
+    ssf: SsfTransmitter | None = None
+    if settings.ssf.receivers or settings.ssf.signing_key_file:
+        ssf = SsfTransmitter(
+            settings.ssf, redis, settings.key_prefix, clock, issuer_url=settings.public_url, dev=dev
+        )
+        sinks.append(ssf.sink())  # every lease.revoked event becomes a Security Event Token
     audit = AuditLog(clock, sinks)
+    if ssf is not None:
+        ssf.audit = audit
     store = LeaseStore(redis, settings.key_prefix)
     manager = LeaseManager(store, issuers, audit, clock, settings.reaper)
     reaper = Reaper(manager, settings.reaper, clock)
@@ -690,6 +706,7 @@ async def build_broker(
         dev_identity=dev_identity,
         dev_admin_key=dev_admin_key,
         dev_approver_key=dev_approver_key,
+        ssf=ssf,
         in_memory=in_memory,
     )
 

@@ -18,7 +18,7 @@ from broker import __version__
 from broker.api.approvals import ApprovalsController, SlackController
 from broker.api.auth import broker_of, request_id
 from broker.api.dev import DevController
-from broker.api.oauth import OAuthController, UsageController, WellKnownOAuth
+from broker.api.oauth import OAuthController, UsageController, WellKnownOAuth, ssf_jwks
 from broker.api.schemas import problem
 from broker.api.v1 import IssuerDocuments, V1Controller
 from broker.errors import (
@@ -155,6 +155,7 @@ def create_app(broker: Broker, *, manage_lifecycle: bool = True) -> Litestar:
         WellKnownOAuth,
         healthz,
         readyz,
+        ssf_jwks,
     ]
     if broker.dev_identity is not None:
         handlers.append(DevController)

@@ -20,6 +20,7 @@ from broker.errors import (
     AuthenticationError,
     BrokerError,
     InvalidRequest,
+    NotFound,
     PermissionDenied,
 )
 from broker.service import Broker, Issued
@@ -232,6 +233,14 @@ class UsageController(Controller):
         )
 
 
+@get("/ssf/jwks.json", summary="Keys that verify the broker's Security Event Tokens")
+async def ssf_jwks(request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
+    ssf = broker_of(request).ssf
+    if ssf is None:
+        raise NotFound("Shared Signals is not configured")
+    return Response(ssf.jwks(), headers={"Cache-Control": "public, max-age=60"})
+
+
 class OAuthController(Controller):
     path = "/oauth"
     tags = ["oauth"]
@@ -394,6 +403,15 @@ class WellKnownOAuth(Controller):
             "subject_token_types_supported": [TT_JWT, TT_ID_TOKEN],
             "service_documentation": f"{base}/schema",
         }
+
+    @get("/ssf-configuration", summary="OpenID Shared Signals transmitter metadata")
+    async def ssf_configuration(
+        self, request: Request[Any, Any, State]
+    ) -> Response[dict[str, Any]]:
+        ssf = broker_of(request).ssf
+        if ssf is None:
+            raise NotFound("Shared Signals is not configured")
+        return Response(ssf.configuration(), headers={"Cache-Control": "public, max-age=300"})
 
     @get("/jwks.json", summary="Public keys of the broker's signing issuers")
     async def jwks(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
