@@ -42,15 +42,16 @@ def serve(port: int, redis_url: str, prefix: str) -> None:
 
     from broker.api import create_app
     from broker.api.auth import bearer_token, broker_of
-    from broker.cli.server import dev_policy_dir, setup_logging
+    from broker.cli.server import dev_policy_dir
     from broker.clock import SystemClock
     from broker.config import IssuerInstanceSettings, Settings
     from broker.identity import DevIdentityIssuer
+    from broker.logsetup import setup_logging
     from broker.service import build_broker
     from broker.types import MintRequest, Scope, Secret
     from issuers.jwt.keys import generate_key
 
-    setup_logging("WARNING")
+    setup_logging("text", "WARNING")
     url = f"http://127.0.0.1:{port}"
     clock = SystemClock()
     keys = Path(tempfile.mkdtemp(prefix="jit-bench-keys-"))

@@ -26,6 +26,7 @@ __all__ = [
     "IssuerInstanceSettings",
     "LimitsSettings",
     "LoggingSettings",
+    "MetricsSettings",
     "PersonSettings",
     "ReaperSettings",
     "Settings",
@@ -213,6 +214,12 @@ class SsfSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True
     receivers: list[SsfReceiverSettings] = msgspec.field(default_factory=list)
 
 
+class MetricsSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Bearer token that a scraper must send to GET /metrics, in a file. Without it, /metrics is
+    # off under `jit serve` (it is open under `jit dev`).
+    token_file: str | None = None
+
+
 class LoggingSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     format: Literal["json", "text"] = "json"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -234,6 +241,7 @@ class Settings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     approvals: ApprovalSettings = msgspec.field(default_factory=ApprovalSettings)
     ssf: SsfSettings = msgspec.field(default_factory=SsfSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     broker_audience: str = "jit-broker"  # the ``aud`` workload tokens must carry for the broker
 
 

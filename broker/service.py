@@ -43,6 +43,7 @@ from broker.identity.dpop import DPoPVerifier, RedisReplayCache
 from broker.issuer import Introspectable, Issuer, PublishesDocuments, PublishesKeys
 from broker.leases import LeaseManager, LeaseStore, Reaper, TaskView
 from broker.leases.ttl import TtlDecision, resolve_ttl
+from broker.metrics import Metrics, MetricsSink
 from broker.policy import Allow, Deny, NeedsApproval, PolicySet, can, decide, load_policy_dir
 from broker.registry import load_issuers
 from broker.ssf import SsfTransmitter
@@ -88,6 +89,8 @@ class Broker:
     dev_admin_key: Secret | None = None
     dev_approver_key: Secret | None = None
     ssf: SsfTransmitter | None = None
+    metrics: Metrics = field(default_factory=lambda: Metrics(issuers=()))
+    metrics_token: Secret | None = None  # None: /metrics is open in dev, off otherwise
     in_memory: bool = False
     _reaper_task: asyncio.Task[None] | None = None
     _approvals_task: asyncio.Task[None] | None = None
@@ -660,6 +663,8 @@ async def build_broker(
     sinks: list[AuditSink] = list(audit_sinks) if audit_sinks is not None else [LoggingSink()]
     if settings.audit.file:
         sinks.append(FileSink(settings.audit.file))
+    metrics = Metrics(issuers=issuers)
+    sinks.append(MetricsSink(metrics))
     ssf: SsfTransmitter | None = None
     if settings.ssf.receivers or settings.ssf.signing_key_file:
         ssf = SsfTransmitter(
@@ -671,6 +676,22 @@ async def build_broker(
         ssf.audit = audit
     store = LeaseStore(redis, settings.key_prefix)
     manager = LeaseManager(store, issuers, audit, clock, settings.reaper)
+
+    async def leases_active() -> int:
+        return int(await redis.zcard(store.keys.due))
+
+    async def leases_overdue() -> int:
+        return int(await redis.scard(store.keys.overdue))
+
+    async def sink_lag() -> dict[str, int]:
+        lag: dict[str, int] = {}
+        if ssf is not None:
+            lag.update({f"ssf:{k}": v for k, v in (await ssf.lag()).items()})
+        return lag
+
+    metrics.set_gauge_sources(
+        leases_active=leases_active, overdue=leases_overdue, sink_lag=sink_lag
+    )
     reaper = Reaper(manager, settings.reaper, clock)
     approvals = Approvals(
         ApprovalStore(redis, settings.key_prefix),
@@ -707,8 +728,22 @@ async def build_broker(
         dev_admin_key=dev_admin_key,
         dev_approver_key=dev_approver_key,
         ssf=ssf,
+        metrics=metrics,
+        metrics_token=_read_token(settings.metrics.token_file, "metrics.token_file"),
         in_memory=in_memory,
     )
+
+
+def _read_token(path: str | None, key: str) -> Secret | None:
+    if path is None:
+        return None
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+    if len(value) < 16:
+        raise ConfigError(f"{key}: the token in {path} must be at least 16 characters")
+    return Secret(value)
 
 
 def _with_dev_approver(settings: Settings) -> Settings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,16 +17,20 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker import __version__
 from broker.api.approvals import ApprovalsController, SlackController
-from broker.api.auth import broker_of, request_id
+from broker.api.auth import bearer_token, broker_of, request_id
 from broker.api.dev import DevController
 from broker.api.oauth import OAuthController, UsageController, WellKnownOAuth, ssf_jwks
 from broker.api.schemas import problem
 from broker.api.v1 import IssuerDocuments, V1Controller
 from broker.errors import (
     ApprovalRequired,
+    AuthenticationError,
     BrokerError,
+    NotFound,
     PermissionDenied,
 )
+from broker.logsetup import request_id_var
+from broker.metrics import UNMATCHED
 from broker.service import Broker
 
 __all__ = ["create_app"]
@@ -102,18 +107,47 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        rid = request_id(Request(scope))
+        request: Request[Any, Any, State] = Request(scope)
+        rid = request_id(request)
+        broker = broker_of(request)
+        status = 500
+        start = broker.clock.monotonic()
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode()))
                 message["headers"] = headers
             await send(message)
 
-        await app(scope, receive, send_with_id)
+        token = request_id_var.set(rid)  # every log line of this request carries its id
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+            route = scope.get("path_template") or UNMATCHED
+            broker.metrics.observe_request(route, status, broker.clock.monotonic() - start)
 
     return middleware
+
+
+@get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
+async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
+    """Aggregates only (no ids, no names). Needs the bearer token from metrics.token_file;
+    open under `jit dev`; off under `jit serve` when no token is configured."""
+    broker = broker_of(request)
+    if broker.metrics_token is None:
+        if broker.dev_identity is None:
+            raise NotFound("metrics are off: set metrics.token_file in the config")
+    else:
+        presented = bearer_token(request)
+        if not hmac.compare_digest(presented.encode(), broker.metrics_token.reveal().encode()):
+            raise AuthenticationError("invalid metrics token")
+    body, content_type = await broker.metrics.render(request.headers.get("accept"))
+    # Set as a header: litestar would append a second charset to a text/* media_type.
+    return Response(content=body, headers={"Content-Type": content_type})
 
 
 @get("/healthz", tags=["ops"], summary="Liveness: the process answers")
@@ -155,6 +189,7 @@ def create_app(broker: Broker, *, manage_lifecycle: bool = True) -> Litestar:
         WellKnownOAuth,
         healthz,
         readyz,
+        metrics,
         ssf_jwks,
     ]
     if broker.dev_identity is not None:

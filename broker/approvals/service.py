@@ -450,6 +450,7 @@ class Approvals:
                 "grant": view.grant,
                 "state": view.state.value,
                 "by": [r.person for r in view.reviews],
+                "wait_ms": _ms((view.decided_at or self.clock.now()) - view.created_at),
             },
         )
         if self.notifier is not None:
@@ -538,3 +539,7 @@ def _digest(owner: str, intent: Intent, ttl: timedelta, on_behalf_of: str | None
         ]
     )
     return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _ms(delta: timedelta) -> int:
+    return int(delta.total_seconds() * 1000)

@@ -22,6 +22,7 @@ from broker.api import create_app
 from broker.config import IssuerInstanceSettings, Settings, load_settings
 from broker.errors import BrokerError
 from broker.identity import DevIdentityIssuer
+from broker.logsetup import setup_logging
 from broker.service import Broker, build_broker
 from broker.types import Secret
 
@@ -30,19 +31,16 @@ __all__ = ["run_dev", "run_serve"]
 log = logging.getLogger("jit")
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
 async def _serve(broker: Broker, host: str, port: int, on_ready: Any = None) -> None:
     app = create_app(broker)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", lifespan="on", access_log=False
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        log_config=None,  # uvicorn's loggers go through our handler (JSON under jit serve)
     )
     server = uvicorn.Server(config)
     if on_ready is not None:
@@ -61,11 +59,12 @@ async def _serve(broker: Broker, host: str, port: int, on_ready: Any = None) -> 
 
 
 def run_serve(config_path: str) -> None:
-    setup_logging()
+    setup_logging("json", "INFO")
     try:
         settings = load_settings(config_path)
     except BrokerError as exc:
         raise click.ClickException(exc.message) from None
+    setup_logging(settings.logging.format, settings.logging.level)
 
     async def main() -> None:
         try:
@@ -94,7 +93,7 @@ def run_dev(host: str, port: int, home: Path) -> None:
 
     from issuers.jwt.keys import generate_key
 
-    setup_logging("WARNING")
+    setup_logging("text", "WARNING")
     url = f"http://{host}:{port}"
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys_dir = home / f"dev-keys-{port}"

@@ -274,3 +274,32 @@ def test_jit_dev_token_requires_a_running_dev_broker(tmp_path) -> None:  # type:
     )
     assert out.returncode == 1
     assert "no running `jit dev`" in out.stderr
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_move_when_credentials_are_issued_and_revoked(dev_broker: DevBroker) -> None:
+    before = httpx.get(f"{dev_broker.url}/metrics", timeout=10)
+    assert before.status_code == 200
+    assert before.headers["content-type"].startswith("text/plain")
+    identity = dev_broker.token("metrics-job")
+    resp = exchange(dev_broker, identity, task_id="metrics-1")
+    assert resp.status_code == 200, resp.text
+    dev_broker.jit("task", "complete", "metrics-1", token=identity)
+    after = httpx.get(f"{dev_broker.url}/metrics", timeout=10).text
+    for name, labels in [
+        ("jit_credentials_issued_total", {"issuer": "jwt"}),
+        ("jit_revocations_total", {"trigger": "task_completed"}),
+        ("jit_decisions_total", {"outcome": "ok"}),
+        ("jit_http_requests_total", {"route": "/oauth/token"}),
+    ]:
+        assert _metric(after, name, **labels) >= _metric(before.text, name, **labels) + 1, name
+    assert "metrics-job" not in after  # no principals as label values

@@ -148,7 +148,10 @@ def test_jit_serve_issues_verifiable_credentials_from_files_and_redis(
 ) -> None:
     port = free_port()
     prefix = f"jittest-serve-{uuid.uuid4().hex[:8]}"
-    config = write_config(tmp_path, idp, port, prefix)
+    (tmp_path / "metrics.token").write_text("scrape-token-0123456789abcdef")
+    config = write_config(
+        tmp_path, idp, port, prefix, metrics={"token_file": str(tmp_path / "metrics.token")}
+    )
     proc = subprocess.Popen(
         [JIT, "serve", "--config", str(config)],
         stdout=subprocess.PIPE,
@@ -167,6 +170,12 @@ def test_jit_serve_issues_verifiable_credentials_from_files_and_redis(
                 pass
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.1)
+        assert httpx.get(f"{url}/metrics").status_code == 401
+        scraped = httpx.get(
+            f"{url}/metrics", headers={"Authorization": "Bearer scrape-token-0123456789abcdef"}
+        )
+        assert scraped.status_code == 200
+        assert "jit_build_info" in scraped.text
         env = {**os.environ, "JIT_URL": url, "JIT_TOKEN": idp.token("repo:acme/app")}
         out = subprocess.run(
             [
