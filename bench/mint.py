@@ -50,6 +50,7 @@ def serve(port: int, redis_url: str, prefix: str) -> None:
     from broker.service import build_broker
     from broker.types import MintRequest, Scope, Secret
     from issuers.jwt.keys import generate_key
+    from tests.auditkeys import audit_settings
 
     setup_logging("text", "WARNING")
     url = f"http://127.0.0.1:{port}"
@@ -67,6 +68,7 @@ def serve(port: int, redis_url: str, prefix: str) -> None:
                 type="jwt", config={"keys_dir": str(keys), "max_ttl": "1h", "default_ttl": "15m"}
             )
         },
+        audit=audit_settings(keys / "audit"),
     )
     admin_key = os.environ["JIT_BENCH_ADMIN_KEY"]
 

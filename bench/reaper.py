@@ -46,6 +46,7 @@ from broker.service import build_broker  # noqa: E402
 from broker.testing import FakeIssuer  # noqa: E402
 from broker.types import Principal, Scope, Task  # noqa: E402
 from issuers.jwt.keys import generate_key  # noqa: E402
+from tests.auditkeys import audit_settings  # noqa: E402
 from tests.integration.test_leases_redis import _fill  # noqa: E402
 
 WHO = Principal(id="bench:ci", issuer="bench", subject="ci")
@@ -130,6 +131,7 @@ async def startup(redis_url: str, live: int) -> None:
             policy_dir=str(dev_policy_dir()),
             issuers={"jwt": IssuerInstanceSettings(type="jwt", config={"keys_dir": str(keys)})},
             approvals=ApprovalSettings(people={"ops": PersonSettings()}, default_approvers=["ops"]),
+            audit=audit_settings(keys / "audit"),
         )
         times = []
         for _ in range(5):

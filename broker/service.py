@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from broker.approvals import Approvals, ApprovalState, ApprovalStore, ApprovalView, People
-from broker.audit import AuditLog, AuditSink, FileSink, LoggingSink
+from broker.audit import AuditLog, AuditSink, LoggingSink, build_audit
 from broker.clock import Clock, SystemClock
 from broker.config import ClientSettings, PersonSettings, Settings
 from broker.errors import (
@@ -95,6 +95,7 @@ class Broker:
     _reaper_task: asyncio.Task[None] | None = None
     _approvals_task: asyncio.Task[None] | None = None
     _ssf_task: asyncio.Task[None] | None = None
+    _audit_task: asyncio.Task[None] | None = None
     governance: Governance = field(init=False)
     dpop: DPoPVerifier = field(init=False)
 
@@ -551,6 +552,7 @@ class Broker:
         self._approvals_task = asyncio.create_task(self._sweep_approvals(), name="jit-approvals")
         if self.ssf is not None:
             self._ssf_task = asyncio.create_task(self.ssf.run(self._stop), name="jit-ssf")
+        self._audit_task = asyncio.create_task(self.audit.run(self._stop), name="jit-audit")
 
     async def _sweep_approvals(self) -> None:
         """Expire due approval requests and retry Slack posts, about once a second."""
@@ -566,7 +568,7 @@ class Broker:
 
     async def aclose(self) -> None:
         self._stop.set()
-        for task in (self._reaper_task, self._approvals_task, self._ssf_task):
+        for task in (self._reaper_task, self._approvals_task, self._ssf_task, self._audit_task):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(task, timeout=5)
@@ -661,8 +663,6 @@ async def build_broker(
     )
 
     sinks: list[AuditSink] = list(audit_sinks) if audit_sinks is not None else [LoggingSink()]
-    if settings.audit.file:
-        sinks.append(FileSink(settings.audit.file))
     metrics = Metrics(issuers=issuers)
     sinks.append(MetricsSink(metrics))
     ssf: SsfTransmitter | None = None
@@ -671,7 +671,15 @@ async def build_broker(
             settings.ssf, redis, settings.key_prefix, clock, issuer_url=settings.public_url, dev=dev
         )
         sinks.append(ssf.sink())  # every lease.revoked event becomes a Security Event Token
-    audit = AuditLog(clock, sinks)
+    # The hash chain in Redis; the file and webhook sinks are fed from its stream (docs/audit.md).
+    audit = build_audit(
+        settings.audit,
+        clock=clock,
+        redis=redis,
+        key_prefix=settings.key_prefix,
+        sinks=sinks,
+        dev=dev,
+    )
     if ssf is not None:
         ssf.audit = audit
     store = LeaseStore(redis, settings.key_prefix)
@@ -684,7 +692,7 @@ async def build_broker(
         return int(await redis.scard(store.keys.overdue))
 
     async def sink_lag() -> dict[str, int]:
-        lag: dict[str, int] = {}
+        lag: dict[str, int] = dict(await audit.sink_lag())
         if ssf is not None:
             lag.update({f"ssf:{k}": v for k, v in (await ssf.lag()).items()})
         return lag

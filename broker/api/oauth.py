@@ -404,6 +404,12 @@ class WellKnownOAuth(Controller):
             "service_documentation": f"{base}/schema",
         }
 
+    @get("/audit-jwks.json", summary="Public keys that sign the audit chain's checkpoints")
+    async def audit_jwks(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
+        return Response(
+            broker_of(request).audit.jwks(), headers={"Cache-Control": "public, max-age=300"}
+        )
+
     @get("/ssf-configuration", summary="OpenID Shared Signals transmitter metadata")
     async def ssf_configuration(
         self, request: Request[Any, Any, State]

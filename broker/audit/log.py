@@ -1,20 +1,47 @@
-"""The audit log and its first sinks (file, logging, memory). See the package docstring."""
+"""The audit log (the seam), the event type, and the in-process sinks (file, logging, memory).
+
+See the package docstring. With a chain (:class:`~broker.audit.chain.AuditChain`), ``emit``
+first appends the event to the shared hash chain in Redis and then hands the chained record
+(with ``seq``, ``prev``, ``hash``; followed by a checkpoint record when one fell due) to the
+in-process sinks. The durable sinks (JSON-lines file, webhooks) are fed from the chain's Redis
+stream by :class:`~broker.audit.sinks.AuditDelivery`, which :meth:`AuditLog.run` drives.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgspec
 
+from broker.audit.signing import HmacKey
 from broker.clock import Clock
+from broker.errors import StoreUnavailable
 
-__all__ = ["AuditEvent", "AuditLog", "AuditSink", "FileSink", "LoggingSink", "MemorySink"]
+if TYPE_CHECKING:
+    from broker.audit.chain import AuditChain
+    from broker.audit.sinks import AuditDelivery
+
+__all__ = [
+    "CHECKPOINT",
+    "AuditEvent",
+    "AuditLog",
+    "AuditSink",
+    "FileSink",
+    "LoggingSink",
+    "MemorySink",
+]
+
+#: The event type of a signed chain checkpoint (written by the chain; callers cannot emit it).
+CHECKPOINT: Final = "audit.checkpoint"
+#: Field names ``emit`` sets itself; a caller passing one is a bug.
+_RESERVED: Final = frozenset({"type", "time", "seq", "prev", "hash"})
 
 log = logging.getLogger("jit.audit")
 
@@ -36,6 +63,10 @@ class AuditEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     request_id: str | None = None
     reasons: list[str] = msgspec.field(default_factory=list)
     detail: dict[str, Value] = msgspec.field(default_factory=dict)
+    # Set by the hash chain (None without one): position, predecessor's hash, own hash.
+    seq: int | None = None
+    prev: str | None = None
+    hash: str | None = None
 
 
 class AuditSink(Protocol):
@@ -85,25 +116,111 @@ class FileSink:
 
 
 class AuditLog:
-    """Emit events to every sink. Emission never raises into the caller's path for a sink
-    failure (it is logged); an event that cannot be encoded (e.g. it holds a Secret) raises."""
+    """Emit events to the chain (if any) and to every in-process sink.
 
-    def __init__(self, clock: Clock, sinks: Sequence[AuditSink] = ()) -> None:
+    A sink failure never raises into the caller's path (it is logged). An event that cannot be
+    encoded (e.g. it holds a Secret) raises ``TypeError``/``msgspec`` errors. With a chain, an
+    event the chain cannot take (Redis unavailable) raises :class:`StoreUnavailable` after the
+    unchained event went to the in-process sinks (so at least the log has it): an action that
+    cannot be recorded fails, as the rest of the broker does without Redis.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        sinks: Sequence[AuditSink] = (),
+        *,
+        chain: AuditChain | None = None,
+        delivery: AuditDelivery | None = None,
+        hmac_key: HmacKey | None = None,
+    ) -> None:
         self.clock = clock
         self.sinks = list(sinks)
+        self.chain = chain
+        self.delivery = delivery
+        # Without a configured key: a random one, so digests match only within this process.
+        self._hmac = hmac_key or HmacKey.generate()
 
     async def emit(self, type: str, **fields: object) -> AuditEvent:
+        if type == CHECKPOINT:
+            raise ValueError(f"{CHECKPOINT!r} records are written by the chain only")
+        reserved = _RESERVED.intersection(fields)
+        if reserved:
+            raise TypeError(f"audit.emit() sets {sorted(reserved)} itself")
         event = msgspec.convert(
             {"type": type, "time": self.clock.now(), **fields}, AuditEvent, strict=True
         )
         _encoder.encode(event)  # fail loudly on anything that is not plain data
+        if self.chain is None:
+            await self._fan_out([event])
+            return event
+        try:
+            records = await self.chain.append(event)
+        except StoreUnavailable as exc:
+            log.error("audit event %s could not be chained: %s", type, exc.message)
+            await self._fan_out([event])
+            raise
+        await self._fan_out(records)
+        return records[0]
+
+    async def _fan_out(self, events: Sequence[AuditEvent]) -> None:
         for sink in self.sinks:
             try:
-                await sink.write((event,))
+                await sink.write(events)
             except Exception:  # a sink outage must not break issuance; it is logged
                 log.exception("audit sink %s failed", sink.__class__.__name__)
-        return event
+
+    def hmac(self, value: str) -> str:
+        """``hmac-sha256:<hex>``: a keyed digest of a sensitive value (a token) that a record
+        may carry instead of the value; whoever holds the key can match a known value."""
+        return self._hmac.digest(value)
+
+    def hmac_matches(self, value: str, digest: str) -> bool:
+        """Constant-time check that ``digest`` is :meth:`hmac` of ``value``."""
+        return self._hmac.matches(value, digest)
+
+    def jwks(self) -> dict[str, Any]:
+        """The public key(s) that verify checkpoint signatures, as a JWK set."""
+        return self.chain.jwks() if self.chain is not None else {"keys": []}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The background work of the audit trail until ``stop`` is set: deliver the stream to
+        the durable sinks, and sign a quiet chain's tail when ``checkpoint_interval`` passes."""
+        jobs = []
+        if self.delivery is not None:
+            jobs.append(self.delivery.run(stop))
+        if self.chain is not None:
+            jobs.append(self._checkpoints(stop))
+        if jobs:
+            await asyncio.gather(*jobs)
+
+    async def _checkpoints(self, stop: asyncio.Event) -> None:
+        assert self.chain is not None
+        poll = self.delivery.poll_interval if self.delivery is not None else timedelta(seconds=1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=poll.total_seconds())
+            if stop.is_set():
+                return
+            try:
+                record = await self.chain.checkpoint_if_due()
+            except StoreUnavailable as exc:
+                log.warning("audit checkpoint: %s", exc.message)
+                continue
+            except Exception:
+                log.exception("audit checkpoint failed")
+                continue
+            if record is not None:
+                await self._fan_out([record])
+
+    async def sink_lag(self) -> dict[str, int]:
+        """Records each durable sink is behind the chain's head (empty without sinks)."""
+        return await self.delivery.sink_lag() if self.delivery is not None else {}
 
     async def aclose(self) -> None:
+        if self.chain is not None:
+            await self.chain.aclose()
+        if self.delivery is not None:
+            await self.delivery.aclose()
         for sink in self.sinks:
             await sink.aclose()

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from broker import __version__
+from broker.cli.audit import audit as audit_group
 from broker.cli.client import (
     ApiClient,
     die,
@@ -264,6 +265,9 @@ approver_token_option = click.option(
 def _approver_client(url: str | None, approver_token: str | None) -> ApiClient:
     base = resolve_url(url)
     return ApiClient(base, resolve_approver_token(approver_token, base))
+
+
+main.add_command(audit_group)
 
 
 @main.group()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import threading
 import time
@@ -108,6 +109,17 @@ def write_config(tmp: Path, idp: IdP, port: int, prefix: str, **over: Any) -> Pa
             capture_output=True,
             stdin=subprocess.DEVNULL,
         )
+    audit_key = tmp / "audit-signing.pem"
+    if not audit_key.exists():
+        jwks = subprocess.run(
+            [JIT, "audit", "keygen", str(audit_key)],
+            check=True,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        (tmp / "audit-jwks.json").write_text(jwks.stdout)
+        (tmp / "audit-hmac.key").write_text(secrets.token_hex(32))
     policies = tmp / "policies"
     policies.mkdir(exist_ok=True)
     (policies / "platform.yaml").write_text(POLICY)
@@ -126,6 +138,7 @@ def write_config(tmp: Path, idp: IdP, port: int, prefix: str, **over: Any) -> Pa
             }
         ],
         "issuers": {"jwt": {"type": "jwt", "config": {"keys_dir": str(keys)}}},
+        "audit": {"signing_key_file": str(audit_key), "hmac_key_file": str(tmp / "audit-hmac.key")},
     }
     config.update(over)
     path = tmp / "jit.yaml"
@@ -223,6 +236,53 @@ def test_jit_serve_issues_verifiable_credentials_from_files_and_redis(
         )
         assert denied.returncode != 0
         assert "Forbidden (403)" in denied.stderr
+        # The audit chain: export it from Redis, verify it, and read the credential's receipt.
+        chain = tmp_path / "chain.jsonl"
+        subprocess.run(
+            [
+                JIT,
+                "audit",
+                "export",
+                "--redis-url",
+                "redis://127.0.0.1:6379/0",
+                "--prefix",
+                prefix,
+                "--out",
+                str(chain),
+            ],
+            check=True,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+        )
+        ok = subprocess.run(
+            [JIT, "audit", "verify", str(chain), "--key", str(tmp_path / "audit-jwks.json")],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        receipt = subprocess.run(
+            [JIT, "audit", "show", "--lease", issued["lease_id"], str(chain), "--json"],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        assert receipt.returncode == 0, receipt.stderr
+        stages = [s["stage"] for s in json.loads(receipt.stdout)["steps"]]
+        assert "mint" in " ".join(stages)
+        lines = chain.read_text().splitlines()
+        tampered = json.loads(lines[1])
+        tampered["time"] = "2000-01-01T00:00:00Z"  # one altered field in one record
+        lines[1] = json.dumps(tampered)
+        chain.write_text("\n".join(lines) + "\n")
+        bad = subprocess.run(
+            [JIT, "audit", "verify", str(chain)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        assert bad.returncode == 1
+        assert "line 2" in bad.stdout + bad.stderr
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -31,6 +31,7 @@ from broker.identity import DevIdentityIssuer
 from broker.service import Broker, build_broker
 from broker.testing import FakeClock
 from issuers.jwt.keys import generate_key
+from tests.auditkeys import audit_settings
 from tests.conftest import REDIS_URL
 from tests.fakes.slack_api import FakeSlack, interaction_body, sign_request
 
@@ -158,6 +159,7 @@ async def env(
     settings = Settings(
         public_url=BASE,
         key_prefix=key_prefix,
+        audit=audit_settings(tmp_path / "audit"),
         policy_dir=str(policies),
         issuers={"jwt": IssuerInstanceSettings(type="jwt", config={"keys_dir": str(keys)})},
         approvals=ApprovalSettings(

@@ -21,6 +21,7 @@ from broker.identity import DevIdentityIssuer
 from broker.service import Broker, build_broker
 from broker.testing import FakeClock
 from issuers.jwt.keys import generate_key
+from tests.auditkeys import audit_settings
 from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.integration
@@ -113,6 +114,7 @@ async def env(
     settings = Settings(
         public_url=BASE,
         key_prefix=key_prefix,
+        audit=audit_settings(tmp_path / "audit"),
         policy_dir=str(tmp_path / "policies"),
         issuers={"jwt": IssuerInstanceSettings(type="jwt", config={"keys_dir": str(keys)})},
         clients=[

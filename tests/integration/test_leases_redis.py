@@ -25,6 +25,7 @@ from broker.service import build_broker
 from broker.testing import FakeClock
 from broker.types import Credential, LeaseState, MintRequest, Task
 from issuers.jwt.keys import generate_key
+from tests.auditkeys import audit_settings
 from tests.conftest import REDIS_URL
 from tests.leasekit import ALICE, SCOPE, SETTINGS, Kit, make_kit
 
@@ -198,6 +199,7 @@ async def _start_and_stop(prefix: str, clock: FakeClock, keys: Path) -> Counter[
         policy_dir=str(dev_policy_dir()),
         issuers={"jwt": IssuerInstanceSettings(type="jwt", config={"keys_dir": str(keys)})},
         approvals=ApprovalSettings(people={"ops": PersonSettings()}, default_approvers=["ops"]),
+        audit=audit_settings(keys / "audit"),
     )
     broker = await build_broker(
         settings,

@@ -38,6 +38,7 @@ from broker.metrics import (
 from broker.service import Broker, build_broker
 from broker.testing import FakeClock
 from issuers.jwt.keys import generate_key
+from tests.auditkeys import audit_settings
 from tests.conftest import REDIS_URL
 from tests.leasekit import make_kit
 
@@ -154,6 +155,7 @@ async def env(
     settings = Settings(
         public_url=BASE,
         key_prefix=key_prefix,
+        audit=audit_settings(tmp_path / "audit"),
         policy_dir=str(policies),
         issuers={"jwt": IssuerInstanceSettings(type="jwt", config={"keys_dir": str(keys)})},
         approvals=ApprovalSettings(

@@ -1,0 +1,507 @@
+"""Durable audit sinks fed from the chain's Redis stream, and the loop that feeds them.
+
+The stream is the buffer: a sink that is down falls behind and catches up when it is back;
+nothing is dropped unless the stream is trimmed (``audit.stream_maxlen``) past records the sink
+has not taken yet (logged as an error and counted in :attr:`AuditDelivery.lost`).
+
+Per sink, Redis holds a cursor (the last seq delivered) and a lock with a visibility timeout
+(``owner``, ``until`` on the injected clock, like the reaper's claims). Every replica may run
+:meth:`AuditDelivery.run`; for each sink only the lock holder reads and delivers, one batch at
+a time, and advances the cursor after the sink confirmed — so records reach a sink in order and
+once. A replica that dies holding the lock is replaced after the lock's ``until``. The cursor
+moves only if the lock is still the deliverer's; if a delivery outlived the lock and another
+replica took over, that batch may arrive twice (each record carries its ``seq``: receivers can
+drop repeats; the webhook's ``Idempotency-Key`` names the batch).
+
+Sinks:
+
+- :class:`JsonLinesFileSink`: appends the records, byte for byte, one per line (mode 0600,
+  fsync per batch). The file is a chain ``jit audit verify`` checks. It skips records it already
+  holds (it reads the last seq from the file's tail), so a crash between the write and the
+  cursor update never duplicates a line; a torn last line is cut off and rewritten. It refuses
+  records that do not continue the chain already in the file (a chain restarted after Redis lost
+  its data, a file from before the chain): the sink then fails visibly until the file is moved.
+- :class:`WebhookSink`: POSTs a JSON array of records (``audit.webhooks``), with a bearer token
+  from ``token_file``; anything but a 2xx is a failure, retried with capped exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import random
+import secrets
+import socket
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+import redis.asyncio as aioredis
+
+from broker.audit.chain import ChainKeys, ChainRecord, check_sink_name
+from broker.clock import Clock, to_ms
+from broker.config import WebhookSinkSettings
+from broker.errors import ConfigError
+from broker.types import Secret
+
+__all__ = [
+    "AuditDelivery",
+    "JsonLinesFileSink",
+    "SinkError",
+    "StreamSink",
+    "WebhookSink",
+]
+
+log = logging.getLogger("jit.audit")
+
+_MAX_BATCH: Final = 10_000
+
+
+class SinkError(Exception):
+    """A sink did not take a batch. The message names the sink and the cause, never a secret."""
+
+
+class StreamSink(Protocol):
+    """A durable sink fed from the stream. ``deliver`` returns only when the batch is safe."""
+
+    name: str  # unique; names the cursor and the lock in Redis
+    batch_size: int  # most records per deliver() call
+    lease: timedelta  # how long one deliver() may take before another replica may take over
+
+    async def deliver(self, records: Sequence[ChainRecord]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+# -- the JSON-lines file -------------------------------------------------------------------
+
+
+class JsonLinesFileSink:
+    """One record per line, exactly as chained. See the module docstring."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str = "file",
+        batch_size: int = 500,
+        lease: timedelta = timedelta(seconds=30),
+    ) -> None:
+        self.name = check_sink_name(name)
+        if not 1 <= batch_size <= _MAX_BATCH:
+            raise ConfigError(f"audit file sink: batch_size must be 1..{_MAX_BATCH}")
+        self.batch_size = batch_size
+        self.lease = lease
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"audit.file {self.path}: cannot open ({exc.strerror})") from None
+        self._fd = fd
+
+    async def deliver(self, records: Sequence[ChainRecord]) -> None:
+        await asyncio.to_thread(self._deliver, records)
+
+    def _deliver(self, records: Sequence[ChainRecord]) -> None:
+        try:
+            fresh = self._fresh(records)
+            if fresh:
+                os.write(self._fd, b"".join(r.data + b"\n" for r in fresh))
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise SinkError(f"audit file {self.path}: {exc.strerror}") from None
+
+    def _fresh(self, records: Sequence[ChainRecord]) -> list[ChainRecord]:
+        """The records the file does not hold yet. Refuses (SinkError) to append a chain that
+        does not continue the file's: a chain reset (Redis lost its data) or a file that is not
+        a chain would otherwise be mixed into one unverifiable file, or silently skipped."""
+        if not records:
+            return []
+        tail = self._tail()
+        if tail is None:
+            return list(records)
+        last, last_hash = tail
+        first = records[0]
+        if first.seq > last:
+            if first.seq == last + 1 and _field_of(first, "prev") != last_hash:
+                raise self._foreign(last)
+            return list(records)
+        # A batch delivered again (a crash between the write and the cursor update): the file
+        # must hold the very same records; skip those.
+        probe = min(records[-1].seq, last)
+        mine = next((r for r in records if r.seq == probe), None)
+        if mine is None or self._hash_at(probe) != _field_of(mine, "hash"):
+            raise self._foreign(probe)
+        return [r for r in records if r.seq > last]
+
+    def _foreign(self, seq: int) -> SinkError:
+        return SinkError(
+            f"audit file {self.path}: the chain does not continue the file's at seq {seq} (was "
+            "the chain reset, or is this another chain's file?); move the file aside"
+        )
+
+    def _tail(self) -> tuple[int, Any] | None:
+        """``(seq, hash)`` of the file's last complete line; None for an empty file. A torn
+        last line (a crash mid-write, never confirmed) is cut off first."""
+        size = os.fstat(self._fd).st_size
+        if size and os.pread(self._fd, 1, size - 1) != b"\n":
+            cut = self._newline_before(size) + 1
+            log.warning("audit file %s: cutting off a torn last line", self.path)
+            os.ftruncate(self._fd, cut)
+            size = cut
+        if size == 0:
+            return None
+        start = self._newline_before(size - 1) + 1
+        seq, hash_ = _seq_hash(os.pread(self._fd, size - 1 - start, start))
+        if seq is None:
+            raise SinkError(
+                f"audit file {self.path}: its last line is not a chain record; move the file "
+                "aside (a file from before the hash chain?)"
+            )
+        return seq, hash_
+
+    def _hash_at(self, seq: int) -> Any:
+        """The hash of the line with ``seq``, searching back from the end (lines are in seq
+        order; a redelivered batch is near the end). ``_MISSING`` when there is none."""
+        end = os.fstat(self._fd).st_size
+        while end > 0:
+            start = self._newline_before(end - 1) + 1
+            found, hash_ = _seq_hash(os.pread(self._fd, end - 1 - start, start))
+            if found == seq:
+                return hash_
+            if found is None or found < seq:
+                break
+            end = start
+        return _MISSING
+
+    def _newline_before(self, end: int) -> int:
+        """Offset of the last newline before ``end`` (-1: none)."""
+        chunk = 64 * 1024
+        while end > 0:
+            start = max(0, end - chunk)
+            found = os.pread(self._fd, end - start, start).rfind(b"\n")
+            if found != -1:
+                return start + found
+            end = start
+        return -1
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+
+    async def aclose(self) -> None:
+        self.close()
+
+
+_MISSING: Final = object()
+
+
+def _seq_hash(line: bytes) -> tuple[int | None, Any]:
+    try:
+        record = msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        return None, None
+    if not isinstance(record, dict):
+        return None, None
+    seq = record.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int):
+        return None, None
+    return seq, record.get("hash")
+
+
+def _field_of(record: ChainRecord, name: str) -> Any:
+    try:
+        data = msgspec.json.decode(record.data)
+    except msgspec.DecodeError:
+        return None
+    return data.get(name) if isinstance(data, dict) else None
+
+
+# -- the webhook ---------------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebhookSink:
+    """Batches of records as a JSON array, POSTed to ``settings.url``."""
+
+    def __init__(
+        self,
+        settings: WebhookSinkSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        where = f"audit.webhooks[{settings.name}]"
+        self.name = check_sink_name(settings.name)
+        parts = urlsplit(settings.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{where}: url must be an absolute http(s) URL")
+        if parts.username or parts.password:
+            raise ConfigError(f"{where}: put credentials in token_file, not in the URL")
+        if not 1 <= settings.batch_size <= _MAX_BATCH:
+            raise ConfigError(f"{where}: batch_size must be 1..{_MAX_BATCH}")
+        if settings.timeout <= timedelta(0):
+            raise ConfigError(f"{where}: timeout must be positive")
+        self._token: Secret | None = None
+        if settings.token_file is not None:
+            try:
+                token = Path(settings.token_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{where}: cannot read token_file {settings.token_file}: {exc.strerror}"
+                ) from None
+            if not token:
+                raise ConfigError(f"{where}: token_file {settings.token_file} is empty")
+            if parts.scheme == "http" and not _is_loopback(parts.hostname):
+                raise ConfigError(
+                    f"{where}: a bearer token is only sent over https (or http to loopback)"
+                )
+            self._token = Secret(token)
+        self.url = settings.url
+        self.batch_size = settings.batch_size
+        self.timeout = settings.timeout
+        # The lock outlives one attempt comfortably: another replica never overtakes a live one.
+        self.lease = settings.timeout * 2 + timedelta(seconds=5)
+        self._client = httpx.AsyncClient(
+            timeout=settings.timeout.total_seconds(),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    async def deliver(self, records: Sequence[ChainRecord]) -> None:
+        if not records:
+            return
+        body = b"[" + b",".join(r.data for r in records) + b"]"
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": f"jit-audit-{records[0].seq}-{records[-1].seq}",
+        }
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token.reveal()}"
+        try:
+            response = await self._client.post(self.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise SinkError(f"webhook {self.name}: {type(exc).__name__}") from None
+        if not 200 <= response.status_code < 300:
+            raise SinkError(f"webhook {self.name}: HTTP {response.status_code}")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+# -- delivery ------------------------------------------------------------------------------
+
+# KEYS: lock, cursor, stream   ARGV: me, now_ms, until_ms, count
+# -> {0} another replica holds the lock | {1, cursor or '', entries}
+_CLAIM = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+local until_ms = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+if owner and owner ~= ARGV[1] and until_ms > tonumber(ARGV[2]) then return {0} end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'until', ARGV[3])
+local cur = redis.call('GET', KEYS[2])
+local start = '0-1'
+if cur then start = string.format('%d-0', tonumber(cur) + 1) end
+local entries = redis.call('XRANGE', KEYS[3], start, '+', 'COUNT', tonumber(ARGV[4]))
+return {1, cur or '', entries}
+"""
+
+# KEYS: lock, cursor   ARGV: me, seq  -> 1 moved (or already past) | 0 the lock is not mine
+_ADVANCE = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[2]) > cur then redis.call('SET', KEYS[2], ARGV[2]) end
+return 1
+"""
+
+# KEYS: lock   ARGV: me
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+
+def _default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _backoff(failures: int, base: timedelta, cap: timedelta) -> float:
+    """Seconds before the next attempt: exponential, capped, with equal jitter."""
+    step: float = min(cap.total_seconds(), base.total_seconds() * 2.0 ** min(failures - 1, 30))
+    return step / 2 + random.random() * step / 2  # noqa: S311 - jitter, not a secret
+
+
+class AuditDelivery:
+    """Feeds the stream to the durable sinks. See the module docstring."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        sinks: Sequence[StreamSink],
+        clock: Clock,
+        *,
+        replica_id: str | None = None,
+        poll_interval: timedelta = timedelta(milliseconds=500),
+        backoff_base: timedelta = timedelta(seconds=1),
+        backoff_cap: timedelta = timedelta(minutes=1),
+    ) -> None:
+        names = [s.name for s in sinks]
+        if len(names) != len(set(names)):
+            raise ConfigError(f"audit sink names must be unique: {names}")
+        self.redis = redis
+        self.keys = ChainKeys(prefix)
+        self.sinks = {s.name: s for s in sinks}
+        for name in self.sinks:
+            check_sink_name(name)
+        self.clock = clock
+        self.replica_id = replica_id or _default_replica_id()
+        self.poll_interval = poll_interval
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._claim = redis.register_script(_CLAIM)
+        self._advance = redis.register_script(_ADVANCE)
+        self._release = redis.register_script(_RELEASE)
+        self.failures: dict[str, int] = dict.fromkeys(self.sinks, 0)
+        self.lost: dict[str, int] = dict.fromkeys(self.sinks, 0)
+        self.delivered: dict[str, int] = dict.fromkeys(self.sinks, 0)
+        self._retry_at: dict[str, float] = dict.fromkeys(self.sinks, 0.0)
+
+    async def deliver_once(self, name: str) -> int:
+        """Deliver the next batch to sink ``name``: returns how many records it took (0 when
+        nothing is waiting or another replica holds the sink's lock). Raises the sink's error
+        (:class:`SinkError`) or Redis's; the cursor then stays where it was."""
+        sink = self.sinks[name]
+        now_ms = to_ms(self.clock.now())
+        lock, cursor = self.keys.lock(name), self.keys.cursor(name)
+        reply = await self._claim(
+            keys=[lock, cursor, self.keys.stream],
+            args=[
+                self.replica_id,
+                now_ms,
+                now_ms + int(sink.lease.total_seconds() * 1000),
+                sink.batch_size,
+            ],
+        )
+        if int(reply[0]) == 0:
+            return 0
+        cur = _text(reply[1])
+        records = [
+            ChainRecord(
+                int(_text(entry_id).split("-", 1)[0]),
+                _field(fields),
+            )
+            for entry_id, fields in reply[2]
+        ]
+        if not records:
+            return 0
+        if cur and records[0].seq > int(cur) + 1:
+            gap = records[0].seq - int(cur) - 1
+            self.lost[name] += gap
+            log.error(
+                "audit sink %s: records %d..%d were trimmed from the stream before delivery "
+                "(raise audit.stream_maxlen or fix the sink)",
+                name,
+                int(cur) + 1,
+                records[0].seq - 1,
+            )
+        await asyncio.wait_for(sink.deliver(records), timeout=sink.lease.total_seconds() / 2)
+        moved = await self._advance(keys=[lock, cursor], args=[self.replica_id, records[-1].seq])
+        if int(moved) != 1:
+            log.warning("audit sink %s: lost the delivery lock mid-batch", name)
+            return 0
+        self.delivered[name] += len(records)
+        return len(records)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; a failing sink is retried with capped exponential
+        backoff (on the injected clock's monotonic time) without holding up the others."""
+        try:
+            while not stop.is_set():
+                busy = False
+                for name in self.sinks:
+                    if stop.is_set():
+                        break
+                    if self.clock.monotonic() < self._retry_at[name]:
+                        continue
+                    try:
+                        n = await self.deliver_once(name)
+                    except Exception as exc:
+                        self._failed(name, exc)
+                        continue
+                    self.failures[name] = 0
+                    busy = busy or n > 0
+                if not busy:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            stop.wait(), timeout=self.poll_interval.total_seconds()
+                        )
+        finally:
+            await self._release_all()
+
+    def _failed(self, name: str, exc: Exception) -> None:
+        self.failures[name] += 1
+        delay = _backoff(self.failures[name], self.backoff_base, self.backoff_cap)
+        self._retry_at[name] = self.clock.monotonic() + delay
+        what = str(exc) if isinstance(exc, SinkError) else type(exc).__name__
+        log.warning(
+            "audit sink %s: delivery failed (%s); attempt %d, retrying in %.1fs",
+            name,
+            what,
+            self.failures[name],
+            delay,
+        )
+
+    async def _release_all(self) -> None:
+        for name in self.sinks:
+            with contextlib.suppress(Exception):
+                await self._release(keys=[self.keys.lock(name)], args=[self.replica_id])
+
+    async def sink_lag(self) -> dict[str, int]:
+        """Records each sink is behind the chain's head (a sink that never took a record
+        counts from seq 0)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.head, "seq")
+            for name in self.sinks:
+                pipe.get(self.keys.cursor(name))
+            head, *cursors = await pipe.execute()
+        top = int(_text(head)) if head is not None else 0
+        return {
+            name: max(0, top - (int(_text(c)) if c is not None else 0))
+            for name, c in zip(self.sinks, cursors, strict=True)
+        }
+
+    async def aclose(self) -> None:
+        for sink in self.sinks.values():
+            with contextlib.suppress(Exception):
+                await sink.aclose()
+
+
+def _field(fields: Any) -> bytes:
+    """The ``r`` field of a stream entry (a flat [k, v, ...] list from Lua)."""
+    items = list(fields)
+    for i in range(0, len(items) - 1, 2):
+        if _text(items[i]) == "r":
+            value = items[i + 1]
+            return value if isinstance(value, bytes) else str(value).encode()
+    raise ValueError("stream entry without a record")
