@@ -34,6 +34,7 @@ from broker.errors import (
     InvalidRequest,
     NotFound,
     PermissionDenied,
+    PolicyError,
     ScopeNotSupported,
     StoreUnavailable,
 )
@@ -96,6 +97,7 @@ class Broker:
     _approvals_task: asyncio.Task[None] | None = None
     _ssf_task: asyncio.Task[None] | None = None
     _audit_task: asyncio.Task[None] | None = None
+    _kids: frozenset[str] | None = None
     governance: Governance = field(init=False)
     dpop: DPoPVerifier = field(init=False)
 
@@ -434,7 +436,8 @@ class Broker:
             outcome="ok" if active else "deny",
             lease_id=lease.id if lease else None,
             task_id=lease.task_id if lease else None,
-            detail={"caller": caller, "active": active},
+            # A keyed digest, never the token: who holds the key can match a leaked token.
+            detail={"caller": caller, "active": active, "token_hmac": self.audit.hmac(token)},
         )
         if lease is None or not active:
             return {"active": False}
@@ -554,10 +557,56 @@ class Broker:
             self._ssf_task = asyncio.create_task(self.ssf.run(self._stop), name="jit-ssf")
         self._audit_task = asyncio.create_task(self.audit.run(self._stop), name="jit-audit")
 
+    async def reload_policy(self) -> bool:
+        """Load the policy directory again (SIGHUP under `jit serve`). A directory that does
+        not load leaves the running policy in place (fail closed). Both outcomes are audited."""
+        old = self.policy.version
+        try:
+            policy = load_policy_dir(
+                self.settings.policy_dir,
+                known_claims=self.verifier.known_claims(),
+                issuers=set(self.issuers),
+                approvers=self.approvals.people.known_names(),
+                has_default_approvers=bool(self.approvals.people.expand(())),
+            )
+        except PolicyError as exc:
+            log.error("policy reload failed, keeping version %s: %s", old, exc.message)
+            await self.audit.emit(
+                "policy.reload_failed",
+                outcome="error",
+                reasons=[exc.message],
+                detail={"policy_version": old},
+            )
+            return False
+        self.policy = policy
+        await self.audit.emit(
+            "policy.reloaded", detail={"old_version": old, "policy_version": policy.version}
+        )
+        log.info("policy reloaded: %s -> %s", old, policy.version)
+        return True
+
+    def signing_kids(self) -> frozenset[str]:
+        return frozenset(str(k.get("kid")) for k in self.jwks()["keys"])
+
+    async def _notice_key_rotation(self) -> None:
+        kids = self.signing_kids()
+        if self._kids is not None and kids != self._kids:
+            await self.audit.emit(
+                "keys.rotated",
+                detail={
+                    "added": sorted(kids - self._kids),
+                    "removed": sorted(self._kids - kids),
+                },
+            )
+        self._kids = kids
+
     async def _sweep_approvals(self) -> None:
-        """Expire due approval requests and retry Slack posts, about once a second."""
+        """About once a second: expire due approval requests, retry Slack posts, and notice
+        signing-key rotations (audited)."""
+        self._kids = self.signing_kids()
         while not self._stop.is_set():
             try:
+                await self._notice_key_rotation()
                 await self.approvals.sweep()
             except (RedisError, OSError) as exc:
                 log.warning("approval sweep: Redis unavailable (%s)", type(exc).__name__)

@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -77,6 +78,15 @@ def run_serve(config_path: str) -> None:
             settings.port,
             settings.public_url,
         )
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def on_sighup() -> None:  # `kill -HUP`: reload the policy directory
+            task = loop.create_task(broker.reload_policy())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
         await _serve(broker, settings.host, settings.port)
 
     asyncio.run(main())

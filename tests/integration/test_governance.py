@@ -253,3 +253,54 @@ async def test_bad_use_reports_are_refused(env: Env) -> None:
     r = await env.client.post("/v1/usage", json={"token": token}, headers=env.workload("ci-9"))
     assert r.status_code == 403
     assert [e for e in env.audit.events if e.type == "lease.used"] == []
+
+
+async def test_introspection_records_carry_a_keyed_digest_of_the_token_not_the_token(
+    env: Env,
+) -> None:
+    cred = await env.mint()
+    token = cred["credential"]["secret"]
+    await env.introspect(token)
+    await env.introspect("not-a-token-we-issued-0123456789")
+    events = [e for e in env.audit.events if e.type == "lease.introspected"]
+    assert events[0].detail["token_hmac"] == env.broker.audit.hmac(token)
+    assert env.broker.audit.hmac_matches(
+        "not-a-token-we-issued-0123456789", str(events[1].detail["token_hmac"])
+    )
+    assert all(token not in str(e.detail) for e in events)
+
+
+async def test_a_policy_reload_is_audited_and_a_broken_one_keeps_the_old_policy(
+    env: Env,
+) -> None:
+    from pathlib import Path
+
+    policy_file = Path(env.broker.settings.policy_dir) / "p.yaml"
+    old = env.broker.policy.version
+    policy_file.write_text(POLICY.replace("max_uses_per_minute: 3", "max_uses_per_minute: 5"))
+    assert await env.broker.reload_policy()
+    new = env.broker.policy.version
+    assert new != old
+    [reloaded] = [e for e in env.audit.events if e.type == "policy.reloaded"]
+    assert reloaded.detail == {"old_version": old, "policy_version": new}
+    policy_file.write_text("owner: x\ngrants: [oops\n")
+    assert not await env.broker.reload_policy()
+    assert env.broker.policy.version == new
+    [failed] = [e for e in env.audit.events if e.type == "policy.reload_failed"]
+    assert "p.yaml" in failed.reasons[0]
+    await env.mint()  # still serving with the last good policy
+
+
+async def test_a_signing_key_rotation_is_audited(env: Env) -> None:
+    from pathlib import Path
+
+    from issuers.jwt.keys import generate_key
+
+    await env.broker._notice_key_rotation()  # the baseline, as at start
+    keys_dir = Path(env.broker.settings.issuers["jwt"].config["keys_dir"])
+    info = generate_key(keys_dir, "EdDSA", env.clock.now())  # what `jit keys rotate` does
+    env.clock.advance(60)  # the key ring looks at its directory at most every few seconds
+    await env.broker._notice_key_rotation()
+    [rotated] = [e for e in env.audit.events if e.type == "keys.rotated"]
+    assert rotated.detail["added"] == [info.kid]
+    assert rotated.detail["removed"] == []
