@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the server side uses tests/auditkeys.py
 
 
 # -- server side ------------------------------------------------------------------------------

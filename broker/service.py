@@ -274,9 +274,14 @@ class Broker:
             raise InvalidRequest(
                 f"task ttl must be positive and at most {int(limits.max_task_ttl.total_seconds())}s"
             )
-        deadline = await self.manager.task_deadline(
-            principal.id, intent.task, default=limits.default_task_ttl
-        )
+        if issuer.capabilities.revocable:
+            # Only an expiry-only credential is capped to the task, so only then read the
+            # stored deadline; the lease script refuses a task past its deadline either way.
+            deadline = self.clock.now() + (intent.task.ttl or limits.default_task_ttl)
+        else:
+            deadline = await self.manager.task_deadline(
+                principal.id, intent.task, default=limits.default_task_ttl
+            )
         ttl = resolve_ttl(
             intent.ttl,
             grant_default=grant_ttl,

@@ -203,7 +203,7 @@ class LeaseManager:
                 raise IssuerUnavailable(f"issuer {scope.issuer!r} did not answer in time") from None
             log.error("issuer %s failed to mint: %s", scope.issuer, type(exc).__name__)
             raise IssuerError(f"issuer {scope.issuer!r} failed to mint") from None
-        result = await self.store.activate(lease.id, credential.handle)
+        result = await self.store.activate(lease.id, credential.handle, due_ms=to_ms(not_after))
         if result != "ok":
             # Revocation began while the issuer was minting (task completed, TTL ran out).
             await self.store.schedule(lease.id, to_ms(self.clock.now()))
@@ -211,7 +211,6 @@ class LeaseManager:
             raise Conflict(
                 f"task {task.id!r} was completed while the credential was minted; it was revoked"
             )
-        await self.store.schedule(lease.id, to_ms(not_after))
         self.metrics.inc("issued", issuer=scope.issuer)
         await self.audit.emit(
             "lease.minted",

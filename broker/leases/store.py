@@ -262,8 +262,16 @@ class LeaseStore:
                 await pipe.execute()
         return result
 
-    async def activate(self, lease_id: str, handle: dict[str, str]) -> str:
-        r = await self._activate(keys=[self.keys.lease(lease_id)], args=[_enc.encode(handle)])
+    async def activate(self, lease_id: str, handle: dict[str, str], *, due_ms: int) -> str:
+        """minting -> active with the handle, and the due entry moved to ``due_ms`` (not_after),
+        in one round trip. If the lease was not ``minting`` any more, the caller reschedules it
+        at once and revokes."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._activate(
+                keys=[self.keys.lease(lease_id)], args=[_enc.encode(handle)], client=pipe
+            )
+            pipe.zadd(self.keys.due, {lease_id: due_ms})
+            r, _ = await pipe.execute()
         return _s(r) or "missing"
 
     async def begin_revoke(
