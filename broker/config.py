@@ -7,7 +7,6 @@ Unknown keys anywhere are errors (fail closed). Durations are written as ``"90s"
 from __future__ import annotations
 
 import os
-import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +15,7 @@ import msgspec
 import msgspec.inspect as mi
 import yaml
 
+from broker.clock import parse_duration
 from broker.errors import ConfigError
 
 __all__ = [
@@ -38,31 +38,6 @@ __all__ = [
     "load_settings",
     "parse_duration",
 ]
-
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
-
-
-def parse_duration(value: object) -> timedelta:
-    """``"1h30m"``, ``"90s"``, ``"15m"``, ``"200ms"``, ``3600`` (seconds) → timedelta.
-
-    Raises ValueError."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"negative duration: {value!r}")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return timedelta(seconds=int(text))
-        m = _DURATION.match(text)
-        if text and m and any(m.groups()):
-            h, mi, s, ms = (int(g) if g else 0 for g in m.groups())
-            return timedelta(hours=h, minutes=mi, seconds=s, milliseconds=ms)
-    raise ValueError(f"not a duration: {value!r} (use e.g. 200ms, 90s, 15m, 1h, 1h30m)")
 
 
 def _durations(info: mi.Type, value: Any, path: str) -> Any:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from broker.clock import parse_duration
 from broker.errors import ConfigError
 from broker.types import Secret
 
@@ -51,7 +52,6 @@ MIN_TTL: Final = timedelta(minutes=16)
 #: AWS's limit on the plaintext of an inline session policy.
 MAX_POLICY_CHARS: Final = 2048
 
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
 _REGION = re.compile(r"^[a-z]{2,4}(?:-[a-z]+)+-\d{1,2}$")
 _PARTITION = r"aws(?:-[a-z]+)*"
 _ROLE_ARN = re.compile(rf"^arn:{_PARTITION}:iam::\d{{12}}:role/[\w+=,.@/-]{{1,512}}$")
@@ -124,27 +124,6 @@ class BrokerCredentials:
 
     def __repr__(self) -> str:
         return f"BrokerCredentials(access_key_id={self.access_key_id!r}, secret_access_key=***)"
-
-
-def parse_duration(value: object) -> timedelta:
-    """``"90s"``, ``"15m"``, ``"1h"``, ``"1h30m"``, ``"200ms"`` or a number of seconds.
-
-    Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        if value < 0 or value != value:  # negative or NaN
-            raise ValueError(f"not a duration: {value!r}")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return timedelta(seconds=int(text))
-        m = _DURATION.match(text)
-        if text and m and any(m.groups()):
-            h, mi, s, ms = (int(g) if g else 0 for g in m.groups())
-            return timedelta(hours=h, minutes=mi, seconds=s, milliseconds=ms)
-    raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 1h, 1h30m or seconds)")
 
 
 def session_policy(target: Target, actions: tuple[str, ...]) -> str:

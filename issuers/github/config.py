@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from joserfc.jwk import RSAKey
 
+from broker.clock import parse_duration
 from broker.errors import ConfigError
 
 __all__ = [
@@ -41,7 +42,6 @@ log = logging.getLogger("jit.issuers.github")
 #: GitHub installation tokens live one hour; nobody can ask for less (or more).
 GITHUB_TOKEN_LIFETIME: Final = timedelta(hours=1)
 
-_DURATION: Final = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
 _CLIENT_ID: Final = re.compile(r"^Iv[0-9A-Za-z.]{4,60}$")
 _OWNER: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,38}$")
 _MIN_RSA_BITS: Final = 2048
@@ -87,27 +87,6 @@ class Settings:
 
     def __repr__(self) -> str:
         return f"Settings(app_id={self.app_id!r}, base_url={self.base_url!r})"
-
-
-def parse_duration(value: object) -> timedelta:
-    """``"90s"``, ``"15m"``, ``"1h"``, ``"1h30m"``, ``"200ms"`` or a number of seconds.
-
-    Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"negative duration: {value!r}")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return timedelta(seconds=int(text))
-        m = _DURATION.match(text)
-        if text and m and any(m.groups()):
-            h, mi, s, ms = (int(g) if g else 0 for g in m.groups())
-            return timedelta(hours=h, minutes=mi, seconds=s, milliseconds=ms)
-    raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 1h, 1h30m or seconds)")
 
 
 def load_settings(name: str, raw: dict[str, Any], *, dev: bool) -> Settings:

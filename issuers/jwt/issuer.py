@@ -33,6 +33,7 @@ from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import ECKey, GuestProtocol, OKPKey
 from joserfc.jws import JWSRegistry
 
+from broker.clock import parse_duration
 from broker.errors import ConfigError, IssuerUnavailable, ScopeNotSupported
 from broker.issuer import Capabilities, IssuerContext
 from broker.types import Credential, Lease, MintRequest, Scope, Secret
@@ -50,7 +51,6 @@ _MAX_URI_LENGTH: Final = 2048
 #: An RFC 7638 SHA-256 thumbprint, base64url without padding: 32 bytes are 43 characters.
 _JKT = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
 
 
@@ -62,27 +62,6 @@ class JWTConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     issuer: str | None = None  # the ``iss`` claim; default: the broker's public URL
     max_ttl: str | int | float = "1h"
     default_ttl: str | int | float = "15m"
-
-
-def parse_duration(value: object) -> timedelta:
-    """``"90s"``, ``"15m"``, ``"1h"``, ``"1h30m"``, ``"200ms"`` or a number of seconds.
-
-    Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"negative duration: {value!r}")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return timedelta(seconds=int(text))
-        m = _DURATION.match(text)
-        if text and m and any(m.groups()):
-            h, mi, s, ms = (int(g) if g else 0 for g in m.groups())
-            return timedelta(hours=h, minutes=mi, seconds=s, milliseconds=ms)
-    raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 1h, 1h30m or seconds)")
 
 
 class _Registry(JWSRegistry):

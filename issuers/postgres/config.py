@@ -18,6 +18,7 @@ import msgspec
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from broker.clock import parse_duration
 from broker.errors import ConfigError
 
 __all__ = [
@@ -37,7 +38,6 @@ MAX_IDENTIFIER_BYTES: Final = 63
 #: A role name is the prefix plus 49 characters derived from the lease id (see issuer.role_name).
 MAX_ROLE_PREFIX: Final = MAX_IDENTIFIER_BYTES - 49
 
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
 _ROLE_PREFIX = re.compile(rf"^[a-z][a-z0-9_]{{0,{MAX_ROLE_PREFIX - 1}}}$")
 _ACTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _MAX_RESOURCE_LENGTH: Final = 2048
@@ -89,27 +89,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     admin_user: str | None  # from the dsn, for messages; None: libpq's default
     client_host: str
     client_port: int
-
-
-def parse_duration(value: object) -> timedelta:
-    """``"90s"``, ``"15m"``, ``"1h"``, ``"1h30m"``, ``"200ms"`` or a number of seconds.
-
-    Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"negative duration: {value!r}")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return timedelta(seconds=int(text))
-        m = _DURATION.match(text)
-        if text and m and any(m.groups()):
-            h, mi, s, ms = (int(g) if g else 0 for g in m.groups())
-            return timedelta(hours=h, minutes=mi, seconds=s, milliseconds=ms)
-    raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 1h, 1h30m or seconds)")
 
 
 def read_password_file(path: Path) -> str:

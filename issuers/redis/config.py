@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
+from broker.clock import parse_duration
 from broker.errors import ConfigError
 from broker.types import Secret
 
@@ -48,7 +49,6 @@ DEFAULT_DENY: Final = ("-scan", "-randomkey", "-dbsize", "-function")
 #: Categories that may only be granted with ``allow_dangerous: true``.
 _PRIVILEGED_CATEGORIES: Final = frozenset({"@all", "@admin", "@dangerous"})
 
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 # +@category, -@category, +command, -command, +command|subcommand, -command|subcommand.
 _RULE = re.compile(
     r"^[+-](?:@[a-z][a-z_-]{0,63}|[a-z][a-z0-9_-]{0,63}(?:\|[a-z][a-z0-9_-]{0,63})?)$"
@@ -111,26 +111,6 @@ class Settings:
     default_ttl: timedelta
     timeout: timedelta
     resources: dict[str, Resource]
-
-
-def parse_duration(value: object) -> timedelta:
-    """``"90s"``, ``"15m"``, ``"1h"``, ``"1h30m"`` or a whole number of seconds. ValueError
-    otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"negative duration: {value!r}")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return timedelta(seconds=int(text))
-        m = _DURATION.match(text)
-        if text and m and any(m.groups()):
-            h, mi, s = (int(g) if g else 0 for g in m.groups())
-            return timedelta(hours=h, minutes=mi, seconds=s)
-    raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 1h, 1h30m or seconds)")
 
 
 def username_for(prefix: str, lease_id: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import msgspec
 
+from broker.clock import parse_duration
 from broker.errors import ConfigError
 
 __all__ = [
@@ -48,7 +49,6 @@ DEFAULT_EXTENSIONS: Final = ("permit-pty",)
 MAX_CLOCK_SKEW: Final = timedelta(minutes=10)
 MAX_NETWORKS: Final = 32
 
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?$")
 # ssh://host, ssh://host:port, ssh://[v6]; ``*`` is a wildcard in configured patterns only.
 _RESOURCE = re.compile(
     r"^ssh://(?:\[[0-9A-Fa-f:.*]{1,64}\]|[A-Za-z0-9*._-]{1,253})(?::[0-9]{1,5})?$"
@@ -62,25 +62,6 @@ _PRINCIPAL = re.compile(r"^[A-Za-z0-9._@+-]{1,128}$")
 def is_resource(text: str) -> bool:
     """True for ``ssh://<host>[:<port>]`` (``*`` allowed: it is a wildcard in patterns)."""
     return _RESOURCE.match(text) is not None
-
-
-def parse_duration(value: object) -> timedelta:
-    """``"90s"``, ``"15m"``, ``"1h"``, ``"1h30m"`` or a number of seconds. Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"negative duration: {value!r}")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return timedelta(seconds=int(text))
-        m = _DURATION.match(text)
-        if text and m and any(m.groups()):
-            h, mi, s = (int(g) if g else 0 for g in m.groups())
-            return timedelta(hours=h, minutes=mi, seconds=s)
-    raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 1h, 1h30m or seconds)")
 
 
 def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

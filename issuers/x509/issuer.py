@@ -20,7 +20,6 @@ in :mod:`issuers.x509.profile`, the CA in :mod:`issuers.x509.ca`, the shared ser
 from __future__ import annotations
 
 import logging
-import re
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -33,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from broker.clock import from_ms, to_ms
+from broker.clock import from_ms, parse_duration, to_ms
 from broker.errors import (
     ConfigError,
     Conflict,
@@ -73,7 +72,6 @@ DEV_CA_LIFETIME: Final = timedelta(days=365)
 TOKEN_TYPE: Final = "x509-certificate"  # noqa: S105 (a credential type, not a password)
 
 _ACTION_FORBIDDEN: Final = frozenset('"\\')
-_DURATION: Final = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _MAX_NAME: Final = 1024
 
 
@@ -97,26 +95,6 @@ class X509Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     crl: bool = True  # publish a CRL and make revoke() real (revocable); else expiry-only
     crl_validity: str | int | float = "10m"  # the CRL's nextUpdate = thisUpdate + this
     min_rsa_bits: int = 2048
-
-
-def parse_duration(value: object) -> timedelta:
-    """``"90s"``, ``"15m"``, ``"1h"``, ``"1h30m"``, ``"1d"`` or a number of seconds. Raises
-    ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"negative duration: {value!r}")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return timedelta(seconds=int(text))
-        m = _DURATION.match(text)
-        if text and m and any(m.groups()):
-            d, h, mi, s = (int(g) if g else 0 for g in m.groups())
-            return timedelta(days=d, hours=h, minutes=mi, seconds=s)
-    raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 1h, 1h30m or seconds)")
 
 
 def _floor_second(t: datetime) -> datetime:

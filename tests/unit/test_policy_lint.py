@@ -98,7 +98,7 @@ CASES = [
             max_ttl: 1 hour   # <-
             approval: none
         """,
-        "max_ttl: not a duration: '1 hour' (use e.g. 200ms, 90s, 15m, 1h, 1h30m)",
+        "max_ttl: not a duration: '1 hour' (use e.g. 200ms, 90s, 15m, 1h, 1h30m, 7d)",
         id="a bad duration points at max_ttl",
     ),
     pytest.param(
