@@ -27,8 +27,13 @@ class People:
         self._by_gitlab = {p.gitlab: name for name, p in settings.people.items() if p.gitlab}
 
     def known_names(self) -> set[str]:
-        """What a policy may name as approvers: people and ``group:<name>``."""
-        return set(self.settings.people) | {f"group:{g}" for g in self.settings.groups}
+        """What a policy may name as approvers: people (by name or Slack user id) and
+        ``group:<name>``."""
+        return (
+            set(self.settings.people)
+            | set(self._by_slack)
+            | {f"group:{g}" for g in self.settings.groups}
+        )
 
     def expand(self, names: Iterable[str]) -> tuple[str, ...]:
         """People named directly or through ``group:<name>``; the config's default approvers
@@ -40,6 +45,8 @@ class People:
                 out.update(self.settings.groups.get(name.removeprefix("group:"), ()))
             elif name in self.settings.people:
                 out.add(name)
+            elif name in self._by_slack:  # a Slack user id stands for the person it maps to
+                out.add(self._by_slack[name])
         return tuple(sorted(out))
 
     def for_principal(self, principal: Principal) -> str | None:

@@ -68,6 +68,13 @@ grants:
       approvers: [alice, bob, carol]
       quorum: 2
       channel: C0APPROVALS
+  - name: ops
+    issuer: jwt
+    resource: https://ops.local
+    actions: [restart]
+    max_ttl: 1h
+    approval:
+      approvers: [U0DAVE]   # a Slack user id names the person it maps to
 """
 
 
@@ -490,3 +497,10 @@ async def test_a_slack_outage_loses_nothing(env: Env) -> None:
     assert len(env.slack.calls_to("chat.postMessage")) == 1
     assert (await env.decide(aid, "bob")).json()["state"] == "approved"
     assert (await env.state(aid))["credential"] is not None
+
+
+async def test_a_grant_may_name_approvers_by_slack_user_id(env: Env) -> None:
+    aid = (await env.ask(resource="https://ops.local", actions=["restart"])).json()["approval_id"]
+    assert (await env.state(aid))["approvers"] == ["dave"]
+    assert (await env.decide(aid, "alice")).status_code == 403
+    assert (await env.decide(aid, "dave")).json()["state"] == "approved"
