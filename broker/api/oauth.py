@@ -23,7 +23,7 @@ from broker.errors import (
     NotFound,
     PermissionDenied,
 )
-from broker.service import Broker, Issued
+from broker.service import Broker, Client, Issued
 from broker.types import Intent, Principal, Scope, Task
 
 __all__ = ["OAuthController", "WellKnownOAuth", "oauth_error"]
@@ -173,6 +173,17 @@ def intent_from_form(form: dict[str, str], default_issuer: str | None) -> Intent
     )
 
 
+def resource_server(
+    broker: Broker, principal: Principal | None, client: Client | None, permissions: set[str]
+) -> tuple[bool, str]:
+    """(may act as a resource server, the caller's name for the record): a configured client
+    with one of ``permissions``, or a workload whose policy grants ``introspect``."""
+    if client is not None:
+        return bool(permissions & client.permissions), f"client:{client.client_id}"
+    assert principal is not None
+    return broker.may_introspect(principal), principal.id
+
+
 def use_params(fields: dict[str, str]) -> dict[str, str | None]:
     """The optional description of a use that a resource server adds when it introspects or
     reports (extension parameters): what it is (``resource``), what the client tried to do
@@ -211,12 +222,7 @@ class UsageController(Controller):
     ) -> dict[str, Any]:
         broker = broker_of(request)
         principal, client = await authenticate_caller(request, {})
-        if client is not None:
-            allowed = bool({"report", "introspect"} & client.permissions)
-            caller = f"client:{client.client_id}"
-        else:
-            assert principal is not None
-            allowed, caller = broker.may_introspect(principal), principal.id
+        allowed, caller = resource_server(broker, principal, client, {"report", "introspect"})
         if not allowed:
             raise PermissionDenied("caller may not report uses")
         if not data.token and not data.lease_id:
@@ -339,11 +345,7 @@ class OAuthController(Controller):
             return from_broker_error(exc, client_auth=True)
         except BrokerError as exc:
             return from_broker_error(exc)
-        if client is not None:
-            allowed, caller = "introspect" in client.permissions, f"client:{client.client_id}"
-        else:
-            assert principal is not None
-            allowed, caller = broker.may_introspect(principal), principal.id
+        allowed, caller = resource_server(broker, principal, client, {"introspect"})
         if not allowed:
             return oauth_error("unauthorized_client", "caller may not introspect tokens", 403)
         token = form.get("token", "")
