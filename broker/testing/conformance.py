@@ -29,7 +29,9 @@ check_health, where the issuer can tell) and the issuer recovers afterwards.
 Hooks a subclass may override (defaults in brackets): :meth:`narrower_scope` [None: skip],
 :meth:`unsupported_scope` [None: skip], :meth:`credential_allows` [None: skip the least-privilege
 tests], :meth:`outage` [skip the outage tests], :meth:`let_expire` [advance the FakeClock past
-``not_after``], :attr:`health_detects_outage` [True].
+``not_after``], :attr:`health_detects_outage` [True], :meth:`params` [none: the workload
+inputs each mint needs, e.g. a public key], :meth:`public_parts` [none: substrings of the secret
+that are public by design].
 
 The kit plays the broker: :meth:`revoke` calls ``issuer.revoke()`` and then records the lease as
 revoked, as the broker's lease state would. Issuers whose revocation the broker enforces (the
@@ -167,6 +169,16 @@ class IssuerConformance(Generic[IssuerT]):
         None."""
         return None
 
+    def params(self, lease_id: str) -> dict[str, str]:
+        """The workload inputs each mint needs (``MintRequest.params``), e.g. a fresh public
+        key for a certificate issuer. Default: none."""
+        return {}
+
+    def public_parts(self, credential: Credential) -> set[str]:
+        """Substrings of the secret that are public by design (e.g. an AWS access key id
+        inside credential_process JSON): the handle/metadata check allows them."""
+        return set()
+
     def action_outside_scope(self) -> str:
         """An action that :meth:`scope` does not grant, for the least-privilege test."""
         return "jit-conformance-action-never-granted"
@@ -215,12 +227,14 @@ class IssuerConformance(Generic[IssuerT]):
     ) -> MintRequest:
         """A request for ``scope`` (default :meth:`scope`) issued now, for ``ttl`` (default:
         the issuer's default TTL)."""
-        return mint_request(
+        request = mint_request(
             scope if scope is not None else self.scope(),
             now=self.clock.now(),
             ttl=ttl if ttl is not None else _default_ttl(issuer.capabilities),
             lease_id=lease_id,
         )
+        params = self.params(request.lease_id)
+        return msgspec.structs.replace(request, params=params) if params else request
 
     async def mint(
         self, issuer: IssuerT, scope: Scope | None = None, *, ttl: timedelta | None = None
@@ -428,12 +442,13 @@ class IssuerConformance(Generic[IssuerT]):
         self._begin(clock)
         request, credential = await self.mint(issuer)
         secret = credential.secret.reveal()
+        public = self.public_parts(credential)
         for where, mapping in (("handle", credential.handle), ("metadata", credential.metadata)):
             for key, value in mapping.items():
                 assert isinstance(key, str)
                 assert isinstance(value, str), f"{where}[{key!r}] must be a str"
                 for part in (key, value):
-                    if part:
+                    if part and part not in public:
                         assert part not in secret, f"{where} {part!r} is part of the secret"
                     assert secret not in part, f"{where}[{key!r}] holds the secret"
         stored = msgspec.json.encode(lease_for(request, credential))  # what Redis would hold

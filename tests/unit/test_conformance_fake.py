@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from broker.errors import ConfigError, IssuerUnavailable, ScopeNotSupported
+from broker.errors import ConfigError, InvalidRequest, IssuerUnavailable, ScopeNotSupported
 from broker.issuer import Capabilities, Issuer, IssuerContext
 from broker.testing import (
     FakeCall,
@@ -73,6 +73,42 @@ class TestExpiryOnlyFakeIssuer(TestFakeIssuer):
         issuer = FakeIssuer("fake", clock=clock, capabilities=caps)
         yield issuer
         await issuer.aclose()
+
+
+class NeedsAPublicKey(FakeIssuer):
+    """Like a certificate issuer: every mint needs the workload's public key, and the
+    credential names its key id (public by design) inside the secret."""
+
+    async def mint(self, request: MintRequest) -> Credential:
+        key = request.params.get("public_key")
+        if not key or set(request.params) != {"public_key"}:
+            raise InvalidRequest("params.public_key is required (and nothing else)")
+        cred = await super().mint(request)
+        key_id = f"key-{request.lease_id[-8:]}"
+        secret = Secret(f"{key_id}:{cred.secret.reveal()}")
+        self.credentials[self.credential_name(request.lease_id)].secret = secret
+        return Credential(
+            secret=secret,
+            expires_at=cred.expires_at,
+            handle=cred.handle,
+            metadata={"key_id": key_id},
+        )
+
+
+class TestAnIssuerThatNeedsParams(TestFakeIssuer):
+    """The params() and public_parts() hooks let such an issuer pass the kit unchanged."""
+
+    @pytest.fixture
+    async def issuer(self, clock: FakeClock) -> AsyncIterator[FakeIssuer]:
+        issuer = NeedsAPublicKey("fake", clock=clock)
+        yield issuer
+        await issuer.aclose()
+
+    def params(self, lease_id: str) -> dict[str, str]:
+        return {"public_key": f"ssh-ed25519 AAAA{lease_id[:8]}"}
+
+    def public_parts(self, credential: Credential) -> set[str]:
+        return {credential.metadata["key_id"]}
 
 
 # -- the fake's own behaviour -------------------------------------------------------------
