@@ -53,6 +53,7 @@ from broker.clock import Clock
 from broker.config import SlackSettings
 from broker.errors import AuthenticationError, BrokerError, ConfigError, InvalidRequest
 from broker.types import Secret
+from broker.urls import check_url
 
 __all__ = [
     "ACTION_APPROVE",
@@ -474,17 +475,11 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 def _check_api_url(url: str) -> None:
-    """The bot token travels to this URL: https only, plain http only to a loopback fake."""
-    parts = urllib.parse.urlsplit(url)
-    host = (parts.hostname or "").lower()
-    loopback = host in ("localhost", "::1") or host.startswith("127.")
-    if parts.scheme == "https" and host:
-        return
-    if parts.scheme == "http" and loopback:
-        return
-    raise ConfigError(
-        f"approvals.slack.api_url: {url!r} must be an https URL (plain http only to loopback)"
-    )
+    """The bot token travels to this URL: the one transport rule (:mod:`broker.urls`)."""
+    try:
+        check_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"approvals.slack.api_url: {exc}") from None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import random
@@ -39,7 +38,6 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, Protocol
-from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -50,6 +48,7 @@ from broker.clock import Clock, to_ms
 from broker.config import WebhookSinkSettings
 from broker.errors import ConfigError
 from broker.types import Secret
+from broker.urls import check_url
 
 __all__ = [
     "AuditDelivery",
@@ -230,15 +229,6 @@ def _field_of(record: ChainRecord, name: str) -> Any:
 # -- the webhook ---------------------------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class WebhookSink:
     """Batches of records as a JSON array, POSTed to ``settings.url``."""
 
@@ -250,11 +240,12 @@ class WebhookSink:
     ) -> None:
         where = f"audit.webhooks[{settings.name}]"
         self.name = check_sink_name(settings.name)
-        parts = urlsplit(settings.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"{where}: url must be an absolute http(s) URL")
-        if parts.username or parts.password:
-            raise ConfigError(f"{where}: put credentials in token_file, not in the URL")
+        try:
+            # Plain http to any host is accepted only while no bearer token travels on it.
+            check_url(settings.url, allow_http=settings.token_file is None, allow_query=True)
+        except ValueError as exc:
+            why = " (a bearer token is only sent over https)" if settings.token_file else ""
+            raise ConfigError(f"{where}: url {exc}{why}") from None
         if not 1 <= settings.batch_size <= _MAX_BATCH:
             raise ConfigError(f"{where}: batch_size must be 1..{_MAX_BATCH}")
         if settings.timeout <= timedelta(0):
@@ -269,10 +260,6 @@ class WebhookSink:
                 ) from None
             if not token:
                 raise ConfigError(f"{where}: token_file {settings.token_file} is empty")
-            if parts.scheme == "http" and not _is_loopback(parts.hostname):
-                raise ConfigError(
-                    f"{where}: a bearer token is only sent over https (or http to loopback)"
-                )
             self._token = Secret(token)
         self.url = settings.url
         self.batch_size = settings.batch_size

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import random
@@ -28,7 +27,6 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -52,6 +50,7 @@ from broker.ssf.set import (
     set_claims,
 )
 from broker.types import Secret
+from broker.urls import check_url
 
 __all__ = ["JWKS_PATH", "ReceiverStatus", "SsfSink", "SsfTransmitter"]
 
@@ -122,32 +121,11 @@ class _Token:
         return self._value
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_url(url: str, what: str, *, allow_http: bool, allow_query: bool) -> str:
     try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        parts.port  # noqa: B018 (raises ValueError on a bad port)
-    except ValueError:
-        raise ConfigError(f"{what}: not a valid URL") from None
-    if parts.scheme not in ("https", "http") or not host:
-        raise ConfigError(f"{what}: must be an absolute https:// URL")
-    if parts.scheme == "http" and not (allow_http or _loopback(host)):
-        raise ConfigError(f"{what}: must use https (http is accepted only for loopback hosts)")
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError(f"{what}: must not carry credentials (use token_file)")
-    if parts.fragment:
-        raise ConfigError(f"{what}: must not have a fragment")
-    if parts.query and not allow_query:
-        raise ConfigError(f"{what}: must not have a query")
+        check_url(url, allow_http=allow_http, allow_query=allow_query)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
     return url
 
 

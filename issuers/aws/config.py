@@ -9,7 +9,6 @@ instance and the key; nothing here talks to AWS. See docs/issuers/aws.md.
 from __future__ import annotations
 
 import configparser
-import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -17,13 +16,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import msgspec
 
 from broker.clock import parse_duration
 from broker.errors import ConfigError
 from broker.types import Secret
+from broker.urls import check_url
 
 __all__ = [
     "MAX_POLICY_CHARS",
@@ -60,7 +59,6 @@ _IAM_ACTION = re.compile(r"^[a-z0-9-]+:[A-Za-z0-9*?]+$")
 _ACTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _EXTERNAL_ID = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
 _PROFILE = re.compile(r"^[\w.+@-]{1,64}$")
-_LOOPBACK_NAMES = frozenset({"localhost"})
 
 
 class ResourceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -298,27 +296,10 @@ def read_credentials_file(path: Path, profile: str) -> BrokerCredentials:
 
 def _endpoint_problem(url: str) -> str | None:
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return "not a URL"
-    del port
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        return "must be an http(s) URL with a host"
-    if parts.username or parts.password or parts.query or parts.fragment:
-        return "must not hold credentials, a query or a fragment"
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        return "plain http is allowed only on a loopback address (credentials travel on it)"
+        check_url(url)
+    except ValueError as exc:
+        return str(exc)
     return None
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _fmt(d: timedelta) -> str:

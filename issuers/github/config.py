@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import ipaddress
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ from joserfc.jwk import RSAKey
 
 from broker.clock import parse_duration
 from broker.errors import ConfigError
+from broker.urls import check_url
 
 __all__ = [
     "GITHUB_TOKEN_LIFETIME",
@@ -179,26 +179,11 @@ def _app_id(value: int | str, fail: Any) -> str:
     raise fail(f"app_id: {value!r} is neither an App id (digits) nor a client ID (Iv...)")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _base_url(value: str, fail: Any) -> tuple[str, str]:
     try:
-        parts = urlsplit(value)
-        host = parts.hostname
-        parts.port  # noqa: B018 (raises ValueError for a bad port)
-    except ValueError:
-        raise fail(f"base_url: not a URL: {value!r}") from None
-    if not host or parts.query or parts.fragment or parts.username or parts.password:
-        raise fail(f"base_url: must be https://HOST[/path] without credentials, got {value!r}")
-    if parts.scheme != "https" and not (parts.scheme == "http" and _is_loopback(host)):
-        raise fail(f"base_url: must use https (plain http only on loopback), got {value!r}")
+        host = check_url(value).hostname or ""
+    except ValueError as exc:
+        raise fail(f"base_url: {exc}") from None
     return value.rstrip("/"), host
 
 

@@ -346,7 +346,7 @@ async def test_the_loop_retries_a_failing_webhook_with_backoff_until_it_takes_ev
     ("over", "message"),
     [
         ({"url": "http://siem.example/ingest"}, "only sent over https"),
-        ({"url": "https://user:pw@siem.example/"}, "credentials in token_file"),
+        ({"url": "https://user:pw@siem.example/"}, "must not carry credentials"),
         ({"url": "ftp://siem.example/"}, "absolute http"),
         ({"batch_size": 0}, "batch_size"),
         ({"token_file": "/nonexistent/token"}, "cannot read token_file"),

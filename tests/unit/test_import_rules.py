@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CONTRACT = {"broker.types", "broker.errors", "broker.issuer", "broker.clock"}
+CONTRACT = {"broker.types", "broker.errors", "broker.issuer", "broker.clock", "broker.urls"}
 CORE = ["identity", "policy", "leases", "approvals", "audit", "ssf"]
 
 
