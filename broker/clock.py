@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-__all__ = ["Clock", "SystemClock", "from_ms", "parse_duration", "to_ms"]
+__all__ = ["MAX_DURATION", "Clock", "SystemClock", "from_ms", "parse_duration", "to_ms"]
 
 
 class Clock(Protocol):
@@ -43,28 +43,44 @@ def from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
+_DURATION = re.compile(
+    r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m(?!s))?(?:([0-9]+)s)?(?:([0-9]+)ms)?", re.ASCII
+)
+_SECONDS = re.compile(r"[0-9]+", re.ASCII)
+
+#: The longest duration anything in the broker accepts (far beyond any sane TTL; what a
+#: ``timedelta`` and a millisecond score in Redis can both hold with room to spare).
+MAX_DURATION = timedelta(days=36500)
+_UNIT_MS = (86_400_000, 3_600_000, 60_000, 1000, 1)
 
 
 def parse_duration(value: object) -> timedelta:
     """``"1h30m"``, ``"90s"``, ``"15m"``, ``"200ms"``, ``"7d"``, ``3600`` (seconds) → timedelta.
 
-    The one duration syntax of the broker's config, policies and issuer configs. Raises
-    ValueError (callers turn it into a ConfigError or PolicyError naming the key)."""
+    The one duration syntax of the broker's config, policies, issuer configs and the API. Only
+    ASCII digits; at most :data:`MAX_DURATION`. Raises ValueError (callers turn it into a
+    ConfigError, PolicyError or InvalidRequest naming the key)."""
     if isinstance(value, timedelta):
-        return value
+        return _bounded(value.total_seconds(), value)
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"negative duration: {value!r}")
-        return timedelta(seconds=value)
+        if value != value or value < 0:  # NaN or negative
+            raise ValueError(f"not a non-negative duration: {value!r}")
+        return _bounded(float(value), None)
     if isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
-            return timedelta(seconds=int(text))
-        m = _DURATION.match(text)
+        if _SECONDS.fullmatch(text):
+            return _bounded(float(int(text)), None)
+        m = _DURATION.fullmatch(text)
         if text and m and any(m.groups()):
-            d, h, mi, s, ms = (int(g) if g else 0 for g in m.groups())
-            return timedelta(days=d, hours=h, minutes=mi, seconds=s, milliseconds=ms)
-    raise ValueError(f"not a duration: {value!r} (use e.g. 200ms, 90s, 15m, 1h, 1h30m, 7d)")
+            ms = sum(int(g) * unit for g, unit in zip(m.groups(), _UNIT_MS, strict=True) if g)
+            return _bounded(ms / 1000, None)
+    shown = value if not isinstance(value, str) else value[:40]
+    raise ValueError(f"not a duration: {shown!r} (use e.g. 200ms, 90s, 15m, 1h, 1h30m, 7d)")
+
+
+def _bounded(seconds: float, ready: timedelta | None) -> timedelta:
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"duration too long (at most {MAX_DURATION.days} days)")
+    return ready if ready is not None else timedelta(seconds=seconds)

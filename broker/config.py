@@ -101,6 +101,9 @@ class ClientSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=T
     permissions: list[Literal["introspect", "revoke", "report"]] = msgspec.field(
         default_factory=lambda: ["introspect"]
     )
+    # The resources (audiences) this client serves, exactly as credentials name them. A usage
+    # report by lease id (without the token) counts only for credentials for one of these.
+    resources: list[str] = msgspec.field(default_factory=list)
 
 
 class PersonSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):

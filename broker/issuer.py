@@ -13,6 +13,8 @@ Rules every issuer follows (checked by ``broker.testing.IssuerConformance``):
 - Name what you create after ``request.lease_id`` so ``revoke()`` can find it even if the broker
   crashed before it recorded the handle (``revoke()`` may be called with an empty handle).
 - ``revoke()`` is idempotent; an unknown or already-expired lease is a no-op.
+- ``mint()`` refuses any ``request.params`` name it does not define with
+  :class:`broker.errors.InvalidRequest` (never silently ignored).
 - A backend outage raises :class:`broker.errors.IssuerUnavailable`; a scope the backend cannot
   express raises :class:`broker.errors.ScopeNotSupported` from ``check_scope()``.
 """

@@ -71,6 +71,7 @@ class Client:
     client_id: str
     secret: Secret
     permissions: frozenset[str]
+    resources: frozenset[str] = frozenset()  # what it serves: usage reports by lease id
 
 
 @dataclass
@@ -476,15 +477,26 @@ class Broker:
         caller: str,
         token: str | None,
         lease_id: str | None,
+        serves: frozenset[str],
         resource: str | None,
         action: str | None,
         client_address: str | None,
     ) -> dict[str, Any]:
-        """A resource server's report of one use (by token or lease id)."""
-        lease = await self.find_lease_for_token(token) if token else None
-        if lease is None and lease_id:
+        """A resource server's report of one use. It counts only for a credential the reporter
+        may speak for: one it presents (``token``), or, by ``lease_id``, one whose resource is
+        among those the reporter ``serves`` (a configured client's ``resources``). Anything
+        else is NotFound, exactly like an unknown credential: the answer says nothing about
+        other workloads' leases."""
+        lease: Lease | None = None
+        if token:
+            lease = await self.find_lease_for_token(token)
+            if lease is not None and lease_id and lease_id != lease.id:
+                raise InvalidRequest("token and lease_id name different credentials")
+        elif lease_id:
             with contextlib.suppress(NotFound):
                 lease = await self.manager.get(lease_id)
+            if lease is not None and lease.scope.resource not in serves:
+                lease = None
         if lease is None:
             raise NotFound("no such credential")
         violations = await self.governance.record_use(
@@ -504,10 +516,17 @@ class Broker:
         }
 
     async def revoke_token(
-        self, token: str, *, principal: Principal | None, client: Client | None
+        self,
+        token: str,
+        *,
+        principal: Principal | None,
+        client: Client | None,
+        request_id: str | None = None,
     ) -> None:
-        """RFC 7009: revoke the lease behind ``token`` if the caller may; silently ignore
-        unknown tokens (the RFC says to answer 200 either way)."""
+        """RFC 7009: revoke the lease behind ``token`` if the caller may (its owner, or a client
+        with the ``revoke`` permission). An unknown token and a token the caller may not revoke
+        get the same silent answer, so the endpoint is no oracle of which tokens are live; the
+        refusal is audited."""
         lease = await self.find_lease_for_token(token)
         if lease is None:
             return
@@ -516,7 +535,18 @@ class Broker:
         elif principal is not None and lease.owner == principal.id:
             await self.manager.revoke(lease.id, "explicit", owner=principal.id)
         else:
-            raise PermissionDenied("not allowed to revoke this token")
+            caller = f"client:{client.client_id}" if client else principal.id if principal else "?"
+            await self.audit.emit(
+                "lease.revoke_refused",
+                outcome="deny",
+                principal=lease.owner,
+                lease_id=lease.id,
+                task_id=lease.task_id,
+                issuer=lease.scope.issuer,
+                reasons=["the caller neither owns the credential nor may revoke for others"],
+                detail={"caller": caller},
+                request_id=request_id,
+            )
 
     # -- key material -----------------------------------------------------------------------
 
@@ -653,7 +683,9 @@ def _load_clients(clients: Sequence[ClientSettings]) -> dict[str, Client]:
             ) from None
         if len(secret) < 16:
             raise ConfigError(f"client {c.client_id!r}: secret must be at least 16 characters")
-        out[c.client_id] = Client(c.client_id, Secret(secret), frozenset(c.permissions))
+        out[c.client_id] = Client(
+            c.client_id, Secret(secret), frozenset(c.permissions), frozenset(c.resources)
+        )
     return out
 
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import enum
 import hmac
+import re
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
 __all__ = [
+    "TASK_ID_PATTERN",
+    "TASK_ID_RULE",
     "Credential",
     "Intent",
     "Lease",
@@ -26,7 +29,21 @@ __all__ = [
     "Scope",
     "Secret",
     "Task",
+    "TaskId",
+    "valid_task_id",
 ]
+
+#: The one task-id syntax (API bodies, path parameters, OAuth parameters, Redis keys): ASCII
+#: letters, digits and ``. _ : @ -``, 1-128 characters. CI systems' ids fit
+#: (``1234-1-build``, ``pipeline:42``); spaces, slashes and non-ASCII look-alikes do not.
+TASK_ID_PATTERN: Final = r"^[A-Za-z0-9._:@-]{1,128}$"
+TASK_ID_RULE: Final = "1-128 characters of A-Z a-z 0-9 . _ : @ -"
+_TASK_ID = re.compile(TASK_ID_PATTERN, re.ASCII)
+TaskId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=TASK_ID_PATTERN)]
+
+
+def valid_task_id(value: str) -> bool:
+    return _TASK_ID.fullmatch(value) is not None
 
 
 class Secret:

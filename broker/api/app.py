@@ -11,9 +11,10 @@ from typing import Any
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.enums import ScopeType
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import ClientException, HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from redis.exceptions import RedisError
 
 from broker import __version__
 from broker.api.approvals import ApprovalsController, SlackController
@@ -28,6 +29,7 @@ from broker.errors import (
     BrokerError,
     NotFound,
     PermissionDenied,
+    StoreUnavailable,
 )
 from broker.logsetup import request_id_var
 from broker.metrics import UNMATCHED
@@ -39,11 +41,28 @@ log = logging.getLogger("jit.api")
 PROBLEM = "application/problem+json"
 
 
+#: Seconds a client should wait before retrying a 503 (the store or an issuer is unavailable).
+RETRY_AFTER = "2"
+
+
+class BrokerRequest(Request[Any, Any, State]):
+    """litestar's Request, with a JSON body that nests too deeply answered as a 400 (the
+    decoder's RecursionError would otherwise be a 500 with a traceback in the log)."""
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except RecursionError:
+            raise ClientException("invalid request: the JSON body is nested too deeply") from None
+
+
 def _problem_response(request: Request[Any, Any, State], body: dict[str, Any]) -> Response[Any]:
     body["request_id"] = request_id(request)  # the middleware sends it as X-Request-ID too
     headers: dict[str, str] = {}
     if body["status"] == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="jit-broker"'
+    if body["status"] == 503:
+        headers["Retry-After"] = RETRY_AFTER
     return Response(body, status_code=body["status"], media_type=PROBLEM, headers=headers)
 
 
@@ -69,6 +88,14 @@ def broker_error_handler(request: Request[Any, Any, State], exc: Exception) -> R
     if status >= 500:
         log.warning("%s: %s", exc.__class__.__name__, exc.message)
     return _problem_response(request, problem(status, exc.code, title, exc.message, **extra))
+
+
+def store_error_handler(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:
+    """Redis did not answer (or answered with an error) anywhere in a request: 503, never 500."""
+    log.warning("state store unavailable: %s", type(exc).__name__)
+    return broker_error_handler(
+        request, StoreUnavailable(f"the state store is unavailable ({type(exc).__name__})")
+    )
 
 
 def http_error_handler(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:
@@ -101,7 +128,8 @@ def internal_error_handler(request: Request[Any, Any, State], exc: Exception) ->
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
     """Give every HTTP request an id (the caller's well-formed X-Request-ID, or a fresh one)
-    and return it in the X-Request-ID header of every response, errors included."""
+    and return it in the X-Request-ID header of every response, errors included; and send
+    ``Cache-Control: no-store`` on every response whose route set no caching of its own."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -119,6 +147,10 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode()))
+                if not any(k.lower() == b"cache-control" for k, _ in headers):
+                    # Nothing the broker answers may be cached unless the route says so
+                    # (credentials, leases, approvals; public key sets set their own).
+                    headers.append((b"cache-control", b"no-store"))
                 message["headers"] = headers
             await send(message)
 
@@ -200,11 +232,13 @@ def create_app(broker: Broker, *, manage_lifecycle: bool = True) -> Litestar:
         lifespan=[lifespan],
         exception_handlers={
             BrokerError: broker_error_handler,
+            RedisError: store_error_handler,
             HTTPException: http_error_handler,
             Exception: internal_error_handler,
         },
         middleware=[request_id_middleware],
         request_max_body_size=broker.settings.limits.max_body_bytes,
+        request_class=BrokerRequest,
         openapi_config=OpenAPIConfig(
             title="jit-broker", version=__version__, path="/schema", use_handler_docstrings=True
         ),

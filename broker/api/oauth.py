@@ -4,13 +4,16 @@ RFC 8414 metadata. Errors use the RFC 6749 §5.2 shape, not problem+json."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.exceptions import HTTPException
 from litestar.params import JSONBody
+from redis.exceptions import RedisError
 
 from broker.api.auth import authenticate_caller, broker_of, client_address, request_id
 from broker.api.v1 import new_task_id, parse_ttl
@@ -22,9 +25,10 @@ from broker.errors import (
     InvalidRequest,
     NotFound,
     PermissionDenied,
+    StoreUnavailable,
 )
 from broker.service import Broker, Client, Issued
-from broker.types import Intent, Principal, Scope, Task
+from broker.types import TASK_ID_RULE, Intent, Principal, Scope, Task, valid_task_id
 
 __all__ = ["OAuthController", "WellKnownOAuth", "oauth_error"]
 
@@ -34,6 +38,7 @@ TT_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105 (an RFC 
 TT_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 (an RFC 8693 URN)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MULTI = {"resource", "audience"}
+_SECONDS = re.compile(r"[0-9]{1,9}", re.ASCII)
 
 
 class AuthorizationDetail(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -52,6 +57,8 @@ def oauth_error(
     headers = dict(NO_STORE)
     if status == 401:
         headers["WWW-Authenticate"] = f'Bearer error="{error}"'
+    if status == 503:
+        headers["Retry-After"] = "2"
     return Response(body, status_code=status, headers=headers)
 
 
@@ -100,7 +107,9 @@ def _target_error(message: str) -> BrokerError:
     return InvalidRequest(message, oauth_error="invalid_target")
 
 
-def intent_from_form(form: dict[str, str], default_issuer: str | None) -> Intent:
+def check_exchange(form: dict[str, str]) -> str:
+    """The token-exchange parameters that come before authentication; returns the subject
+    token. Nothing here looks at the intent, so an unauthenticated caller learns nothing."""
     if form.get("grant_type") != GRANT_TOKEN_EXCHANGE:
         raise InvalidRequest(
             f"grant_type must be {GRANT_TOKEN_EXCHANGE}", oauth_error="unsupported_grant_type"
@@ -109,11 +118,16 @@ def intent_from_form(form: dict[str, str], default_issuer: str | None) -> Intent
         raise InvalidRequest("subject_token is required")
     if form.get("subject_token_type") not in (TT_JWT, TT_ID_TOKEN):
         raise InvalidRequest(f"subject_token_type must be {TT_JWT} or {TT_ID_TOKEN}")
-    if form.get("requested_token_type") not in (None, TT_ACCESS_TOKEN, TT_JWT):
-        raise _target_error("requested_token_type must be access_token or jwt")
     if "actor_token" in form:
         raise InvalidRequest("actor_token (delegation) is not supported")
+    return form["subject_token"]
 
+
+def intent_from_form(form: dict[str, str], default_issuer: str | None) -> Intent:
+    """The intent of an authenticated token-exchange request (RFC 8693 + RFC 9396 + the
+    ``ttl``, ``task_id`` and ``purpose`` extension parameters)."""
+    if form.get("requested_token_type") not in (None, TT_ACCESS_TOKEN, TT_JWT):
+        raise _target_error("requested_token_type must be access_token or jwt")
     issuer = form.get("issuer") or default_issuer
     resource = form.get("resource") or form.get("audience")
     if form.get("resource") and form.get("audience") and form["resource"] != form["audience"]:
@@ -156,13 +170,13 @@ def intent_from_form(form: dict[str, str], default_issuer: str | None) -> Intent
     ttl_raw = form.get("ttl")
     ttl = None
     if ttl_raw:
-        if not ttl_raw.isdigit():
-            raise InvalidRequest("ttl must be a number of seconds")
+        if not _SECONDS.fullmatch(ttl_raw):
+            raise InvalidRequest("ttl must be a number of seconds (ASCII digits)")
         ttl = parse_ttl(int(ttl_raw))
     auto = not form.get("task_id")
     task_id = form.get("task_id") or new_task_id()
-    if len(task_id) > 128 or not all(c.isalnum() or c in "._:@-" for c in task_id):
-        raise InvalidRequest("task_id: 1-128 characters of A-Z a-z 0-9 . _ : @ -")
+    if not valid_task_id(task_id):
+        raise InvalidRequest(f"task_id: {TASK_ID_RULE}")
     purpose = form.get("purpose", "")
     if len(purpose) > 1000:
         raise InvalidRequest("purpose: at most 1000 characters")
@@ -235,7 +249,11 @@ class UsageController(Controller):
             }
         )
         return await broker.report_use(
-            caller=caller, token=data.token, lease_id=data.lease_id, **use
+            caller=caller,
+            token=data.token,
+            lease_id=data.lease_id,
+            serves=client.resources if client is not None else frozenset(),
+            **use,
         )
 
 
@@ -247,9 +265,24 @@ async def ssf_jwks(request: Request[Any, Any, State]) -> Response[dict[str, Any]
     return Response(ssf.jwks(), headers={"Cache-Control": "public, max-age=60"})
 
 
+def _oauth_store_error(_: Request[Any, Any, State], exc: Exception) -> Response[Any]:
+    return from_broker_error(
+        StoreUnavailable(f"the state store is unavailable ({type(exc).__name__})")
+    )
+
+
+def _oauth_http_error(_: Request[Any, Any, State], exc: Exception) -> Response[Any]:
+    assert isinstance(exc, HTTPException)
+    error = "invalid_request" if exc.status_code < 500 else "server_error"
+    return oauth_error(error, str(exc.detail), exc.status_code)
+
+
 class OAuthController(Controller):
+    """Every answer here, errors included, is in the RFC 6749 §5.2 shape."""
+
     path = "/oauth"
     tags = ["oauth"]
+    exception_handlers = {RedisError: _oauth_store_error, HTTPException: _oauth_http_error}
 
     @post(
         "/token",
@@ -261,8 +294,9 @@ class OAuthController(Controller):
         rid = request_id(request)
         try:
             form = await read_form(request)
+            subject_token = check_exchange(form)
+            principal = await broker.authenticate(subject_token, request_id=rid)
             intent = intent_from_form(form, "jwt" if "jwt" in broker.issuers else None)
-            principal = await broker.authenticate(form["subject_token"], request_id=rid)
             # After authentication, so an unauthenticated caller cannot fill the replay cache.
             cnf = await broker.verify_dpop(
                 request.headers.getall("dpop", []), path="/oauth/token", request_id=rid
@@ -372,9 +406,9 @@ class OAuthController(Controller):
         if not token:
             return oauth_error("invalid_request", "token is required")
         try:
-            await broker.revoke_token(token, principal=principal, client=client)
-        except PermissionDenied as exc:
-            return oauth_error("unauthorized_client", exc.message, 400)
+            await broker.revoke_token(
+                token, principal=principal, client=client, request_id=request_id(request)
+            )
         except BrokerError as exc:
             return from_broker_error(exc)
         return Response({}, status_code=200, headers=NO_STORE)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import msgspec
 
 from broker.leases import TaskView
-from broker.types import Lease
+from broker.types import Lease, TaskId
 
 __all__ = [
     "CredentialRequest",
@@ -33,7 +33,7 @@ Ttl = (
 
 
 class TaskIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    id: Identifier
+    id: TaskId
     purpose: Annotated[str, msgspec.Meta(max_length=1000)] = ""
     # How long the task may run (first request only): seconds or a duration ("2h").
     ttl: Ttl | None = None

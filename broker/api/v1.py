@@ -26,12 +26,12 @@ from broker.approvals import ApprovalState
 from broker.config import parse_duration
 from broker.errors import Conflict, InvalidRequest, PermissionDenied
 from broker.service import Issued
-from broker.types import Intent, Principal, Scope, Task
+from broker.types import TASK_ID_PATTERN, Intent, Principal, Scope, Task
 
 __all__ = ["V1Controller", "intent_from_request", "issued_response"]
 
 LeaseId = Parameter(pattern=r"^[A-Za-z0-9._-]{1,64}$", max_length=64)
-TaskId = Parameter(pattern=r"^[A-Za-z0-9._:@-]{1,128}$", max_length=128)
+TaskIdParam = Parameter(pattern=TASK_ID_PATTERN, max_length=128)
 
 
 def new_task_id() -> str:
@@ -175,7 +175,7 @@ class V1Controller(Controller):
         self,
         request: Request[Any, Any, State],
         caller: NamedDependency[Principal],
-        task_id: str = TaskId,
+        task_id: str = TaskIdParam,
     ) -> TaskOut:
         return task_out(await broker_of(request).get_task(caller, task_id))
 
@@ -188,7 +188,7 @@ class V1Controller(Controller):
         self,
         request: Request[Any, Any, State],
         caller: NamedDependency[Principal],
-        task_id: str = TaskId,
+        task_id: str = TaskIdParam,
     ) -> TaskOut:
         return task_out(await broker_of(request).complete_task(caller, task_id))
 

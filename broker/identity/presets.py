@@ -198,6 +198,14 @@ PRESETS: Mapping[str, Preset] = {
 }
 
 
+#: The longest ``sub`` accepted (GitHub's longest documented subjects are far shorter).
+MAX_SUBJECT = 512
+
+
+def _displayable(text: str) -> bool:
+    return len(text) <= MAX_SUBJECT and text.isprintable() and text.strip() == text and bool(text)
+
+
 def known_claims(preset: str) -> set[str] | None:
     """The claim names a preset can put in ``Principal.claims`` (None: any), for policy lint."""
     claims = PRESETS[preset].claims
@@ -213,6 +221,12 @@ def principal_from_claims(settings: IdentityIssuerSettings, claims: Mapping[str,
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
         raise AuthenticationError("token has no sub claim")
+    if not _displayable(subject):
+        # The subject becomes the owner of leases and is shown to approvers (Slack, CLI): no
+        # blank, padded, control or invisible characters, and a bounded length.
+        raise AuthenticationError(
+            f"invalid sub claim: 1-{MAX_SUBJECT} printable characters without surrounding spaces"
+        )
     missing = [c for c in preset.required if not _present(claims.get(c))]
     if missing:
         raise AuthenticationError(

@@ -22,11 +22,11 @@ import re
 import secrets
 
 from broker.errors import InvalidRequest, NotFound
+from broker.types import TASK_ID_RULE, valid_task_id
 
 __all__ = ["Keys", "new_lease_id", "owner_key", "task_key", "task_key_of", "validate_task_id"]
 
 _LEASE_ID = re.compile(r"^([0-9a-f]{16})\.[0-9a-f]{32}$")
-_TASK_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 
 
 def task_key(owner: str, task_id: str) -> str:
@@ -52,8 +52,8 @@ def task_key_of(lease_id: str) -> str:
 
 
 def validate_task_id(task_id: str) -> None:
-    if not _TASK_ID.match(task_id):
-        raise InvalidRequest("task id must be 1-128 printable ASCII characters without spaces")
+    if not valid_task_id(task_id):
+        raise InvalidRequest(f"task id: {TASK_ID_RULE}")
 
 
 class Keys:

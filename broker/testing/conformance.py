@@ -55,7 +55,7 @@ from typing import ClassVar, Generic, TypeVar
 import msgspec
 import pytest
 
-from broker.errors import IssuerError, IssuerUnavailable, ScopeNotSupported
+from broker.errors import InvalidRequest, IssuerError, IssuerUnavailable, ScopeNotSupported
 from broker.issuer import Capabilities, Issuer
 from broker.testing.clock import FakeClock
 from broker.types import Credential, Lease, LeaseState, MintRequest, Principal, Scope, Secret
@@ -296,6 +296,20 @@ class IssuerConformance(Generic[IssuerT]):
         assert isinstance(credential.secret, Secret)
         assert credential.secret.reveal(), "the secret is empty"
         assert await self.credential_works(issuer, credential, self.scope())
+
+    async def test_an_unknown_param_is_refused_before_anything_is_made(
+        self, issuer: IssuerT, clock: FakeClock
+    ) -> None:
+        # Workload inputs are validated strictly: a misspelt or foreign param is an error the
+        # workload sees (400), never silently ignored.
+        self._begin(clock)
+        request = self.request(issuer)
+        bad = msgspec.structs.replace(
+            request, params={**request.params, "jit_conformance_unknown": "x"}
+        )
+        issuer.check_scope(bad.scope)
+        with pytest.raises(InvalidRequest):
+            await issuer.mint(bad)
 
     async def test_two_mints_give_two_different_credentials(
         self, issuer: IssuerT, clock: FakeClock

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 import msgspec
 
 from broker.clock import Clock, SystemClock
-from broker.errors import ConfigError, IssuerUnavailable, ScopeNotSupported
+from broker.errors import ConfigError, InvalidRequest, IssuerUnavailable, ScopeNotSupported
 from broker.issuer import Capabilities, IssuerContext
 from broker.types import Credential, Lease, MintRequest, Scope, Secret
 
@@ -62,7 +62,10 @@ class FakeIssuer:
 
     ``actions`` limits the actions it can express (others raise ScopeNotSupported); None
     accepts any. With ``capabilities.revocable`` False it behaves like an expiry-only backend:
-    ``revoke()`` succeeds and changes nothing."""
+    ``revoke()`` succeeds and changes nothing. ``accepted_params`` names the workload inputs it
+    takes (a subclass sets it); any other param is an InvalidRequest, as for a real issuer."""
+
+    accepted_params: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -173,6 +176,9 @@ class FakeIssuer:
         self.calls.append(FakeCall("mint", request.lease_id))
         self._check_up()
         self.check_scope(request.scope)
+        unknown = sorted(set(request.params) - self.accepted_params)
+        if unknown:
+            raise InvalidRequest(f"the fake issuer takes no params {unknown}")
         fail = self._fail_mints > 0
         if fail:
             self._fail_mints -= 1

@@ -172,7 +172,7 @@ def _app_id(value: int | str, fail: Any) -> str:
             raise fail("app_id: must be a positive number")
         return str(value)
     text = value.strip()
-    if text.isdigit() and int(text) > 0:
+    if text.isascii() and text.isdigit() and int(text) > 0:
         return str(int(text))
     if _CLIENT_ID.match(text):
         return text

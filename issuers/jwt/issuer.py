@@ -34,7 +34,7 @@ from joserfc.jwk import ECKey, GuestProtocol, OKPKey
 from joserfc.jws import JWSRegistry
 
 from broker.clock import parse_duration
-from broker.errors import ConfigError, IssuerUnavailable, ScopeNotSupported
+from broker.errors import ConfigError, InvalidRequest, IssuerUnavailable, ScopeNotSupported
 from broker.issuer import Capabilities, IssuerContext
 from broker.types import Credential, Lease, MintRequest, Scope, Secret
 from issuers.jwt.keys import KeyRing
@@ -235,6 +235,10 @@ class JWTIssuer:
         token carries it as its ``cnf`` claim and the credential's ``token_type`` is ``DPoP``."""
         scope = request.scope
         self.check_scope(scope)
+        if request.params:
+            raise InvalidRequest(
+                f"jwt issuer {self.name!r} takes no params (got {sorted(request.params)[:10]})"
+            )
         cnf = _confirmation(request.cnf)
         self._ring.refresh()
         key = self._ring.signing

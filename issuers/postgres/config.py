@@ -167,7 +167,7 @@ def load_settings(name: str, raw: object) -> Settings:
     client_port = config.client_port
     if client_port is None:
         port = str(params.get("port") or "5432")
-        if not port.isdigit():
+        if not (port.isascii() and port.isdigit()):
             raise fail(f"client_port: required when the dsn's port is not one port ({port!r})")
         client_port = int(port)
     if not 1 <= client_port <= 65535:

@@ -5,101 +5,20 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
-import httpx
 import pytest
-import redis.asyncio as aioredis
 
-from broker.api import create_app
-from broker.audit import MemorySink
-from broker.cli.server import dev_policy_dir
-from broker.config import ClientSettings, IssuerInstanceSettings, Settings
-from broker.identity import DevIdentityIssuer
-from broker.service import Broker, build_broker
-from broker.testing import FakeClock
-from broker.types import Secret
-from issuers.jwt.keys import generate_key
-from tests.conftest import REDIS_URL
+from tests.integration.conftest import (
+    BASE,
+    CLIENT_SECRET,
+    JWT_TYPE,
+    TOKEN_EXCHANGE,
+    Api,
+    request_body,
+)
 
 pytestmark = pytest.mark.integration
-
-BASE = "http://testserver.local"
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
-CLIENT_SECRET = "resource-server-secret-0123456789"
-
-
-@dataclass
-class Api:
-    client: httpx.AsyncClient
-    broker: Broker
-    dev: DevIdentityIssuer
-    audit: MemorySink
-    clock: FakeClock
-    redis: aioredis.Redis
-
-    def auth(self, sub: str = "ci-1", **claims: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.dev.issue(sub, claims)}"}
-
-    async def lease_keys(self) -> list[bytes]:
-        prefix = self.broker.settings.key_prefix
-        return [k async for k in self.redis.scan_iter(match=f"{prefix}:*lease:*")]
-
-
-@pytest.fixture
-async def api(
-    real_redis: aioredis.Redis, key_prefix: str, clock: FakeClock, tmp_path: Path
-) -> AsyncIterator[Api]:
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    generate_key(keys, "EdDSA", clock.now())
-    secret_file = tmp_path / "rs.secret"
-    secret_file.write_text(CLIENT_SECRET)
-    settings = Settings(
-        public_url=BASE,
-        key_prefix=key_prefix,
-        policy_dir=str(dev_policy_dir()),
-        issuers={
-            "jwt": IssuerInstanceSettings(
-                type="jwt", config={"keys_dir": str(keys), "max_ttl": "1h", "default_ttl": "15m"}
-            )
-        },
-        clients=[ClientSettings(client_id="orders-api", secret_file=str(secret_file))],
-    )
-    dev = DevIdentityIssuer(f"{BASE}/dev/oidc", clock)
-    sink = MemorySink()
-    broker = await build_broker(
-        settings,
-        clock=clock,
-        redis=aioredis.Redis.from_url(REDIS_URL),
-        dev=True,
-        dev_identity=dev,
-        dev_admin_key=Secret("a" * 43),
-        audit_sinks=[sink],
-    )
-    app = create_app(broker, manage_lifecycle=False)
-    # httpx's ASGI transport runs the app on this test's event loop (litestar's AsyncTestClient
-    # runs it on a portal loop, where the Redis connections made here cannot be used).
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
-        yield Api(client, broker, dev, sink, clock, real_redis)
-    await broker.aclose()
-
-
-def request_body(**over: object) -> dict[str, object]:
-    body: dict[str, object] = {
-        "task": {"id": "build-1", "purpose": "deploy"},
-        "issuer": "jwt",
-        "resource": "https://demo.local",
-        "actions": ["read"],
-        "ttl": 300,
-    }
-    body.update(over)
-    return body
 
 
 async def test_a_valid_request_gets_201_with_the_credential_and_its_lease(api: Api) -> None:

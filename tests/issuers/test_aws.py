@@ -902,7 +902,10 @@ def _resource(**over: Any) -> dict[str, Any]:
         (_bad(region="Europe"), "region: not an AWS region"),
         (_bad(aws_secret_access_key="inline"), "aws_secret_access_key"),
         (_bad(endpoint_url="http://sts.example.com"), "endpoint_url: must use https"),
-        (_bad(endpoint_url="https://user:pw@sts.example.com"), "endpoint_url: must not carry credentials"),
+        (
+            _bad(endpoint_url="https://user:pw@sts.example.com"),
+            "endpoint_url: must not carry credentials",
+        ),
         (_bad(endpoint_url="ftp://sts.example.com"), "endpoint_url: must be an absolute https"),
         (_bad(profile="jit"), "profile: only used with credentials_file"),
         (_bad(credentials_file="/nonexistent/creds"), "credentials_file: '/nonexistent/creds'"),

@@ -79,6 +79,8 @@ class NeedsAPublicKey(FakeIssuer):
     """Like a certificate issuer: every mint needs the workload's public key, and the
     credential names its key id (public by design) inside the secret."""
 
+    accepted_params = frozenset({"public_key"})
+
     async def mint(self, request: MintRequest) -> Credential:
         key = request.params.get("public_key")
         if not key or set(request.params) != {"public_key"}:
