@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -59,11 +60,12 @@ async def lag(redis_url: str, n: int, spread: float, replicas: int) -> None:
     settings = ReaperSettings()
     issuer = FakeIssuer("fake", clock=clock)
     clients = [aioredis.Redis.from_url(redis_url) for _ in range(replicas)]
+    lag_sinks = [LagSink() for _ in clients]
     managers = [
         LeaseManager(
             LeaseStore(c, prefix),
             {"fake": issuer},
-            AuditLog(clock),
+            AuditLog(clock, [lag_sinks[i]]),
             clock,
             settings,
             replica_id=f"r{i}",
@@ -89,12 +91,14 @@ async def lag(redis_url: str, n: int, spread: float, replicas: int) -> None:
         reapers = [Reaper(m, settings, clock) for m in managers]
         tasks = [asyncio.create_task(r.run(stop)) for r in reapers]
         deadline = time.monotonic() + base + spread + 30
-        while sum(m.metrics.lag_count for m in managers) < n and time.monotonic() < deadline:  # noqa: ASYNC110 (polls a counter)
+        while sum(len(ls.lags) for ls in lag_sinks) < n and time.monotonic() < deadline:  # noqa: ASYNC110 (polls a counter)
             await asyncio.sleep(0.1)
         stop.set()
         await asyncio.gather(*tasks)
-        lags = sorted(x for m in managers for x in m.metrics._lags)
-        per = Counter({m.replica_id: m.metrics.lag_count for m in managers})
+        lags = sorted(x for ls in lag_sinks for x in ls.lags)
+        per = Counter(
+            {m.replica_id: len(ls.lags) for m, ls in zip(managers, lag_sinks, strict=True)}
+        )
         revokes = Counter(c.lease_id for c in issuer.calls_to("revoke"))
         q = statistics.quantiles(lags, n=100, method="inclusive")
         print(f"reaper lag over {len(lags)} leases, {replicas} replicas (poll 200ms):")
@@ -110,6 +114,21 @@ async def lag(redis_url: str, n: int, spread: float, replicas: int) -> None:
         await _cleanup(clients[0], prefix)
         for c in clients:
             await c.aclose()
+
+
+class LagSink:
+    """Collects the reaper lag (``lag_ms``) from this replica's ``lease.revoked`` records."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+
+    async def write(self, events: Any) -> None:
+        for e in events:
+            if e.type == "lease.revoked" and "lag_ms" in e.detail:
+                self.lags.append(e.detail["lag_ms"] / 1000)
+
+    async def aclose(self) -> None:
+        return None
 
 
 async def startup(redis_url: str, live: int) -> None:

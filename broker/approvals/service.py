@@ -28,8 +28,8 @@ from broker.audit import AuditLog
 from broker.clock import Clock, to_ms
 from broker.config import ApprovalSettings
 from broker.errors import BrokerError, Conflict, InvalidRequest, NotFound, PermissionDenied
-from broker.leases.ttl import backoff
 from broker.policy.compile import ApprovalRule
+from broker.retry import backoff
 from broker.types import Intent, Principal, Scope
 
 __all__ = ["Approvals", "Notifier", "TooManyPending"]

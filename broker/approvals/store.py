@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from broker.approvals.model import ApprovalState, ApprovalView, Review
 from broker.clock import from_ms, to_ms
 from broker.leases.keys import owner_key
+from broker.state import opt_text
 
 __all__ = ["ApprovalStore", "StoredApproval"]
 
@@ -124,11 +125,11 @@ class ApprovalStore:
         if await self.redis.set(key, aid, nx=True, px=max(ttl_ms, 1)):
             return None
         existing = await self.redis.get(key)
-        return _s(existing)
+        return opt_text(existing)
 
     async def release_merge(self, owner: str, digest: str, aid: str) -> None:
         key = self._merge(owner, digest)
-        if _s(await self.redis.get(key)) == aid:
+        if opt_text(await self.redis.get(key)) == aid:
             await self.redis.delete(key)
 
     async def pending_count(self, owner: str, now_ms: int) -> int:
@@ -166,7 +167,7 @@ class ApprovalStore:
             raw, reviews = await pipe.execute()
         if not raw:
             return None
-        f = {_s(k): _s(v) for k, v in raw.items()}
+        f = {opt_text(k): opt_text(v) for k, v in raw.items()}
         view = _view_dec.decode(f.get("doc") or b"")
         decided = f.get("decided_ms")
         changes: dict[str, Any] = {
@@ -184,20 +185,22 @@ class ApprovalStore:
 
     async def pending_ids(self, limit: int = 1000) -> list[str]:
         return [
-            s for s in (_s(x) for x in await self.redis.zrange(self.pending, 0, limit - 1)) if s
+            s
+            for s in (opt_text(x) for x in await self.redis.zrange(self.pending, 0, limit - 1))
+            if s
         ]
 
     async def owner_pending_ids(self, owner: str, limit: int = 1000) -> list[str]:
         ids = await self.redis.zrange(self._owner_index(owner), 0, limit - 1)
-        return [s for s in (_s(x) for x in ids) if s]
+        return [s for s in (opt_text(x) for x in ids) if s]
 
     async def due_expiry(self, now_ms: int, limit: int = 100) -> list[str]:
         ids = await self.redis.zrangebyscore(self.pending, "-inf", now_ms, start=0, num=limit)
-        return [s for s in (_s(x) for x in ids) if s]
+        return [s for s in (opt_text(x) for x in ids) if s]
 
     async def due_posts(self, now_ms: int, limit: int = 20) -> list[str]:
         ids = await self.redis.zrangebyscore(self.unposted, "-inf", now_ms, start=0, num=limit)
-        return [s for s in (_s(x) for x in ids) if s]
+        return [s for s in (opt_text(x) for x in ids) if s]
 
     # -- transitions -----------------------------------------------------------------------
 
@@ -207,13 +210,13 @@ class ApprovalStore:
             keys=[h, f"{h}:reviews", f"{h}:approved_by"],
             args=[review.person, review.decision, _enc.encode(review), now_ms],
         )
-        return _s(r[0]) or "missing", int(r[1])
+        return opt_text(r[0]) or "missing", int(r[1])
 
     async def end(self, aid: str, state: ApprovalState, now_ms: int, *, only_if_due: bool) -> str:
         r = await self._end(
             keys=[self._h(aid)], args=[state.value, now_ms, "1" if only_if_due else "0"]
         )
-        return _s(r) or "missing"
+        return opt_text(r) or "missing"
 
     async def finished(self, view: ApprovalView) -> None:
         """Drop a decided request from the pending indexes. Its merge key stays until it
@@ -239,18 +242,12 @@ class ApprovalStore:
         self, aid: str, *, me: str, now_ms: int, lock_until_ms: int, planned: str
     ) -> tuple[str, str]:
         r = await self._claim_mint(keys=[self._h(aid)], args=[me, now_ms, lock_until_ms, planned])
-        return _s(r[0]) or "not_approved", _s(r[1]) or ""
+        return opt_text(r[0]) or "not_approved", opt_text(r[1]) or ""
 
     async def minted(self, aid: str, *, me: str, lease_id: str) -> str:
-        return _s(await self._minted(keys=[self._h(aid)], args=[me, lease_id])) or "lost"
+        return opt_text(await self._minted(keys=[self._h(aid)], args=[me, lease_id])) or "lost"
 
     async def seen_slack_request(self, fingerprint: str, ttl_ms: int) -> bool:
         """Replay protection: True if this signed Slack request was seen before."""
         key = f"{self.prefix}:{{slack}}:seen:{fingerprint}"
         return not await self.redis.set(key, "1", nx=True, px=ttl_ms)
-
-
-def _s(v: Any) -> str | None:
-    if v is None:
-        return None
-    return v.decode() if isinstance(v, bytes) else str(v)

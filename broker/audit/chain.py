@@ -51,6 +51,7 @@ from broker.audit.log import CHECKPOINT, AuditEvent
 from broker.audit.signing import CheckpointSigner
 from broker.clock import Clock, to_ms
 from broker.errors import ConfigError, StoreUnavailable
+from broker.state import text
 
 __all__ = [
     "CHECKPOINT",
@@ -159,10 +160,6 @@ class _Head:
     hash: str
     cp_seq: int  # seq of the last checkpoint record (0: none yet)
     cp_ms: int | None  # when it was written (None: unknown; counts from now)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # A queued item: an event to append, or None for "append a checkpoint if one is due".
@@ -277,7 +274,7 @@ class AuditChain:
         return head
 
     def _parse_head(self, reply: Sequence[Any]) -> _Head:
-        _, seq, hash_, cp_seq, cp_ms = (_text(v) for v in reply)
+        _, seq, hash_, cp_seq, cp_ms = (text(v) for v in reply)
         s = int(seq)
         return _Head(
             seq=s,
@@ -388,14 +385,14 @@ async def read_chain(
     keys = ChainKeys(prefix)
     if to_seq is None:
         raw = await redis.hget(keys.head, "seq")
-        to_seq = int(_text(raw)) if raw is not None else 0
+        to_seq = int(text(raw)) if raw is not None else 0
     start = max(from_seq, 1)
     while start <= to_seq:
         entries = await redis.xrange(keys.stream, f"{start}-0", f"{to_seq}-0", count=page)
         if not entries:
             return
         for entry_id, fields in entries:
-            seq = int(_text(entry_id).split("-", 1)[0])
+            seq = int(text(entry_id).split("-", 1)[0])
             start = seq + 1
             data = (fields or {}).get(b"r", (fields or {}).get("r"))
             if data is not None:

@@ -31,9 +31,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
-import secrets
-import socket
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -47,6 +44,9 @@ from broker.audit.chain import ChainKeys, ChainRecord, check_sink_name
 from broker.clock import Clock, to_ms
 from broker.config import WebhookSinkSettings
 from broker.errors import ConfigError
+from broker.replica import new_replica_id
+from broker.retry import backoff
+from broker.state import text
 from broker.types import Secret
 from broker.urls import check_url
 
@@ -324,20 +324,6 @@ return 1
 """
 
 
-def _default_replica_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _backoff(failures: int, base: timedelta, cap: timedelta) -> float:
-    """Seconds before the next attempt: exponential, capped, with equal jitter."""
-    step: float = min(cap.total_seconds(), base.total_seconds() * 2.0 ** min(failures - 1, 30))
-    return step / 2 + random.random() * step / 2  # noqa: S311 - jitter, not a secret
-
-
 class AuditDelivery:
     """Feeds the stream to the durable sinks. See the module docstring."""
 
@@ -362,7 +348,7 @@ class AuditDelivery:
         for name in self.sinks:
             check_sink_name(name)
         self.clock = clock
-        self.replica_id = replica_id or _default_replica_id()
+        self.replica_id = replica_id or new_replica_id()
         self.poll_interval = poll_interval
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -392,10 +378,10 @@ class AuditDelivery:
         )
         if int(reply[0]) == 0:
             return 0
-        cur = _text(reply[1])
+        cur = text(reply[1])
         records = [
             ChainRecord(
-                int(_text(entry_id).split("-", 1)[0]),
+                int(text(entry_id).split("-", 1)[0]),
                 _field(fields),
             )
             for entry_id, fields in reply[2]
@@ -448,7 +434,9 @@ class AuditDelivery:
 
     def _failed(self, name: str, exc: Exception) -> None:
         self.failures[name] += 1
-        delay = _backoff(self.failures[name], self.backoff_base, self.backoff_cap)
+        delay = backoff(
+            self.failures[name], base=self.backoff_base, cap=self.backoff_cap
+        ).total_seconds()
         self._retry_at[name] = self.clock.monotonic() + delay
         what = str(exc) if isinstance(exc, SinkError) else type(exc).__name__
         log.warning(
@@ -472,9 +460,9 @@ class AuditDelivery:
             for name in self.sinks:
                 pipe.get(self.keys.cursor(name))
             head, *cursors = await pipe.execute()
-        top = int(_text(head)) if head is not None else 0
+        top = int(text(head)) if head is not None else 0
         return {
-            name: max(0, top - (int(_text(c)) if c is not None else 0))
+            name: max(0, top - (int(text(c)) if c is not None else 0))
             for name, c in zip(self.sinks, cursors, strict=True)
         }
 
@@ -488,7 +476,7 @@ def _field(fields: Any) -> bytes:
     """The ``r`` field of a stream entry (a flat [k, v, ...] list from Lua)."""
     items = list(fields)
     for i in range(0, len(items) - 1, 2):
-        if _text(items[i]) == "r":
+        if text(items[i]) == "r":
             value = items[i + 1]
             return value if isinstance(value, bytes) else str(value).encode()
     raise ValueError("stream entry without a record")

@@ -10,14 +10,12 @@ See docs/revocation.md.
 """
 
 from broker.leases.manager import LeaseManager, TaskView
-from broker.leases.metrics import LeaseMetrics
 from broker.leases.reaper import Reaper
 from broker.leases.store import LeaseStore
-from broker.leases.ttl import TtlDecision, backoff, resolve_ttl
+from broker.leases.ttl import TtlDecision, resolve_ttl
 
 __all__ = [
     "LeaseManager",
-    "LeaseMetrics",
     "LeaseStore",
     "Reaper",
     "TaskView",

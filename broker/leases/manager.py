@@ -22,9 +22,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-import os
-import secrets
-import socket
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,12 +41,12 @@ from broker.errors import (
 )
 from broker.issuer import Issuer
 from broker.leases.keys import new_lease_id, task_key, task_key_of, validate_task_id
-from broker.leases.metrics import LeaseMetrics
 from broker.leases.store import LeaseRecord, LeaseStore
-from broker.leases.ttl import backoff
+from broker.replica import new_replica_id
+from broker.retry import backoff
 from broker.types import Credential, Lease, LeaseState, MintRequest, Principal, Scope, Task
 
-__all__ = ["LeaseManager", "TaskView", "default_replica_id"]
+__all__ = ["LeaseManager", "TaskView"]
 
 log = logging.getLogger("jit.leases")
 
@@ -66,10 +63,6 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     completed_at: datetime | None
     deadline: datetime | None
     leases: list[Lease]
-
-
-def default_replica_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def _describe(exc: BaseException) -> str:
@@ -90,7 +83,6 @@ class LeaseManager:
         audit: AuditLog,
         clock: Clock,
         settings: ReaperSettings,
-        metrics: LeaseMetrics | None = None,
         *,
         replica_id: str | None = None,
     ) -> None:
@@ -99,8 +91,7 @@ class LeaseManager:
         self.audit = audit
         self.clock = clock
         self.settings = settings
-        self.metrics = metrics or LeaseMetrics()
-        self.replica_id = replica_id or default_replica_id()
+        self.replica_id = replica_id or new_replica_id()
 
     # -- issue ------------------------------------------------------------------------------
 
@@ -192,7 +183,6 @@ class LeaseManager:
             )
             _check_credential(credential, not_after)
         except Exception as exc:
-            self.metrics.inc("mint_failures", issuer=scope.issuer)
             await self.audit.emit(
                 "lease.mint_failed", outcome="error", reasons=[_describe(exc)], **common
             )
@@ -211,7 +201,6 @@ class LeaseManager:
             raise Conflict(
                 f"task {task.id!r} was completed while the credential was minted; it was revoked"
             )
-        self.metrics.inc("issued", issuer=scope.issuer)
         await self.audit.emit(
             "lease.minted",
             detail={
@@ -441,9 +430,7 @@ class LeaseManager:
             lag = (done - lease.not_after).total_seconds()
             detail: dict[str, Any] = {"trigger": used_trigger, "attempts": lease.attempts + 1}
             if used_trigger == "ttl":
-                self.metrics.observe_lag(lag)
-                detail["lag_ms"] = int(lag * 1000)
-            self.metrics.inc("revoked", issuer=lease.scope.issuer, trigger=used_trigger)
+                detail["lag_ms"] = int(lag * 1000)  # the metrics read it from this record
             await self.audit.emit(
                 "lease.revoked" if final is LeaseState.REVOKED else "lease.mint_cleaned",
                 principal=lease.owner,
@@ -467,7 +454,6 @@ class LeaseManager:
             return  # another replica holds the lease now
         delay = backoff(attempts, base=s.backoff_base, cap=s.backoff_cap)
         await self.store.schedule(lease.id, to_ms(self.clock.now() + delay))
-        self.metrics.inc("revoke_failures", issuer=lease.scope.issuer)
         log.warning(
             "revoking lease %s at issuer %s failed (attempt %d, retry in %.1fs): %s",
             lease.id,
@@ -491,7 +477,6 @@ class LeaseManager:
         )
         if newly_overdue:
             await self.store.mark_overdue(lease.id)
-            self.metrics.inc("overdue", issuer=lease.scope.issuer)
             log.error("lease %s is overdue: %d failed revocations", lease.id, attempts)
             await self.audit.emit(
                 "lease.overdue",

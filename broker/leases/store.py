@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from broker.clock import from_ms, to_ms
 from broker.leases.keys import Keys, task_key_of
+from broker.state import opt_text
 from broker.types import Lease, LeaseState, Principal, Scope
 
 __all__ = ["LeaseRecord", "LeaseStore", "TaskRecord"]
@@ -183,12 +184,6 @@ return ids
 """
 
 
-def _s(v: Any) -> str | None:
-    if v is None:
-        return None
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 class LeaseStore:
     """Lease and task records in Redis under ``prefix``. Works with a standalone Redis, a
     Redis Cluster client or fakeredis; values may come back as bytes or str."""
@@ -254,7 +249,7 @@ class LeaseStore:
             )
             pipe.zadd(k.owner_live(lease.owner), {lease.id: to_ms(lease.issued_at)})
             _, status, _ = await pipe.execute()
-        result = _s(status) or "missing"
+        result = opt_text(status) or "missing"
         if result != "ok":
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zrem(k.owner_live(lease.owner), lease.id)
@@ -272,7 +267,7 @@ class LeaseStore:
             )
             pipe.zadd(self.keys.due, {lease_id: due_ms})
             r, _ = await pipe.execute()
-        return _s(r) or "missing"
+        return opt_text(r) or "missing"
 
     async def begin_revoke(
         self, lease_id: str, *, me: str, now_ms: int, lock_until_ms: int, trigger: str
@@ -280,7 +275,7 @@ class LeaseStore:
         r = await self._begin(
             keys=[self.keys.lease(lease_id)], args=[me, now_ms, lock_until_ms, trigger]
         )
-        return _s(r[0]) or "missing", int(r[1])
+        return opt_text(r[0]) or "missing", int(r[1])
 
     async def finish_revoke(
         self, lease_id: str, *, me: str, rev: int, now_ms: int, final: LeaseState, retention_ms: int
@@ -288,7 +283,7 @@ class LeaseStore:
         r = await self._finish(
             keys=[self.keys.lease(lease_id)], args=[me, rev, now_ms, final.value, retention_ms]
         )
-        return _s(r) or "lost"
+        return opt_text(r) or "lost"
 
     async def fail_revoke(
         self, lease_id: str, *, me: str, error: str, overdue_after: int
@@ -305,21 +300,21 @@ class LeaseStore:
         )
         if r is None:
             return None
-        return sorted(s for s in (_s(x) for x in r) if s)
+        return sorted(s for s in (opt_text(x) for x in r) if s)
 
     async def task_deadline_ms(self, tkey: str, owner: str) -> int | None:
         """The deadline of an existing task of ``owner``; None for a task not yet created."""
         owner_raw, deadline = await self.redis.hmget(self.keys.task(tkey), ["owner", "deadline_ms"])
-        if _s(owner_raw) != owner or deadline is None:
+        if opt_text(owner_raw) != owner or deadline is None:
             return None
-        return int(_s(deadline) or 0)
+        return int(opt_text(deadline) or 0)
 
     async def schedule(self, lease_id: str, at_ms: int) -> None:
         await self.redis.zadd(self.keys.due, {lease_id: at_ms})
 
     async def claim_due(self, *, now_ms: int, until_ms: int, limit: int) -> list[str]:
         r = await self._claim(keys=[self.keys.due], args=[now_ms, until_ms, limit])
-        return [s for s in (_s(x) for x in r) if s]
+        return [s for s in (opt_text(x) for x in r) if s]
 
     async def next_due_ms(self) -> int | None:
         r = await self.redis.zrange(self.keys.due, 0, 0, withscores=True)
@@ -343,7 +338,7 @@ class LeaseStore:
                 pipe.srem(k.overdue, lease_id)
             pipe.hget(k.lease(lease_id), "state")
             results = await pipe.execute()
-        state = _s(results[-1])
+        state = opt_text(results[-1])
         if state is not None and LeaseState(state).live:
             await self.schedule(lease_id, done_ms)
 
@@ -354,7 +349,7 @@ class LeaseStore:
             pipe.zrem(k.due, lease_id)
             pipe.hget(k.lease(lease_id), "state")
             _, state = await pipe.execute()
-        st = _s(state)
+        st = opt_text(state)
         if st is not None and LeaseState(st).live:
             await self.schedule(lease_id, 0)
 
@@ -382,15 +377,18 @@ class LeaseStore:
         return [_record(r) for r in rows]
 
     async def owner_lease_ids(self, owner: str, *, include_done: bool, limit: int) -> list[str]:
-        ids = [_s(x) for x in await self.redis.zrevrange(self.keys.owner_live(owner), 0, limit - 1)]
+        ids = [
+            opt_text(x)
+            for x in await self.redis.zrevrange(self.keys.owner_live(owner), 0, limit - 1)
+        ]
         if include_done and len(ids) < limit:
             done = await self.redis.zrevrange(self.keys.owner_done(owner), 0, limit - len(ids) - 1)
-            ids.extend(_s(x) for x in done)
+            ids.extend(opt_text(x) for x in done)
         return [i for i in ids if i]
 
     async def overdue_ids(self, limit: int) -> list[str]:
         _, ids = await self.redis.sscan(self.keys.overdue, 0, count=limit)
-        return sorted(s for s in (_s(x) for x in ids) if s)[:limit]
+        return sorted(s for s in (opt_text(x) for x in ids) if s)[:limit]
 
     async def load_task(self, owner: str, tkey: str) -> TaskRecord | None:
         k = self.keys
@@ -400,7 +398,7 @@ class LeaseStore:
             raw, members = await pipe.execute()
         if not raw:
             return None
-        h = {_s(a): _s(b) for a, b in raw.items()}
+        h = {opt_text(a): opt_text(b) for a, b in raw.items()}
         if h.get("owner") != owner:
             return None
         completed = h.get("completed_ms")
@@ -412,14 +410,14 @@ class LeaseStore:
             created_at=from_ms(int(h.get("created_ms") or 0)),
             completed_at=from_ms(int(completed)) if completed else None,
             deadline=from_ms(int(deadline)) if deadline else None,
-            lease_ids=sorted(s for s in (_s(x) for x in members) if s),
+            lease_ids=sorted(s for s in (opt_text(x) for x in members) if s),
         )
 
 
 def _record(raw: dict[Any, Any]) -> LeaseRecord | None:
     if not raw:
         return None
-    h = {_s(a): _s(b) for a, b in raw.items()}
+    h = {opt_text(a): opt_text(b) for a, b in raw.items()}
     doc = _doc_dec.decode(h.get("doc") or b"")
     raw_handle = h.get("handle")
     handle = _handle_dec.decode(raw_handle) if raw_handle else {}

@@ -1,4 +1,4 @@
-"""TTL maths, pure: how long a credential lives, and how long to wait before retrying a revoke.
+"""TTL maths, pure: how long a credential lives.
 
 No I/O and no clock: callers pass the values in. Kept apart so the rules are easy to test
 exhaustively (tests/unit/test_ttl.py).
@@ -6,8 +6,6 @@ exhaustively (tests/unit/test_ttl.py).
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
 from datetime import timedelta
 
 import msgspec
@@ -15,7 +13,7 @@ import msgspec
 from broker.errors import InvalidRequest
 from broker.issuer import Capabilities
 
-__all__ = ["TtlDecision", "backoff", "resolve_ttl"]
+__all__ = ["TtlDecision", "resolve_ttl"]
 
 
 class TtlDecision(msgspec.Struct, frozen=True):
@@ -71,22 +69,6 @@ def resolve_ttl(
             )
         ttl = issuer.min_ttl
     return TtlDecision(ttl=ttl, capped_by=capped_by)
-
-
-def backoff(
-    attempt: int,
-    *,
-    base: timedelta,
-    cap: timedelta,
-    rand: Callable[[], float] = random.random,
-) -> timedelta:
-    """Delay before retry number ``attempt`` (1 = after the first failure): exponential from
-    ``base``, capped at ``cap``, with "equal jitter" (between half and all of it) so replicas
-    that failed together do not retry together, and never shorter than half the step."""
-    if attempt < 1:
-        raise ValueError("attempt starts at 1")
-    step = min(cap.total_seconds(), base.total_seconds() * 2 ** min(attempt - 1, 62))
-    return timedelta(seconds=step / 2 + rand() * step / 2)
 
 
 def _fmt(d: timedelta) -> str:

@@ -33,6 +33,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from broker.ssf.set import OutboxEntry
+from broker.state import text
 
 __all__ = ["Acquired", "Outbox", "OutboxKeys", "Record", "RetryState"]
 
@@ -145,10 +146,6 @@ _decoder = msgspec.json.Decoder(OutboxEntry)
 _encoder = msgspec.json.Encoder()
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class OutboxKeys:
     def __init__(self, prefix: str) -> None:
         if not prefix or any(c in prefix for c in "{} "):
@@ -168,7 +165,7 @@ class Cursor(msgspec.Struct, frozen=True):
 
     @classmethod
     def parse(cls, raw: Any) -> Cursor:
-        ident, _, seq = _s(raw).partition(" ")
+        ident, _, seq = text(raw).partition(" ")
         return cls(ident, int(seq or 0))
 
 
@@ -216,7 +213,7 @@ class Outbox:
         res = await self._publish(
             keys=[k.outbox, k.head, k.cursors, k.seen], args=[payload, now_ms, *receivers]
         )
-        ident = _s(res[0])
+        ident = text(res[0])
         return (ident, int(res[1])) if ident else None
 
     async def acquire(self, receiver: str, token: str, *, now_ms: int, until_ms: int) -> Acquired:
@@ -225,10 +222,10 @@ class Outbox:
             keys=[k.locks, k.retry, k.cursors, k.seen, k.outbox, k.head],
             args=[receiver, token, now_ms, until_ms],
         )
-        status = _s(res[0])
+        status = text(res[0])
         if status == "ok":
-            return Acquired("ok", Cursor.parse(res[1]), int(_s(res[2]) or 0))
-        return Acquired(status, None, int(_s(res[2]) or 0), int(_s(res[1])))
+            return Acquired("ok", Cursor.parse(res[1]), int(text(res[2]) or 0))
+        return Acquired(status, None, int(text(res[2]) or 0), int(text(res[1])))
 
     async def renew(self, receiver: str, token: str, *, until_ms: int) -> bool:
         return bool(await self._renew(keys=[self.keys.locks], args=[receiver, token, until_ms]))
@@ -237,13 +234,13 @@ class Outbox:
         raw = await self.redis.xrange(self.keys.outbox, f"({after.id}", "+", count=count)
         out: list[Record] = []
         for ident, fields in raw or ():
-            f = {_s(a): b for a, b in (fields or {}).items()}
+            f = {text(a): b for a, b in (fields or {}).items()}
             try:
                 entry: OutboxEntry | None = _decoder.decode(f["e"])
-                seq = int(_s(f["s"]))
+                seq = int(text(f["s"]))
             except (KeyError, ValueError, msgspec.DecodeError):
                 entry, seq = None, after.seq + len(out) + 1
-            out.append(Record(_s(ident), seq, entry))
+            out.append(Record(text(ident), seq, entry))
         return out
 
     async def ack(
@@ -257,8 +254,8 @@ class Outbox:
             keys=[k.locks, k.cursors, k.retry, k.seen, k.outbox],
             args=[receiver, token, frm.id, to.id, to.seq, forget_before_ms],
         )
-        prev = _s(res[1])
-        return _s(res[0]), (_retry(prev) if prev else None)
+        prev = text(res[1])
+        return text(res[0]), (_retry(prev) if prev else None)
 
     async def fail(
         self, receiver: str, token: str, *, attempts: int, next_ms: int, error: str
@@ -279,11 +276,11 @@ class Outbox:
             pipe.get(self.keys.head)
             pipe.hgetall(self.keys.cursors)
             head, raw = await pipe.execute()
-        return int(_s(head)) if head else 0, {_s(n): Cursor.parse(c) for n, c in raw.items()}
+        return int(text(head)) if head else 0, {text(n): Cursor.parse(c) for n, c in raw.items()}
 
     async def retry_states(self) -> dict[str, RetryState]:
         raw = await self.redis.hgetall(self.keys.retry)
-        return {_s(n): _retry(_s(v)) for n, v in raw.items()}
+        return {text(n): _retry(text(v)) for n, v in raw.items()}
 
 
 def _retry(raw: str) -> RetryState:

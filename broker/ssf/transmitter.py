@@ -37,7 +37,7 @@ from broker.audit import AuditEvent, AuditLog
 from broker.clock import Clock, to_ms
 from broker.config import SsfReceiverSettings, SsfSettings
 from broker.errors import ConfigError
-from broker.leases.ttl import backoff
+from broker.retry import backoff
 from broker.ssf.keys import SetSigner
 from broker.ssf.outbox import Cursor, Outbox, Record
 from broker.ssf.set import (

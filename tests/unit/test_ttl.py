@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from broker.errors import InvalidRequest
 from broker.issuer import Capabilities
-from broker.leases.ttl import backoff, resolve_ttl
+from broker.leases.ttl import resolve_ttl
+from broker.retry import backoff
 
 M = timedelta(minutes=1)
 ISSUER = Capabilities(max_ttl=60 * M, default_ttl=15 * M, min_ttl=timedelta(seconds=1))
