@@ -1,4 +1,5 @@
-"""Who is calling: bearer workload tokens, OAuth client credentials, request ids."""
+"""Who is calling, as HTTP sees it: bearer tokens, OAuth client credentials, request ids and
+the peer address. Verification itself is :class:`broker.service.callers.Callers`'s."""
 
 from __future__ import annotations
 
@@ -16,7 +17,16 @@ from broker.errors import AuthenticationError
 from broker.service import Broker, Client
 from broker.types import Principal
 
-__all__ = ["basic_credentials", "bearer_token", "broker_of", "principal", "request_id"]
+__all__ = [
+    "authenticate_caller",
+    "basic_credentials",
+    "bearer",
+    "bearer_token",
+    "broker_of",
+    "client_address",
+    "principal",
+    "request_id",
+]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_TOKEN_BYTES = 16 * 1024
@@ -44,6 +54,7 @@ def client_address(request: Request[Any, Any, State]) -> str | None:
 
 
 def bearer_token(request: Request[Any, Any, State]) -> str:
+    """The token of an ``Authorization: Bearer`` header (the scheme is case-insensitive)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -52,6 +63,15 @@ def bearer_token(request: Request[Any, Any, State]) -> str:
     if len(token) > MAX_TOKEN_BYTES:
         raise AuthenticationError("token too large")
     return token
+
+
+async def bearer(request: Request[Any, Any, State]) -> str:
+    """:func:`bearer_token`, with a missing or malformed header audited as a refusal."""
+    try:
+        return bearer_token(request)
+    except AuthenticationError as exc:
+        await broker_of(request).callers.refused(exc.message, request_id=request_id(request))
+        raise
 
 
 def basic_credentials(request: Request[Any, Any, State]) -> tuple[str, str] | None:
@@ -72,18 +92,8 @@ def basic_credentials(request: Request[Any, Any, State]) -> tuple[str, str] | No
 
 async def principal(request: Request[Any, Any, State]) -> Principal:
     """Dependency: the verified workload behind the bearer token."""
-    broker, rid = broker_of(request), request_id(request)
-    return await broker.authenticate(await bearer_or_audit(request, broker, rid), request_id=rid)
-
-
-async def bearer_or_audit(request: Request[Any, Any, State], broker: Broker, rid: str) -> str:
-    try:
-        return bearer_token(request)
-    except AuthenticationError as exc:
-        await broker.audit.emit(
-            "auth.failed", outcome="deny", reasons=[exc.message], request_id=rid
-        )
-        raise
+    callers, rid = broker_of(request).callers, request_id(request)
+    return await callers.workload(await bearer(request), request_id=rid)
 
 
 async def authenticate_caller(
@@ -91,14 +101,10 @@ async def authenticate_caller(
 ) -> tuple[Principal | None, Client | None]:
     """For the OAuth endpoints: a workload bearer token, or client credentials (Basic or
     client_secret_post)."""
-    broker = broker_of(request)
-    rid = request_id(request)
+    callers, rid = broker_of(request).callers, request_id(request)
     basic = basic_credentials(request)
     if basic is not None:
-        return None, await broker.authenticate_client(*basic, request_id=rid)
+        return None, await callers.client(*basic, request_id=rid)
     if "client_id" in form and "client_secret" in form:
-        return None, await broker.authenticate_client(
-            form["client_id"], form["client_secret"], request_id=rid
-        )
-    token = await bearer_or_audit(request, broker, rid)
-    return await broker.authenticate(token, request_id=rid), None
+        return None, await callers.client(form["client_id"], form["client_secret"], request_id=rid)
+    return await callers.workload(await bearer(request), request_id=rid), None

@@ -38,7 +38,7 @@ class DevController(Controller):
         self, request: Request[Any, Any, State], data: JSONBody[DevTokenRequest]
     ) -> dict[str, str]:
         broker = broker_of(request)
-        broker.check_dev_admin(bearer_token(request))
+        broker.callers.check_dev_admin(bearer_token(request))
         reserved = sorted(_RESERVED & set(data.claims))
         if reserved:
             raise InvalidRequest(f"claims {reserved} are set by the issuer")

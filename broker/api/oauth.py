@@ -1,10 +1,12 @@
 """The OAuth side: RFC 8693 token exchange, RFC 7662 introspection, RFC 7009 revocation, and
-RFC 8414 metadata. Errors use the RFC 6749 §5.2 shape, not problem+json."""
+RFC 8414 metadata with the JWKS of the tokens the broker issues. Every answer here, errors
+included, is in the RFC 6749 §5.2 shape, not problem+json."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -12,25 +14,26 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
-from litestar.params import JSONBody
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIType
 from redis.exceptions import RedisError
 
 from broker.api.auth import authenticate_caller, broker_of, client_address, request_id
-from broker.api.v1 import new_task_id, parse_ttl
+from broker.api.schemas import new_task_id, parse_ttl
 from broker.approvals import ApprovalState, ApprovalView
 from broker.errors import (
     ApprovalRequired,
     AuthenticationError,
     BrokerError,
     InvalidRequest,
-    NotFound,
     PermissionDenied,
     StoreUnavailable,
 )
-from broker.service import Broker, Client, Issued
-from broker.types import TASK_ID_RULE, Intent, Principal, Scope, Task, valid_task_id
+from broker.service import Broker, Issued
+from broker.types import TASK_ID_RULE, Intent, Scope, Task, valid_task_id
 
-__all__ = ["OAuthController", "WellKnownOAuth", "oauth_error"]
+__all__ = ["OAuthController", "WellKnownOAuth", "oauth_error", "use_params"]
 
 GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 (an RFC 8693 URN)
 TT_JWT = "urn:ietf:params:oauth:token-type:jwt"
@@ -39,6 +42,118 @@ TT_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MULTI = {"resource", "audience"}
 _SECONDS = re.compile(r"[0-9]{1,9}", re.ASCII)
+FORM = "application/x-www-form-urlencoded"
+
+
+class OAuthError(msgspec.Struct, frozen=True, omit_defaults=True):
+    """RFC 6749 §5.2 error (with the broker's extensions where they apply)."""
+
+    error: str
+    error_description: str
+    reasons: list[str] | None = None
+    grant: str | None = None
+    approval_id: str | None = None
+    approval_uri: str | None = None
+    expires_in: int | None = None
+    interval: int | None = None
+
+
+class TokenResponse(msgspec.Struct, frozen=True, omit_defaults=True):
+    """RFC 8693 §2.2.1 response, with RFC 9396 ``authorization_details`` and the lease."""
+
+    access_token: str
+    issued_token_type: str
+    token_type: str
+    expires_in: int
+    scope: str
+    authorization_details: list[dict[str, Any]]
+    lease_id: str
+    task_id: str
+    ttl_capped_by: str | None = None
+
+
+class IntrospectionResponse(msgspec.Struct, frozen=True, omit_defaults=True):
+    """RFC 7662 §2.2: ``{"active": false}`` or the token's facts."""
+
+    active: bool
+    scope: str | None = None
+    client_id: str | None = None
+    sub: str | None = None
+    aud: str | None = None
+    iss: str | None = None
+    exp: int | None = None
+    iat: int | None = None
+    jti: str | None = None
+    token_type: str | None = None
+    task_id: str | None = None
+    authorization_details: list[dict[str, Any]] | None = None
+    cnf: dict[str, str] | None = None
+
+
+def _oauth_errors(*statuses: int) -> dict[int, ResponseSpec]:
+    return {
+        s: ResponseSpec(OAuthError, description="RFC 6749 error", generate_examples=False)
+        for s in statuses
+    }
+
+
+def _form_body(fields: dict[str, str], required: list[str]) -> type[Operation]:
+    """An OpenAPI operation whose request body is the form the handler reads itself."""
+    body = RequestBody(
+        required=True,
+        content={
+            FORM: OpenAPIMediaType(
+                schema=Schema(
+                    type=OpenAPIType.OBJECT,
+                    properties={
+                        k: Schema(type=OpenAPIType.STRING, description=v) for k, v in fields.items()
+                    },
+                    required=required,
+                )
+            )
+        },
+    )
+
+    @dataclass
+    class FormOperation(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = body
+
+    return FormOperation
+
+
+_TOKEN_FORM = _form_body(
+    {
+        "grant_type": GRANT_TOKEN_EXCHANGE,
+        "subject_token": "the workload's identity token",
+        "subject_token_type": f"{TT_JWT} or {TT_ID_TOKEN}",
+        "requested_token_type": f"{TT_ACCESS_TOKEN} (default) or {TT_JWT}",
+        "resource": "the resource (one)",
+        "audience": "alternative to resource",
+        "scope": "the actions, space-separated",
+        "authorization_details": "RFC 9396: a JSON array with one entry (type = issuer)",
+        "issuer": "the issuer instance (default jwt)",
+        "task_id": "the task (default: a new one)",
+        "ttl": "seconds (ASCII digits)",
+        "purpose": "free text shown to approvers",
+    },
+    ["grant_type", "subject_token", "subject_token_type"],
+)
+_TOKEN_ONLY_FORM = {
+    "token": "the token",
+    "client_id": "client_secret_post",
+    "client_secret": "client_secret_post",
+}
+_INTROSPECT_FORM = _form_body(
+    {
+        **_TOKEN_ONLY_FORM,
+        "resource": "the resource server's identifier (governance)",
+        "action": "what the client tried (governance)",
+        "client_address": "the client's IP as the resource server saw it (governance)",
+    },
+    ["token"],
+)
+_REVOKE_FORM = _form_body(_TOKEN_ONLY_FORM, ["token"])
 
 
 class AuthorizationDetail(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -187,17 +302,6 @@ def intent_from_form(form: dict[str, str], default_issuer: str | None) -> Intent
     )
 
 
-def resource_server(
-    broker: Broker, principal: Principal | None, client: Client | None, permissions: set[str]
-) -> tuple[bool, str]:
-    """(may act as a resource server, the caller's name for the record): a configured client
-    with one of ``permissions``, or a workload whose policy grants ``introspect``."""
-    if client is not None:
-        return bool(permissions & client.permissions), f"client:{client.client_id}"
-    assert principal is not None
-    return broker.may_introspect(principal), principal.id
-
-
 def use_params(fields: dict[str, str]) -> dict[str, str | None]:
     """The optional description of a use that a resource server adds when it introspects or
     reports (extension parameters): what it is (``resource``), what the client tried to do
@@ -214,55 +318,6 @@ def use_params(fields: dict[str, str]) -> dict[str, str | None]:
         if value is not None and (len(value) > 2048 or not value.isprintable()):
             raise InvalidRequest(f"{name}: at most 2048 printable characters")
     return {"resource": resource, "action": action, "client_address": address}
-
-
-class UsageIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A use of a credential, reported by the resource server that saw it."""
-
-    token: str | None = None
-    lease_id: str | None = None
-    resource: str | None = None
-    action: str | None = None
-    client_address: str | None = None
-
-
-class UsageController(Controller):
-    path = "/v1/usage"
-    tags = ["governance"]
-
-    @post("/", status_code=200, summary="Report a use of a credential (resource servers)")
-    async def report(
-        self, request: Request[Any, Any, State], data: JSONBody[UsageIn]
-    ) -> dict[str, Any]:
-        broker = broker_of(request)
-        principal, client = await authenticate_caller(request, {})
-        allowed, caller = resource_server(broker, principal, client, {"report", "introspect"})
-        if not allowed:
-            raise PermissionDenied("caller may not report uses")
-        if not data.token and not data.lease_id:
-            raise InvalidRequest("token or lease_id is required")
-        use = use_params(
-            {
-                "resource": data.resource or "",
-                "action": data.action or "",
-                "client_address": data.client_address or "",
-            }
-        )
-        return await broker.report_use(
-            caller=caller,
-            token=data.token,
-            lease_id=data.lease_id,
-            serves=client.resources if client is not None else frozenset(),
-            **use,
-        )
-
-
-@get("/ssf/jwks.json", summary="Keys that verify the broker's Security Event Tokens")
-async def ssf_jwks(request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
-    ssf = broker_of(request).ssf
-    if ssf is None:
-        raise NotFound("Shared Signals is not configured")
-    return Response(ssf.jwks(), headers={"Cache-Control": "public, max-age=60"})
 
 
 def _oauth_store_error(_: Request[Any, Any, State], exc: Exception) -> Response[Any]:
@@ -288,89 +343,69 @@ class OAuthController(Controller):
         "/token",
         status_code=200,
         summary="RFC 8693 token exchange: identity token → scoped credential",
+        operation_class=_TOKEN_FORM,
+        responses={
+            200: ResponseSpec(TokenResponse, description="The credential", generate_examples=False),
+            **_oauth_errors(400, 401, 429, 502, 503),
+        },
     )
     async def token(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
+        """The subject token is verified before anything else of the request is read. A grant
+        that needs approval answers ``authorization_pending`` (with ``approval_id``) until it
+        is decided; repeat the same request to collect the credential."""
         broker = broker_of(request)
         rid = request_id(request)
         try:
             form = await read_form(request)
             subject_token = check_exchange(form)
-            principal = await broker.authenticate(subject_token, request_id=rid)
+            principal = await broker.callers.workload(subject_token, request_id=rid)
             intent = intent_from_form(form, "jwt" if "jwt" in broker.issuers else None)
             # After authentication, so an unauthenticated caller cannot fill the replay cache.
-            cnf = await broker.verify_dpop(
+            cnf = await broker.callers.dpop_binding(
                 request.headers.getall("dpop", []), path="/oauth/token", request_id=rid
             )
             if cnf is not None:
                 intent = msgspec.structs.replace(intent, cnf=cnf)
-            origin = client_address(request)
-            result = await broker.request_credential(
-                principal, intent, origin=origin, request_id=rid
+            result = await broker.issuance.request(
+                principal, intent, origin=client_address(request), request_id=rid
             )
-            if isinstance(result, Issued):
-                issued = result
-            else:
-                pending = await self._approval(broker, principal, result, rid, origin)
-                if isinstance(pending, Response):
-                    return pending
-                issued = pending
         except BrokerError as exc:
             return from_broker_error(exc)
-        lease, cred = issued.lease, issued.credential
-        body = {
-            "access_token": cred.secret.reveal(),
-            "issued_token_type": TT_ACCESS_TOKEN,
-            "token_type": cred.token_type,
-            "expires_in": int((cred.expires_at - broker.clock.now()).total_seconds()),
-            "scope": " ".join(lease.scope.actions),
-            "authorization_details": [
+        if not isinstance(result, Issued):
+            return _pending(broker, result)
+        lease, cred = result.lease, result.credential
+        body = TokenResponse(
+            access_token=cred.secret.reveal(),
+            issued_token_type=TT_ACCESS_TOKEN,
+            token_type=cred.token_type,
+            expires_in=int((cred.expires_at - broker.clock.now()).total_seconds()),
+            scope=" ".join(lease.scope.actions),
+            authorization_details=[
                 {
                     "type": lease.scope.issuer,
                     "locations": [lease.scope.resource],
                     "actions": list(lease.scope.actions),
                 }
             ],
-            "lease_id": lease.id,
-            "task_id": lease.task_id,
-        }
-        if issued.ttl_capped_by:
-            body["ttl_capped_by"] = issued.ttl_capped_by
-        return Response(body, status_code=200, headers=NO_STORE)
-
-    @staticmethod
-    async def _approval(
-        broker: Broker, principal: Principal, view: ApprovalView, rid: str, origin: str | None
-    ) -> Issued | Response[dict[str, Any]]:
-        """The device-flow/CIBA convention for a request that needs approval: repeat the same
-        token request; ``authorization_pending`` until decided, then the token,
-        ``access_denied`` or ``expired_token``."""
-        link = f"{broker.settings.public_url}/v1/approvals/{view.id}"
-        if view.state is ApprovalState.APPROVED:
-            view, issued = await broker.collect(principal, view.id, origin=origin, request_id=rid)
-            if issued is not None:
-                return issued
-        if view.state is ApprovalState.DENIED:
-            return oauth_error(
-                "access_denied", "the approval request was denied", approval_id=view.id
-            )
-        if view.state in (ApprovalState.EXPIRED, ApprovalState.CANCELLED):
-            return oauth_error(
-                "expired_token",
-                f"the approval request is {view.state.value}",
-                approval_id=view.id,
-            )
-        expires_in = int((view.expires_at - broker.clock.now()).total_seconds())
-        return oauth_error(
-            "authorization_pending",
-            f"waiting for approval of grant {view.grant} ({view.needed} more needed)",
-            approval_id=view.id,
-            approval_uri=link,
-            expires_in=max(expires_in, 0),
-            interval=5,
+            lease_id=lease.id,
+            task_id=lease.task_id,
+            ttl_capped_by=result.ttl_capped_by,
         )
+        return Response(msgspec.to_builtins(body), status_code=200, headers=NO_STORE)
 
-    @post("/introspect", status_code=200, summary="RFC 7662 token introspection")
+    @post(
+        "/introspect",
+        status_code=200,
+        summary="RFC 7662 token introspection",
+        operation_class=_INTROSPECT_FORM,
+        responses={
+            200: ResponseSpec(IntrospectionResponse, generate_examples=False),
+            **_oauth_errors(400, 401, 403, 503),
+        },
+    )
     async def introspect(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
+        """For resource servers: a workload whose policy grants ``introspect``, or a configured
+        client with that permission. Every introspection of a known token is a recorded use."""
         broker = broker_of(request)
         try:
             form = await read_form(request)
@@ -379,7 +414,7 @@ class OAuthController(Controller):
             return from_broker_error(exc, client_auth=True)
         except BrokerError as exc:
             return from_broker_error(exc)
-        allowed, caller = resource_server(broker, principal, client, {"introspect"})
+        allowed, caller = broker.tokens.resource_server(principal, client, {"introspect"})
         if not allowed:
             return oauth_error("unauthorized_client", "caller may not introspect tokens", 403)
         token = form.get("token", "")
@@ -389,11 +424,19 @@ class OAuthController(Controller):
             use = use_params(form)
         except InvalidRequest as exc:
             return oauth_error("invalid_request", exc.message)
-        answer = await broker.introspect(token, caller=caller, **use)
+        answer = await broker.tokens.introspect(token, caller=caller, **use)
         return Response(answer, headers=NO_STORE)
 
-    @post("/revoke", status_code=200, summary="RFC 7009 token revocation")
+    @post(
+        "/revoke",
+        status_code=200,
+        summary="RFC 7009 token revocation",
+        operation_class=_REVOKE_FORM,
+        responses=_oauth_errors(400, 401, 503),
+    )
     async def revoke(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
+        """The owner of a token, or a client with the ``revoke`` permission. A token the caller
+        may not revoke gets the answer an unknown token gets: ``200 {}``."""
         broker = broker_of(request)
         try:
             form = await read_form(request)
@@ -406,12 +449,33 @@ class OAuthController(Controller):
         if not token:
             return oauth_error("invalid_request", "token is required")
         try:
-            await broker.revoke_token(
+            await broker.tokens.revoke(
                 token, principal=principal, client=client, request_id=request_id(request)
             )
         except BrokerError as exc:
             return from_broker_error(exc)
         return Response({}, status_code=200, headers=NO_STORE)
+
+
+def _pending(broker: Broker, view: ApprovalView) -> Response[dict[str, Any]]:
+    """The device-flow/CIBA convention for a request that needs approval: repeat the same
+    token request; ``authorization_pending`` until decided, then the token,
+    ``access_denied`` or ``expired_token``."""
+    if view.state is ApprovalState.DENIED:
+        return oauth_error("access_denied", "the approval request was denied", approval_id=view.id)
+    if view.state in (ApprovalState.EXPIRED, ApprovalState.CANCELLED):
+        return oauth_error(
+            "expired_token", f"the approval request is {view.state.value}", approval_id=view.id
+        )
+    expires_in = int((view.expires_at - broker.clock.now()).total_seconds())
+    return oauth_error(
+        "authorization_pending",
+        f"waiting for approval of grant {view.grant} ({view.needed} more needed)",
+        approval_id=view.id,
+        approval_uri=f"{broker.settings.public_url}/v1/approvals/{view.id}",
+        expires_in=max(expires_in, 0),
+        interval=5,
+    )
 
 
 class WellKnownOAuth(Controller):
@@ -440,21 +504,8 @@ class WellKnownOAuth(Controller):
             "service_documentation": f"{base}/schema",
         }
 
-    @get("/audit-jwks.json", summary="Public keys that sign the audit chain's checkpoints")
-    async def audit_jwks(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
-        return Response(
-            broker_of(request).audit.jwks(), headers={"Cache-Control": "public, max-age=300"}
-        )
-
-    @get("/ssf-configuration", summary="OpenID Shared Signals transmitter metadata")
-    async def ssf_configuration(
-        self, request: Request[Any, Any, State]
-    ) -> Response[dict[str, Any]]:
-        ssf = broker_of(request).ssf
-        if ssf is None:
-            raise NotFound("Shared Signals is not configured")
-        return Response(ssf.configuration(), headers={"Cache-Control": "public, max-age=300"})
-
     @get("/jwks.json", summary="Public keys of the broker's signing issuers")
     async def jwks(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
-        return Response(broker_of(request).jwks(), headers={"Cache-Control": "public, max-age=60"})
+        return Response(
+            broker_of(request).documents.jwks(), headers={"Cache-Control": "public, max-age=60"}
+        )

@@ -1,23 +1,35 @@
-"""Wire types of the /v1 JSON API (msgspec Structs; unknown fields are rejected)."""
+"""Wire types of the /v1 JSON API (msgspec Structs; unknown fields are rejected) and the
+conversions between them and the broker's values. The one place the secret leaves its
+``Secret`` wrapper is :func:`issued_response`: the answer to the credential's owner."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+import secrets
+from datetime import datetime, timedelta
+from typing import Annotated
 
 import msgspec
 
+from broker.approvals import ApprovalView
+from broker.clock import parse_duration
+from broker.errors import InvalidRequest
 from broker.leases import TaskView
-from broker.types import Lease, TaskId
+from broker.service import Issued
+from broker.types import Intent, Lease, Scope, Task, TaskId
 
 __all__ = [
+    "ApprovalOut",
     "CredentialRequest",
     "CredentialResponse",
     "LeaseView",
     "TaskIn",
     "TaskOut",
+    "approval_out",
+    "intent_from_request",
+    "issued_response",
     "lease_view",
-    "problem",
+    "new_task_id",
+    "parse_ttl",
     "task_out",
 ]
 
@@ -179,12 +191,90 @@ def task_out(view: TaskView) -> TaskOut:
     )
 
 
-def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "type": f"https://jit-broker.dev/problems/{code}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-    }
-    body.update({k: v for k, v in extra.items() if v is not None})
-    return body
+def new_task_id() -> str:
+    return "auto-" + secrets.token_hex(8)
+
+
+def parse_ttl(value: int | str | None) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        ttl = parse_duration(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"ttl: {exc}") from None
+    if ttl <= timedelta(0):
+        raise InvalidRequest("ttl must be positive")
+    return ttl
+
+
+def intent_from_request(data: CredentialRequest) -> Intent:
+    task = (
+        Task(id=data.task.id, purpose=data.task.purpose, ttl=parse_ttl(data.task.ttl))
+        if data.task
+        else Task(new_task_id(), auto=True)
+    )
+    return Intent(
+        task=task,
+        scope=Scope.of(data.issuer, data.resource, data.actions),
+        ttl=parse_ttl(data.ttl),
+        params=dict(data.params or {}),
+    )
+
+
+def issued_response(issued: Issued) -> CredentialResponse:
+    lease, cred = issued.lease, issued.credential
+    return CredentialResponse(
+        lease_id=lease.id,
+        task_id=lease.task_id,
+        issuer=lease.scope.issuer,
+        resource=lease.scope.resource,
+        actions=list(lease.scope.actions),
+        issued_at=lease.issued_at,
+        expires_at=cred.expires_at,
+        ttl=int((cred.expires_at - lease.issued_at).total_seconds()),
+        grant=issued.grant,
+        policy_version=issued.policy_version,
+        # The one place the secret leaves its wrapper: the response to its owner.
+        credential=CredentialOut(
+            token_type=cred.token_type, secret=cred.secret.reveal(), metadata=dict(cred.metadata)
+        ),
+        ttl_capped_by=issued.ttl_capped_by,
+    )
+
+
+def approval_out(public_url: str, view: ApprovalView, issued: Issued | None = None) -> ApprovalOut:
+    return ApprovalOut(
+        approval_id=view.id,
+        state=view.state.value,
+        owner=view.owner,
+        task_id=view.task.id,
+        purpose=view.task.purpose,
+        issuer=view.scope.issuer,
+        resource=view.scope.resource,
+        actions=list(view.scope.actions),
+        ttl=int(view.ttl.total_seconds()),
+        grant=view.grant,
+        policy_version=view.policy_version,
+        approvers=list(view.approvers),
+        quorum=view.quorum,
+        needed=view.needed,
+        reviews=[
+            ReviewOut(
+                person=r.person,
+                decision=r.decision,
+                at=r.at,
+                via=r.via,
+                ttl=int(r.ttl.total_seconds()) if r.ttl else None,
+                actions=list(r.actions) if r.actions else None,
+                reason=r.reason,
+            )
+            for r in view.reviews
+        ],
+        created_at=view.created_at,
+        expires_at=view.expires_at,
+        decided_at=view.decided_at,
+        on_behalf_of=view.on_behalf_of,
+        link=f"{public_url.rstrip('/')}/v1/approvals/{view.id}",
+        lease_id=issued.lease.id if issued else view.lease_id,
+        credential=issued_response(issued) if issued else None,
+    )

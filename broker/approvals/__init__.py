@@ -11,7 +11,7 @@ See docs/approvals.md.
 
 from broker.approvals.model import ApprovalState, ApprovalView, Review
 from broker.approvals.people import People
-from broker.approvals.service import Approvals, Notifier, TooManyPending
+from broker.approvals.service import Approvals, Notifier, SlackInbound, TooManyPending
 from broker.approvals.store import ApprovalStore
 
 __all__ = [
@@ -22,5 +22,6 @@ __all__ = [
     "Notifier",
     "People",
     "Review",
+    "SlackInbound",
     "TooManyPending",
 ]

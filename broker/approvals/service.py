@@ -12,14 +12,16 @@ is retried with backoff, and it can be decided through the API meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Protocol
 
 import msgspec
+from redis.exceptions import RedisError
 
 from broker.approvals.model import ApprovalState, ApprovalView, Review
 from broker.approvals.people import People
@@ -66,6 +68,21 @@ class Notifier(Protocol):
     async def notify_people(self, slack_user_ids: Sequence[str], a: ApprovalView) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+class SlackActionLike(Protocol):
+    approval_id: str
+    decision: str  # approve | deny
+    slack_user: str
+
+
+class SlackInbound(Protocol):
+    """What the inbound edge needs from Slack: verify a signed request, read its click
+    (broker.approvals.slack.SlackNotifier)."""
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None: ...
+
+    def parse_action(self, body: bytes) -> SlackActionLike: ...
 
 
 def _valid_id(aid: str) -> bool:
@@ -404,6 +421,18 @@ class Approvals:
             )
 
     # -- background ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """About once a second until ``stop``: expire due requests, (re)post to Slack."""
+        while not stop.is_set():
+            try:
+                await self.sweep()
+            except (RedisError, OSError) as exc:
+                log.warning("approval sweep: Redis unavailable (%s)", type(exc).__name__)
+            except Exception:
+                log.exception("approval sweep failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
 
     async def sweep(self) -> int:
         """Expire what is due; (re)post to Slack what is not posted yet. Returns work done."""

@@ -141,6 +141,11 @@ class AuditLog:
         # Without a configured key: a random one, so digests match only within this process.
         self._hmac = hmac_key or HmacKey.generate()
 
+    def add_sink(self, sink: AuditSink) -> None:
+        """Subscribe an in-process sink after construction: for a sink whose owner itself
+        records audit events (the Shared Signals transmitter), so it exists after the log."""
+        self.sinks.append(sink)
+
     async def emit(self, type: str, **fields: object) -> AuditEvent:
         if type == CHECKPOINT:
             raise ValueError(f"{CHECKPOINT!r} records are written by the chain only")

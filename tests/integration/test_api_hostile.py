@@ -5,6 +5,7 @@ cacheable that carries a credential, and 503 (never 500) while the state store i
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -175,13 +176,15 @@ async def test_a_client_reports_by_lease_id_only_for_the_resources_it_serves(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cred = await mint(api, "alice")
-    client = api.broker.clients["orders-api"]
+    clients = api.broker.callers.clients
     basic = httpx.BasicAuth("orders-api", CLIENT_SECRET)
     report = {"lease_id": cred["lease_id"], "action": "read"}
-    monkeypatch.setattr(client, "permissions", frozenset({"report"}))
+    reporter = replace(clients["orders-api"], permissions=frozenset({"report"}))
+    monkeypatch.setitem(clients, "orders-api", reporter)
     r = await api.client.post("/v1/usage", json=report, auth=basic)
     assert r.status_code == 404  # it serves nothing yet
-    monkeypatch.setattr(client, "resources", frozenset({"https://demo.local"}))
+    serving = replace(reporter, resources=frozenset({"https://demo.local"}))
+    monkeypatch.setitem(clients, "orders-api", serving)
     r = await api.client.post("/v1/usage", json=report, auth=basic)
     assert r.status_code == 200, r.text
     assert r.json()["active"] is True

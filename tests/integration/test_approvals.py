@@ -197,7 +197,7 @@ async def env(
 
 
 def verify(env: Env, token: str) -> dict[str, Any]:
-    keys = env.broker.jwks()["keys"]
+    keys = env.broker.documents.jwks()["keys"]
     key = pyjwt.PyJWK(keys[0]).key
     return dict(
         pyjwt.decode(

@@ -294,13 +294,15 @@ async def test_a_policy_reload_is_audited_and_a_broken_one_keeps_the_old_policy(
 async def test_a_signing_key_rotation_is_audited(env: Env) -> None:
     from pathlib import Path
 
+    from broker.service.documents import KeyRotationWatcher
     from issuers.jwt.keys import generate_key
 
-    await env.broker._notice_key_rotation()  # the baseline, as at start
+    watcher = KeyRotationWatcher(env.broker.documents, env.broker.audit)
+    await watcher.check()  # the baseline, as at start
     keys_dir = Path(env.broker.settings.issuers["jwt"].config["keys_dir"])
     info = generate_key(keys_dir, "EdDSA", env.clock.now())  # what `jit keys rotate` does
     env.clock.advance(60)  # the key ring looks at its directory at most every few seconds
-    await env.broker._notice_key_rotation()
+    await watcher.check()
     [rotated] = [e for e in env.audit.events if e.type == "keys.rotated"]
     assert rotated.detail["added"] == [info.kid]
     assert rotated.detail["removed"] == []

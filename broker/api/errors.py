@@ -1,0 +1,166 @@
+"""Errors on the wire: problem+json (RFC 9457) for /v1 and the operational routes, the
+RFC 6749 §5.2 shape for /oauth (broker.api.oauth). One handler per kind of failure, and the
+OpenAPI description of each, so the schema says what is sent."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+from redis.exceptions import RedisError
+
+from broker.api.auth import request_id
+from broker.errors import (
+    ApprovalRequired,
+    BrokerError,
+    PermissionDenied,
+    StoreUnavailable,
+)
+
+__all__ = [
+    "PROBLEM",
+    "RETRY_AFTER",
+    "FieldError",
+    "Problem",
+    "exception_handlers",
+    "problem",
+    "problems",
+]
+
+log = logging.getLogger("jit.api")
+PROBLEM = "application/problem+json"
+#: Seconds a client should wait before retrying a 503 (the store or an issuer is unavailable).
+RETRY_AFTER = "2"
+
+_TITLES = {
+    400: "Bad request",
+    401: "Not authenticated",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Request too large",
+    429: "Too many requests",
+    500: "Internal error",
+    502: "Issuer error",
+    503: "Unavailable",
+}
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    field: str | None
+    message: str | None
+
+
+class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An error (RFC 9457). ``type`` ends in a stable code (``…/denied``,
+    ``…/store-unavailable``); ``request_id`` is also the X-Request-ID header."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    request_id: str = ""
+    reasons: list[str] | None = None  # why the policy said no (403)
+    grant: str | None = None  # the grant that needs approval (403 approval-required)
+    errors: list[FieldError] | None = None  # which fields are invalid (400)
+
+
+def problems(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI ``responses=`` for a route's error statuses, as problem+json."""
+    return {
+        s: ResponseSpec(
+            data_container=Problem,
+            media_type=PROBLEM,
+            description=_TITLES.get(s, "Error"),
+            generate_examples=False,
+        )
+        for s in statuses
+    }
+
+
+def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": f"https://jit-broker.dev/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return body
+
+
+def problem_response(request: Request[Any, Any, State], body: dict[str, Any]) -> Response[Any]:
+    body["request_id"] = request_id(request)  # the middleware sends it as X-Request-ID too
+    headers: dict[str, str] = {}
+    if body["status"] == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="jit-broker"'
+    if body["status"] == 503:
+        headers["Retry-After"] = RETRY_AFTER
+    return Response(body, status_code=body["status"], media_type=PROBLEM, headers=headers)
+
+
+def _broker_error(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:
+    assert isinstance(exc, BrokerError)
+    status = exc.status if exc.status >= 400 else 500
+    extra: dict[str, Any] = {}
+    if isinstance(exc, PermissionDenied):
+        extra["reasons"] = list(exc.reasons)
+    if isinstance(exc, ApprovalRequired):
+        extra["grant"] = exc.grant
+    title = "Approval required" if isinstance(exc, ApprovalRequired) else _TITLES.get(status)
+    if status >= 500:
+        log.warning("%s: %s", exc.__class__.__name__, exc.message)
+    return problem_response(
+        request, problem(status, exc.code, title or "Error", exc.message, **extra)
+    )
+
+
+def _store_error(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:
+    """Redis did not answer (or answered with an error) anywhere in a request: 503, never 500."""
+    log.warning("state store unavailable: %s", type(exc).__name__)
+    return _broker_error(
+        request, StoreUnavailable(f"the state store is unavailable ({type(exc).__name__})")
+    )
+
+
+def _http_error(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    detail = str(exc.detail)
+    errors = None
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+        errors = [
+            {"field": e.get("key"), "message": e.get("message")}
+            for e in exc.extra
+            if isinstance(e, dict)
+        ]
+        msgs = [f"{e['field']}: {e['message']}" for e in errors]
+        detail = "invalid request: " + "; ".join(msgs) if msgs else detail
+    code = {400: "invalid-request", 404: "not-found", 405: "method-not-allowed", 413: "too-large"}
+    return problem_response(
+        request,
+        problem(status, code.get(status, "http"), exc.detail or "Error", detail, errors=errors),
+    )
+
+
+def _internal_error(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:
+    rid = request_id(request)
+    log.error("unhandled %s (request %s)", exc.__class__.__name__, rid, exc_info=exc)
+    return problem_response(
+        request, problem(500, "internal", "Internal error", f"internal error; request id {rid}")
+    )
+
+
+def exception_handlers() -> dict[int | type[Exception], Any]:
+    return {
+        BrokerError: _broker_error,
+        RedisError: _store_error,
+        HTTPException: _http_error,
+        Exception: _internal_error,
+    }

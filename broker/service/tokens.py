@@ -1,0 +1,205 @@
+"""The OAuth token operations on issued credentials: introspection (RFC 7662), revocation
+(RFC 7009) and usage reports from resource servers.
+
+A token leads to its lease through the issuer that recognises it (``Introspectable``). Every
+introspection and report of a known credential is a *use*, recorded and checked against its
+grant's governance rules (which may revoke it, and its task, before the answer is given).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+from broker.audit import AuditLog
+from broker.clock import Clock
+from broker.errors import InvalidRequest, NotFound
+from broker.governance import Governance
+from broker.issuer import Introspectable, Issuer
+from broker.leases import LeaseManager
+from broker.policy import can
+from broker.service.callers import Client
+from broker.service.policy import LivePolicy
+from broker.types import Lease, LeaseState, Principal
+
+__all__ = ["Tokens"]
+
+
+class Tokens:
+    def __init__(
+        self,
+        issuers: Mapping[str, Issuer],
+        manager: LeaseManager,
+        governance: Governance,
+        policy: LivePolicy,
+        audit: AuditLog,
+        clock: Clock,
+        *,
+        public_url: str,
+    ) -> None:
+        self.issuers = issuers
+        self.manager = manager
+        self.governance = governance
+        self.policy = policy
+        self.audit = audit
+        self.clock = clock
+        self.public_url = public_url
+
+    def resource_server(
+        self, principal: Principal | None, client: Client | None, permissions: set[str]
+    ) -> tuple[bool, str]:
+        """(may act as a resource server, the caller's name for the record): a configured
+        client with one of ``permissions``, or a workload whose policy grants ``introspect``."""
+        if client is not None:
+            return bool(permissions & client.permissions), f"client:{client.client_id}"
+        assert principal is not None
+        return can(self.policy.current, principal, "introspect"), principal.id
+
+    async def lease_of(self, token: str) -> Lease | None:
+        """The lease behind a token some issuer recognises (signature and expiry checked)."""
+        now = self.clock.now()
+        for issuer in self.issuers.values():
+            if isinstance(issuer, Introspectable):
+                lease_id = issuer.identify(token, now)
+                if lease_id is not None:
+                    try:
+                        return await self.manager.get(lease_id)
+                    except NotFound:
+                        return None
+        return None
+
+    async def introspect(
+        self,
+        token: str,
+        *,
+        caller: str,
+        resource: str | None = None,
+        action: str | None = None,
+        client_address: str | None = None,
+    ) -> dict[str, Any]:
+        """RFC 7662 response. Active only while the lease is active and before not_after."""
+        lease = await self.lease_of(token)
+        if lease is not None:
+            violations = await self.governance.record_use(
+                lease,
+                reporter=caller,
+                via="introspection",
+                resource=resource,
+                action=action,
+                client_address=client_address,
+            )
+            if violations:
+                lease = await self.manager.get(lease.id)
+        now = self.clock.now()
+        active = lease is not None and lease.state is LeaseState.ACTIVE and now < lease.not_after
+        await self.audit.emit(
+            "lease.introspected",
+            outcome="ok" if active else "deny",
+            lease_id=lease.id if lease else None,
+            task_id=lease.task_id if lease else None,
+            # A keyed digest, never the token: who holds the key can match a leaked token.
+            detail={"caller": caller, "active": active, "token_hmac": self.audit.hmac(token)},
+        )
+        if lease is None or not active:
+            return {"active": False}
+        answer: dict[str, Any] = {
+            "active": True,
+            "scope": " ".join(lease.scope.actions),
+            "client_id": lease.owner,
+            "sub": lease.owner,
+            "aud": lease.scope.resource,
+            "iss": self.public_url,
+            "exp": int(lease.not_after.timestamp()),
+            "iat": int(lease.issued_at.timestamp()),
+            "jti": lease.id,
+            "token_type": "DPoP" if lease.cnf else "Bearer",
+            "task_id": lease.task_id,
+            "authorization_details": [
+                {
+                    "type": lease.scope.issuer,
+                    "locations": [lease.scope.resource],
+                    "actions": list(lease.scope.actions),
+                }
+            ],
+        }
+        if lease.cnf:
+            answer["cnf"] = dict(lease.cnf)  # RFC 9449 §6.2: the resource server checks it
+        return answer
+
+    async def report_use(
+        self,
+        *,
+        caller: str,
+        token: str | None,
+        lease_id: str | None,
+        serves: frozenset[str],
+        resource: str | None,
+        action: str | None,
+        client_address: str | None,
+    ) -> dict[str, Any]:
+        """A resource server's report of one use. It counts only for a credential the reporter
+        may speak for: one it presents (``token``), or, by ``lease_id``, one whose resource is
+        among those the reporter ``serves`` (a configured client's ``resources``). Anything
+        else is NotFound, exactly like an unknown credential: the answer says nothing about
+        other workloads' leases."""
+        lease: Lease | None = None
+        if token:
+            lease = await self.lease_of(token)
+            if lease is not None and lease_id and lease_id != lease.id:
+                raise InvalidRequest("token and lease_id name different credentials")
+        elif lease_id:
+            with contextlib.suppress(NotFound):
+                lease = await self.manager.get(lease_id)
+            if lease is not None and lease.scope.resource not in serves:
+                lease = None
+        if lease is None:
+            raise NotFound("no such credential")
+        violations = await self.governance.record_use(
+            lease,
+            reporter=caller,
+            via="report",
+            resource=resource,
+            action=action,
+            client_address=client_address,
+        )
+        lease = await self.manager.get(lease.id)
+        now = self.clock.now()
+        return {
+            "lease_id": lease.id,
+            "active": lease.state is LeaseState.ACTIVE and now < lease.not_after,
+            "violations": [v.rule for v in violations],
+        }
+
+    async def revoke(
+        self,
+        token: str,
+        *,
+        principal: Principal | None,
+        client: Client | None,
+        request_id: str | None = None,
+    ) -> None:
+        """RFC 7009: revoke the lease behind ``token`` if the caller may (its owner, or a client
+        with the ``revoke`` permission). An unknown token and a token the caller may not revoke
+        get the same silent answer, so the endpoint is no oracle of which tokens are live; the
+        refusal is audited."""
+        lease = await self.lease_of(token)
+        if lease is None:
+            return
+        if client is not None and "revoke" in client.permissions:
+            await self.manager.revoke(lease.id, "explicit")
+        elif principal is not None and lease.owner == principal.id:
+            await self.manager.revoke(lease.id, "explicit", owner=principal.id)
+        else:
+            caller = f"client:{client.client_id}" if client else principal.id if principal else "?"
+            await self.audit.emit(
+                "lease.revoke_refused",
+                outcome="deny",
+                principal=lease.owner,
+                lease_id=lease.id,
+                task_id=lease.task_id,
+                issuer=lease.scope.issuer,
+                reasons=["the caller neither owns the credential nor may revoke for others"],
+                detail={"caller": caller},
+                request_id=request_id,
+            )
