@@ -261,3 +261,11 @@ async def test_oauth_endpoints_answer_503_in_the_oauth_shape_while_redis_is_down
     assert r.status_code == 503, r.text
     assert r.json()["error"] == "temporarily_unavailable"
     assert r.headers["retry-after"]
+
+
+async def test_an_unmatched_route_still_gets_a_request_id_and_no_store(api: Api) -> None:
+    r = await api.client.get("/no/such/route", headers={"X-Request-ID": "trace-42"})
+    assert r.status_code == 404
+    assert r.headers["x-request-id"] == "trace-42"
+    assert r.headers["cache-control"] == "no-store"
+    assert r.headers["content-type"].startswith("application/problem+json")
