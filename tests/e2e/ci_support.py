@@ -237,6 +237,13 @@ grants:
     actions: [read, write]
     max_ttl: 30m
     approval: none
+  - name: prod-deploy
+    issuer: jwt
+    resource: https://prod.internal
+    actions: [deploy]
+    max_ttl: 30m
+    approval:
+      approvers: [{APPROVER}]
 """
 
 
