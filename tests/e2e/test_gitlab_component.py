@@ -240,9 +240,11 @@ def inputs(runner: Runner, **over: Any) -> dict[str, Any]:
     }
 
 
-def assert_secret_never_logged(run: JobRun) -> None:
+def assert_secret_never_logged(run: JobRun, runner: Runner) -> None:
+    """Not in the job's log, nor in the broker's."""
     assert run.credential
     assert run.credential not in run.log
+    assert run.credential not in runner.broker.log.read_text()
 
 
 def test_the_job_script_gets_a_working_credential_and_after_script_revokes_it(
@@ -261,7 +263,7 @@ def test_the_job_script_gets_a_working_credential_and_after_script_revokes_it(
     assert f"job sees lease {claims['jti']}" in run.log
     assert f"jit-broker: task 1001-{runner.job_id} completed" in run.log
     assert run.after_code == 0
-    assert_secret_never_logged(run)
+    assert_secret_never_logged(run, runner)
     assert not (runner.tmp / f"jit-credential-{runner.job_id}").exists()
     runner.assert_revoked(run.credential)
 
@@ -294,7 +296,7 @@ def test_a_hidden_jit_credential_job_extended_by_a_job_exports_the_credential_on
     assert run.code == 0, run.log
     assert run.credential
     verify_credential(runner.broker.url, run.credential, "https://orders.internal")
-    assert_secret_never_logged(run)
+    assert_secret_never_logged(run, runner)
     runner.assert_revoked(run.credential)
 
 
@@ -344,5 +346,5 @@ def test_a_grant_that_needs_approval_waits_and_says_which_request_to_approve(
     assert claims["scope"] == "deploy"
     decided = httpx.get(f"{url}/v1/approvals/{asked[0]}", headers=human).json()
     assert (decided["state"], decided["lease_id"]) == ("approved", claims["jti"])
-    assert_secret_never_logged(run)
+    assert_secret_never_logged(run, runner)
     runner.assert_revoked(run.credential)

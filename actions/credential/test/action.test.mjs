@@ -7,6 +7,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, test } from 'node:test';
+import { IdToken } from '../src/oidc.js';
 import { E2E, Job, approval, approve, deny, introspect, killStragglers, lease, needsBroker, verifyJwt } from './runner.mjs';
 
 const ORDERS = { 'broker-url': E2E.broker, resource: 'https://orders.internal', actions: 'read' };
@@ -228,5 +229,20 @@ describe('the GitHub Action', { skip: needsBroker }, () => {
     const retry = await job.post(main);
     assert.equal(retry.code, 0);
     await assertRevoked(main.outputs.credential, leaseId);
+  });
+
+  test('the OIDC token is fetched again when the one held is about to expire', async () => {
+    process.env.ACTIONS_ID_TOKEN_REQUEST_URL = E2E.idTokenUrl;
+    process.env.ACTIONS_ID_TOKEN_REQUEST_TOKEN = E2E.requestToken;
+    let now = Date.now() / 1000;
+    const source = new IdToken('jit-broker', () => now);
+    const jti = (jwt) => JSON.parse(Buffer.from(jwt.split('.')[1], 'base64url')).jti;
+    const first = await source.get();
+    const exp = JSON.parse(Buffer.from(first.split('.')[1], 'base64url')).exp;
+    now = exp - 120;
+    assert.equal(jti(await source.get()), jti(first), 'two minutes left: the token held is used');
+    now = exp - 30;
+    const second = await source.get();
+    assert.notEqual(jti(second), jti(first), 'thirty seconds left: a fresh token');
   });
 });
