@@ -8,7 +8,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, test } from 'node:test';
 import { IdToken } from '../src/oidc.js';
-import { E2E, Job, approval, approve, deny, introspect, killStragglers, lease, needsBroker, verifyJwt } from './runner.mjs';
+import { E2E, Job, approval, approve, brokerCall, deny, introspect, killStragglers, lease, needsBroker, verifyJwt } from './runner.mjs';
 
 const ORDERS = { 'broker-url': E2E.broker, resource: 'https://orders.internal', actions: 'read' };
 const PROD = { 'broker-url': E2E.broker, resource: 'https://prod.internal', actions: 'deploy' };
@@ -40,6 +40,10 @@ describe('the GitHub Action', { skip: needsBroker }, () => {
     // Masked: the only line of the log that holds the secret is the add-mask command.
     assert.deepEqual(linesWith(main.stdout, cred), [`::add-mask::${cred}`]);
     assert.ok(!main.stderr.includes(cred));
+    // So is the job's OIDC token: every JWT in the log is inside an add-mask command.
+    const jwts = main.stdout.split('\n').filter((l) => /eyJ[\w-]+\.[\w-]+\.[\w-]+/.test(l));
+    assert.equal(jwts.length, 2, 'the OIDC token and the credential');
+    assert.ok(jwts.every((l) => l.startsWith('::add-mask::')), jwts.join('\n'));
     assert.ok(!main.stateText.includes(cred), 'the secret must never reach the step state');
     assert.ok(!main.summary.includes(cred));
     assert.match(main.summary, new RegExp(main.outputs['lease-id'].replace('.', '\\.')));
@@ -141,6 +145,17 @@ describe('the GitHub Action', { skip: needsBroker }, () => {
     assert.match(post.stdout, /nothing to revoke/);
   });
 
+  test('an approval request cancelled while main waits fails main saying so', async () => {
+    const job = new Job();
+    const step = job.start('main', PROD);
+    const [, id] = await step.waitFor(APPROVAL_ANNOUNCED);
+    const cancelled = await brokerCall('POST', `/v1/approvals/${id}/cancel`); // by the workload itself
+    assert.equal(cancelled.status, 200, JSON.stringify(cancelled.body));
+    const main = await step.done;
+    assert.equal(main.code, 1);
+    assert.match(main.stdout, new RegExp(`::error::jit-broker: approval request ${id} is cancelled: no credential was issued`));
+  });
+
   test('a main step killed while waiting for approval: post cancels the pending request', async () => {
     const job = new Job();
     const step = job.start('main', PROD);
@@ -175,7 +190,7 @@ describe('the GitHub Action', { skip: needsBroker }, () => {
     assert.match(post.stdout, /Nothing to clean up: the main step asked the broker for nothing/);
   });
 
-  test('a refused connection and a 503 with Retry-After are retried until the broker answers', async () => {
+  test('a refused connection and a 503 with Retry-After are retried, by main and by post, until the broker answers', async () => {
     // A port with nothing listening yet; once main reports the refused connection, a proxy
     // starts there that answers 503 once, then forwards to the broker.
     const port = await new Promise((resolve) => {
@@ -206,8 +221,11 @@ describe('the GitHub Action', { skip: needsBroker }, () => {
       assert.equal(main.code, 0, main.stdout + main.stderr);
       assert.match(main.stdout, /is unavailable: Service Unavailable \(503\): redis is not answering; retrying in 2\.0s/);
       await verifyJwt(main.outputs.credential, 'https://orders.internal');
+      unavailable = 1; // the post step retries too
       const post = await job.post(main);
       assert.equal(post.code, 0, post.stdout + post.stderr);
+      assert.match(post.stdout, /is unavailable: Service Unavailable \(503\): redis is not answering; retrying in 2\.0s \(attempt 1 of 5\)/);
+      assert.match(post.stdout, /Completed task/);
       await assertRevoked(main.outputs.credential, main.outputs['lease-id']);
     } finally {
       proxy.close();
