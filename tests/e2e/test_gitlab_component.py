@@ -348,3 +348,34 @@ def test_a_grant_that_needs_approval_waits_and_says_which_request_to_approve(
     assert (decided["state"], decided["lease_id"]) == ("approved", claims["jti"])
     assert_secret_never_logged(run, runner)
     runner.assert_revoked(run.credential)
+
+
+def test_a_denied_approval_fails_the_job_before_its_script_with_the_reason(
+    runner: Runner,
+) -> None:
+    jobs = load_component(
+        inputs(runner, resource="https://prod.internal", actions="deploy")
+        | {"script": ["echo the script ran"]}
+    )
+    human = {"Authorization": f"Bearer {runner.oidc.human_token()}"}
+    url = runner.broker.url
+    denied: list[int] = []
+
+    def deny_when_asked(line: str) -> None:
+        m = re.search(r"waiting for approval request ([0-9a-f]{32})", line)
+        if m:
+            aid = m.group(1)
+
+            def decide() -> None:
+                body = {"reason": "change freeze"}
+                r = httpx.post(f"{url}/v1/approvals/{aid}/deny", headers=human, json=body)
+                denied.append(r.status_code)
+
+            threading.Thread(target=decide).start()
+
+    run = runner.run(resolve(jobs, "jit-credential"), on_output=deny_when_asked)
+    assert denied == [200], run.log
+    assert run.code != 0
+    assert "alice: change freeze" in run.log
+    assert "the script ran" not in run.log
+    assert run.after_code == 0
