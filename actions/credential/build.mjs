@@ -1,5 +1,6 @@
 // Bundles src/main.js and src/post.js, with @actions/core, into dist/ (committed: the runner
 // executes dist/ as it is, with no npm install). `npm run build`; a test checks dist/ is current.
+import { rmSync } from 'node:fs';
 import * as esbuild from 'esbuild';
 import { fileURLToPath } from 'node:url';
 
@@ -24,5 +25,7 @@ export function options(outdir = 'dist') {
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  await esbuild.build(options(process.argv[2] || 'dist'));
+  const outdir = process.argv[2] || 'dist';
+  rmSync(new URL(outdir, `file://${here}`), { recursive: true, force: true }); // no stale chunk survives
+  await esbuild.build(options(outdir));
 }

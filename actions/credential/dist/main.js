@@ -14,7 +14,7 @@ import {
   setSecret,
   summary,
   warning
-} from "./shared-YN2ZJVPS.js";
+} from "./shared-JO2LKG6B.js";
 
 // src/duration.js
 var UNITS = { s: 1, m: 60, h: 3600, d: 86400 };

@@ -6,7 +6,7 @@ import {
   getState,
   info,
   warning
-} from "./shared-YN2ZJVPS.js";
+} from "./shared-JO2LKG6B.js";
 
 // src/post.js
 function leaseList(task) {

@@ -1,6 +1,9 @@
 // The broker's HTTP API, as much of it as the action needs: retries transient failures
 // (connection errors, 502/503/504, honouring Retry-After) and turns problem+json into messages.
+// HTTP goes through @actions/http-client, as core.getIDToken's does: the runner's proxy settings
+// (https_proxy, no_proxy) apply to both.
 import * as core from '@actions/core';
+import { HttpClient } from '@actions/http-client';
 
 const TRANSIENT = new Set([502, 503, 504]);
 const RETRY_AFTER_CAP_S = 60;
@@ -27,9 +30,16 @@ function backoffSeconds(attempt) {
 }
 
 function why(err) {
-  const cause = err.cause || {};
-  if (err.name === 'TimeoutError') return 'timed out';
-  return cause.code || cause.message || err.message;
+  if (/timeout/i.test(err.message)) return 'timed out';
+  return err.code || err.message;
+}
+
+function parse(text) {
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
 }
 
 /** "Title (status): detail" and one line per reason, from a problem+json (or OAuth) body. */
@@ -51,47 +61,33 @@ export class Broker {
 
   /** {status, body} for any answer that is not transient; throws BrokerError when it gives up. */
   async call(method, path, { body, timeoutMs = 30_000 } = {}) {
+    const http = new HttpClient('jit-broker-credential-action', [], {
+      allowRetries: false, // retried here, with the broker's Retry-After
+      allowRedirects: false,
+      socketTimeout: timeoutMs,
+    });
     for (let attempt = 1; ; attempt++) {
       const headers = { Authorization: `Bearer ${await this.idToken.get()}`, Accept: 'application/json' };
       if (body !== undefined) headers['Content-Type'] = 'application/json';
-      let res;
+      let status = 0;
+      let text = '';
+      let retryAfter = null;
       let failure;
       try {
-        res = await fetch(this.url + path, {
-          method,
-          headers,
-          body: body === undefined ? undefined : JSON.stringify(body),
-          signal: AbortSignal.timeout(timeoutMs),
-          redirect: 'manual',
-        });
+        const res = await http.request(method, this.url + path, body === undefined ? null : JSON.stringify(body), headers);
+        status = res.message.statusCode;
+        retryAfter = res.message.headers['retry-after'];
+        text = await res.readBody();
       } catch (err) {
         failure = `cannot reach the broker at ${this.url} (${why(err)})`;
       }
-      let delay;
-      if (res && !TRANSIENT.has(res.status)) {
-        const text = await res.text();
-        let parsed = null;
-        try {
-          parsed = text ? JSON.parse(text) : null;
-        } catch {
-          parsed = null;
-        }
-        return { status: res.status, body: parsed };
+      if (!failure && !TRANSIENT.has(status)) return { status, body: parse(text) };
+      let delay = null;
+      if (!failure) {
+        failure = `the broker at ${this.url} is unavailable: ${describeProblem(status, parse(text))}`;
+        delay = retryAfterSeconds(retryAfter);
       }
-      if (res) {
-        const text = await res.text().catch(() => '');
-        let problem = null;
-        try {
-          problem = JSON.parse(text);
-        } catch {
-          problem = null;
-        }
-        failure = `the broker at ${this.url} is unavailable: ${describeProblem(res.status, problem)}`;
-        delay = retryAfterSeconds(res.headers.get('retry-after'));
-        if (attempt >= this.attempts) throw new BrokerError(failure, res.status, problem);
-      } else if (attempt >= this.attempts) {
-        throw new BrokerError(failure, 0, null);
-      }
+      if (attempt >= this.attempts) throw new BrokerError(failure, status, parse(text));
       delay = delay ?? backoffSeconds(attempt);
       core.info(`${failure}; retrying in ${delay.toFixed(1)}s (attempt ${attempt} of ${this.attempts})`);
       await sleep(delay * 1000);

@@ -13607,7 +13607,7 @@ var require_fetch = __commonJS({
     function handleFetchDone(response) {
       finalizeAndReportTiming(response, "fetch");
     }
-    function fetch2(input, init = void 0) {
+    function fetch(input, init = void 0) {
       webidl.argumentLengthCheck(arguments, 1, "globalThis.fetch");
       let p = createDeferredPromise();
       let requestObject;
@@ -14562,7 +14562,7 @@ var require_fetch = __commonJS({
       }
     }
     module.exports = {
-      fetch: fetch2,
+      fetch,
       Fetch,
       fetching,
       finalizeAndReportTiming
@@ -19100,7 +19100,7 @@ var require_undici = __commonJS({
     module.exports.setGlobalDispatcher = setGlobalDispatcher;
     module.exports.getGlobalDispatcher = getGlobalDispatcher;
     var fetchImpl = require_fetch().fetch;
-    module.exports.fetch = async function fetch2(init, options = void 0) {
+    module.exports.fetch = async function fetch(init, options = void 0) {
       try {
         return await fetchImpl(init, options);
       } catch (err) {
@@ -20525,9 +20525,15 @@ function backoffSeconds(attempt) {
   return Math.min(15, 2 ** (attempt - 1)) * (0.8 + 0.4 * Math.random());
 }
 function why(err) {
-  const cause = err.cause || {};
-  if (err.name === "TimeoutError") return "timed out";
-  return cause.code || cause.message || err.message;
+  if (/timeout/i.test(err.message)) return "timed out";
+  return err.code || err.message;
+}
+function parse(text) {
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
 }
 function describeProblem(status, problem) {
   if (!problem || typeof problem !== "object") return `HTTP ${status}`;
@@ -20545,47 +20551,34 @@ var Broker = class {
   }
   /** {status, body} for any answer that is not transient; throws BrokerError when it gives up. */
   async call(method, path, { body, timeoutMs = 3e4 } = {}) {
+    const http2 = new HttpClient("jit-broker-credential-action", [], {
+      allowRetries: false,
+      // retried here, with the broker's Retry-After
+      allowRedirects: false,
+      socketTimeout: timeoutMs
+    });
     for (let attempt = 1; ; attempt++) {
       const headers = { Authorization: `Bearer ${await this.idToken.get()}`, Accept: "application/json" };
       if (body !== void 0) headers["Content-Type"] = "application/json";
-      let res;
+      let status = 0;
+      let text = "";
+      let retryAfter = null;
       let failure;
       try {
-        res = await fetch(this.url + path, {
-          method,
-          headers,
-          body: body === void 0 ? void 0 : JSON.stringify(body),
-          signal: AbortSignal.timeout(timeoutMs),
-          redirect: "manual"
-        });
+        const res = await http2.request(method, this.url + path, body === void 0 ? null : JSON.stringify(body), headers);
+        status = res.message.statusCode;
+        retryAfter = res.message.headers["retry-after"];
+        text = await res.readBody();
       } catch (err) {
         failure = `cannot reach the broker at ${this.url} (${why(err)})`;
       }
-      let delay;
-      if (res && !TRANSIENT.has(res.status)) {
-        const text = await res.text();
-        let parsed = null;
-        try {
-          parsed = text ? JSON.parse(text) : null;
-        } catch {
-          parsed = null;
-        }
-        return { status: res.status, body: parsed };
+      if (!failure && !TRANSIENT.has(status)) return { status, body: parse(text) };
+      let delay = null;
+      if (!failure) {
+        failure = `the broker at ${this.url} is unavailable: ${describeProblem(status, parse(text))}`;
+        delay = retryAfterSeconds(retryAfter);
       }
-      if (res) {
-        const text = await res.text().catch(() => "");
-        let problem = null;
-        try {
-          problem = JSON.parse(text);
-        } catch {
-          problem = null;
-        }
-        failure = `the broker at ${this.url} is unavailable: ${describeProblem(res.status, problem)}`;
-        delay = retryAfterSeconds(res.headers.get("retry-after"));
-        if (attempt >= this.attempts) throw new BrokerError(failure, res.status, problem);
-      } else if (attempt >= this.attempts) {
-        throw new BrokerError(failure, 0, null);
-      }
+      if (attempt >= this.attempts) throw new BrokerError(failure, status, parse(text));
       delay = delay ?? backoffSeconds(attempt);
       info(`${failure}; retrying in ${delay.toFixed(1)}s (attempt ${attempt} of ${this.attempts})`);
       await sleep(delay * 1e3);
