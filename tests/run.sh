@@ -22,6 +22,8 @@ need_apt psql postgresql-client
 need_apt ssh openssh-client
 need_apt ssh-keygen openssh-client
 [ -x /usr/sbin/sshd ] || APT_PKGS="${APT_PKGS:-} openssh-server"   # the ssh issuer's real-client tests
+need_apt node nodejs   # the GitHub Action (actions/credential) and its tests
+need_apt npm npm
 if [ -n "${APT_PKGS:-}" ]; then
   echo "== installing Debian packages:${APT_PKGS}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -30,6 +32,13 @@ fi
 
 # sshd's privilege-separation directory (the ssh issuer's tests start a real sshd)
 if [ "$(id -u)" -eq 0 ]; then mkdir -p -m 0755 /run/sshd; else sudo mkdir -p -m 0755 /run/sshd || true; fi
+
+# The GitHub Action's npm packages (esbuild, @actions/core), when missing or older than the lock.
+if [ ! -f actions/credential/node_modules/.package-lock.json ] ||
+   [ actions/credential/package-lock.json -nt actions/credential/node_modules/.package-lock.json ]; then
+  echo "== npm ci (actions/credential)"
+  (cd actions/credential && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
 
 echo "== checking Redis on 127.0.0.1:6379"
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
