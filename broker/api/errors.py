@@ -45,6 +45,7 @@ _TITLES = {
     405: "Method not allowed",
     409: "Conflict",
     413: "Request too large",
+    422: "Unprocessable request",
     429: "Too many requests",
     500: "Internal error",
     502: "Issuer error",

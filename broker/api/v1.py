@@ -3,6 +3,7 @@ issuers' public documents."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgspec
@@ -29,9 +30,18 @@ from broker.api.schemas import (
 from broker.approvals import ApprovalState
 from broker.errors import Conflict, PermissionDenied
 from broker.service import Issued
-from broker.types import TASK_ID_PATTERN, Principal
+from broker.service.idempotency import Replay
+from broker.types import TASK_ID_PATTERN, LeaseState, Principal
 
 __all__ = ["IssuerDocuments", "V1Controller"]
+
+_CANONICAL = msgspec.json.Encoder(order="sorted")
+
+
+def _auto_task(key: str, caller: Principal) -> str:
+    """The task a keyed request without a task gets: the same on every retry."""
+    return "auto-" + hashlib.sha256(f"{caller.id}\0{key}".encode()).hexdigest()[:16]
+
 
 LeaseId = Parameter(pattern=r"^[A-Za-z0-9._-]{1,64}$", max_length=64)
 TaskIdParam = Parameter(pattern=TASK_ID_PATTERN, max_length=128)
@@ -52,7 +62,7 @@ class V1Controller(Controller):
             202: ResponseSpec(
                 ApprovalOut, description="The grant needs approval: the approval request"
             ),
-            **problems(*_AUTH, 403, 409, 413, 429, 502),
+            **problems(*_AUTH, 403, 409, 413, 422, 429, 502),
         },
     )
     async def request_credential(
@@ -71,15 +81,50 @@ class V1Controller(Controller):
         )
         if cnf is not None:
             intent = msgspec.structs.replace(intent, cnf=cnf)
-        result = await broker.issuance.request(
-            caller,
-            intent,
-            on_behalf_of=data.on_behalf_of,
-            origin=client_address(request),
-            request_id=rid,
-        )
+        key = request.headers.get("idempotency-key")
+        claim = None
+        if key is not None:
+            digest = hashlib.sha256(_CANONICAL.encode(data)).hexdigest()
+            task = data.task.id if data.task else ""
+            found = await broker.idempotency.begin(caller.id, task, key, digest)
+            if isinstance(found, Replay):
+                lease = await broker.workloads.lease(caller, found.lease_id)
+                if lease.state is not LeaseState.ACTIVE:
+                    raise Conflict(
+                        f"the credential of this Idempotency-Key is {lease.state}; use a new key"
+                    )
+                return Response(
+                    msgspec.json.decode(found.body, type=CredentialResponse),
+                    status_code=201,
+                    headers={"Idempotent-Replayed": "true"},
+                )
+            claim = found
+            if data.task is None:  # the auto task must be the same on a retry
+                intent = msgspec.structs.replace(
+                    intent, task=msgspec.structs.replace(intent.task, id=_auto_task(key, caller))
+                )
+        try:
+            result = await broker.issuance.request(
+                caller,
+                intent,
+                on_behalf_of=data.on_behalf_of,
+                origin=client_address(request),
+                request_id=rid,
+            )
+        except BaseException:
+            if claim is not None:
+                await broker.idempotency.abandon(claim)
+            raise
         if isinstance(result, Issued):
-            return Response(issued_response(result), status_code=201)
+            answer = issued_response(result)
+            if claim is None:
+                return Response(answer, status_code=201)
+            await broker.idempotency.finish(
+                claim, msgspec.json.encode(answer), result.lease.id, result.credential.expires_at
+            )
+            return Response(answer, status_code=201)
+        if claim is not None:
+            await broker.idempotency.abandon(claim)
         view = result
         if view.state is ApprovalState.DENIED:
             reasons = [f"{r.person}: {r.reason}" for r in view.reviews if r.decision == "deny"]

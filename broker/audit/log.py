@@ -180,6 +180,10 @@ class AuditLog:
         may carry instead of the value; whoever holds the key can match a known value."""
         return self._hmac.digest(value)
 
+    def derive_key(self, purpose: bytes) -> bytes:
+        """A key derived from the audit HMAC key for ``purpose`` (HKDF; see HmacKey.derive)."""
+        return self._hmac.derive(purpose)
+
     def hmac_matches(self, value: str, digest: str) -> bool:
         """Constant-time check that ``digest`` is :meth:`hmac` of ``value``."""
         return self._hmac.matches(value, digest)

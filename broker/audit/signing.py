@@ -297,6 +297,16 @@ class HmacKey:
         """Constant-time: does ``digest`` (``hmac-sha256:<hex>``) belong to ``value``?"""
         return hmac.compare_digest(self.digest(value).encode(), digest.encode())
 
+    def derive(self, purpose: bytes, length: int = 32) -> bytes:
+        """A key for another purpose, derived with HKDF-SHA256 (``info`` = ``purpose``), so
+        the broker's one configured secret yields independent keys (docs/adr/0009)."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=purpose).derive(
+            self._key
+        )
+
     def __repr__(self) -> str:
         return "HmacKey('**********')"
 

@@ -39,6 +39,7 @@ from broker.policy import PolicySet
 from broker.service.approval_desk import ApprovalDesk
 from broker.service.callers import Callers
 from broker.service.documents import Documents
+from broker.service.idempotency import Idempotency
 from broker.service.issuance import Issuance
 from broker.service.policy import LivePolicy
 from broker.service.supervisor import Supervisor
@@ -74,6 +75,7 @@ class Broker:
     tokens: Tokens
     desk: ApprovalDesk
     documents: Documents
+    idempotency: Idempotency
     supervisor: Supervisor
     ssf: SsfTransmitter | None = None
     dev_identity: DevIdentityIssuer | None = None

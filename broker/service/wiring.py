@@ -31,6 +31,7 @@ from broker.service.approval_desk import ApprovalDesk
 from broker.service.broker import Broker
 from broker.service.callers import DEV_APPROVER, Callers, Client
 from broker.service.documents import Documents, KeyRotationWatcher
+from broker.service.idempotency import PURPOSE, Idempotency
 from broker.service.issuance import Issuance
 from broker.service.policy import LivePolicy
 from broker.service.supervisor import Component, Supervisor
@@ -217,6 +218,7 @@ async def build_broker(
             slack=notifier,
         ),
         documents=documents,
+        idempotency=Idempotency(redis, settings.key_prefix, audit.derive_key(PURPOSE), clock),
         supervisor=Supervisor(components),
         ssf=ssf,
         dev_identity=dev_identity,
