@@ -142,6 +142,10 @@ class ReaperSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=T
     backoff_base: timedelta = timedelta(seconds=1)
     backoff_cap: timedelta = timedelta(minutes=5)
     overdue_after_attempts: int = 8
+    # ... or when revocation has kept failing this long, whichever comes first
+    overdue_after: timedelta = timedelta(seconds=60)
+    health_interval: timedelta = timedelta(seconds=10)  # issuer health checks while healthy
+    health_retry_interval: timedelta = timedelta(seconds=2)  # ... and while degraded
     retention: timedelta = timedelta(hours=24)  # how long revoked lease records stay readable
     issuer_timeout: timedelta = timedelta(seconds=10)  # one mint or revoke call at an issuer
 

@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from broker.audit import AuditLog
+from broker.state.connect import redis_client
 from broker.testing import FakeClock
 from broker.types import Secret
 from tests.leakscan import LEAKS, CaptureHandler, redis_values
@@ -75,7 +76,7 @@ def key_prefix() -> str:
 @pytest.fixture
 async def real_redis(key_prefix: str) -> AsyncIterator[aioredis.Redis]:
     """The real Redis on 127.0.0.1:6379; every key under ``key_prefix`` is deleted after."""
-    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=False)
+    client = redis_client(REDIS_URL)
     try:
         await client.ping()
     except Exception as exc:  # the README's test command starts Redis; this should not happen

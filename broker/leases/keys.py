@@ -7,6 +7,7 @@
     {prefix}:{t:<task_key>}:lease:<id>    hash   one lease (never its secret)
     {prefix}:{due}                        zset   lease id → when the reaper must look at it (ms)
     {prefix}:{overdue}                    set    leases whose revocation failed N times
+    {prefix}:{retry:<issuer key>}         set    leases whose revocation at that issuer failed
     {prefix}:{o:<owner_key>}:live         zset   the owner's live leases (score: issued_at)
     {prefix}:{o:<owner_key>}:done         zset   the owner's finished leases (score: revoked_at)
 
@@ -78,3 +79,8 @@ class Keys:
 
     def owner_done(self, owner: str) -> str:
         return f"{self.prefix}:{{o:{owner_key(owner)}}}:done"
+
+    def retry(self, issuer: str) -> str:
+        """The leases whose revocation at ``issuer`` failed and waits in backoff: retried at
+        once when the issuer answers again."""
+        return f"{self.prefix}:{{retry:{hashlib.sha256(issuer.encode()).hexdigest()[:16]}}}"

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -40,13 +42,14 @@ from broker.errors import (
     NotFound,
 )
 from broker.issuer import Issuer
+from broker.leases.health import IssuerHealth
 from broker.leases.keys import new_lease_id, task_key, task_key_of, validate_task_id
 from broker.leases.store import LeaseRecord, LeaseStore
 from broker.replica import new_replica_id
 from broker.retry import backoff
 from broker.types import Credential, Lease, LeaseState, MintRequest, Principal, Scope, Task
 
-__all__ = ["LeaseManager", "TaskView"]
+__all__ = ["IssuerSlots", "LeaseManager", "TaskView"]
 
 log = logging.getLogger("jit.leases")
 
@@ -75,6 +78,37 @@ def _describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class IssuerSlots:
+    """The reaper's revocations per issuer: at most ``per_issuer`` calls in flight, at most
+    ``backlog`` leases holding or waiting for a slot. A lease of a *degraded* issuer (its
+    backend timed out or is down) that finds no free slot, or of any issuer whose backlog is
+    full, goes back on the due index for ``defer`` instead of queueing: one hung backend
+    delays no other issuer's revocations, and a healthy issuer's burst just waits its turn."""
+
+    def __init__(self, per_issuer: int, backlog: int, defer: timedelta) -> None:
+        self.per_issuer = per_issuer
+        self.backlog = backlog
+        self.defer_ms = int(defer.total_seconds() * 1000)
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._held: Counter[str] = Counter()
+
+    @contextlib.asynccontextmanager
+    async def enter(self, issuer: str, *, degraded: bool = False) -> AsyncIterator[bool]:
+        """Yields True holding one of ``issuer``'s slots, or False: defer the lease."""
+        slot = self._slots.get(issuer)
+        if slot is None:
+            slot = self._slots[issuer] = asyncio.Semaphore(self.per_issuer)
+        if self._held[issuer] >= self.backlog or (degraded and slot.locked()):
+            yield False
+            return
+        self._held[issuer] += 1
+        try:
+            async with slot:
+                yield True
+        finally:
+            self._held[issuer] -= 1
+
+
 class LeaseManager:
     def __init__(
         self,
@@ -85,6 +119,7 @@ class LeaseManager:
         settings: ReaperSettings,
         *,
         replica_id: str | None = None,
+        health: IssuerHealth | None = None,
     ) -> None:
         self.store = store
         self.issuers = issuers
@@ -92,6 +127,7 @@ class LeaseManager:
         self.clock = clock
         self.settings = settings
         self.replica_id = replica_id or new_replica_id()
+        self.health = health
 
     # -- issue ------------------------------------------------------------------------------
 
@@ -124,6 +160,8 @@ class LeaseManager:
         if issuer is None:
             raise InvalidRequest(f"unknown issuer {scope.issuer!r}")
         issuer.check_scope(scope)
+        if self.health is not None:
+            self.health.require(scope.issuer)  # degraded: 503 before anything is written
         s = self.settings
         now = self.clock.now()
         not_after = now + ttl
@@ -183,6 +221,7 @@ class LeaseManager:
             )
             _check_credential(credential, not_after)
         except Exception as exc:
+            self._backend_failed(scope.issuer, exc)
             await self.audit.emit(
                 "lease.mint_failed", outcome="error", reasons=[_describe(exc)], **common
             )
@@ -340,9 +379,10 @@ class LeaseManager:
 
         await asyncio.gather(*(one(lid) for lid in lease_ids))
 
-    async def reap(self, lease_id: str) -> str:
+    async def reap(self, lease_id: str, *, slots: IssuerSlots | None = None) -> str:
         """What the reaper does with a lease id it claimed from the due index. Returns what
-        happened: ``gone``, ``done``, ``rescheduled`` or ``revoked``/``failed``/``busy``."""
+        happened: ``gone``, ``done``, ``rescheduled``, ``deferred`` (every slot of its issuer
+        is busy: back on the due index shortly) or ``revoked``/``failed``/``busy``."""
         rec = await self.store.load(lease_id)
         if rec is None:
             await self.store.drop_due(lease_id)
@@ -371,7 +411,33 @@ class LeaseManager:
             trigger = "mint_timeout"
         else:
             trigger = "ttl"
-        return await self._revoke(lease_id, trigger)
+        if slots is None:
+            return await self._revoke(lease_id, trigger)
+        issuer = lease.scope.issuer
+        degraded = self.health is not None and not self.health.healthy(issuer)
+        async with slots.enter(issuer, degraded=degraded) as entered:
+            if entered:
+                return await self._revoke(lease_id, trigger)
+        # This issuer's calls are all busy (a slow or frozen backend): do not queue behind it,
+        # so every other issuer's revocations go on at their own pace.
+        await self.store.schedule(lease_id, now_ms + slots.defer_ms)
+        return "deferred"
+
+    async def retry_now(self, issuer: str) -> int:
+        """Put every revocation waiting in backoff for ``issuer`` back on the due index now
+        (the issuer answers again). Returns how many."""
+        ids = await self.store.waiting_revocations(issuer)
+        now_ms = to_ms(self.clock.now())
+        for lease_id in ids:
+            await self.store.schedule(lease_id, now_ms)
+        if ids:
+            log.info("issuer %s answers again: retrying %d revocations now", issuer, len(ids))
+        return len(ids)
+
+    def _backend_failed(self, issuer: str, exc: BaseException) -> None:
+        """A timeout or an outage at the backend degrades the issuer until it answers."""
+        if self.health is not None and isinstance(exc, TimeoutError | IssuerUnavailable):
+            self.health.failed(issuer, exc)
 
     async def _revoke(self, lease_id: str, trigger: str) -> str:
         """The one revocation path. Returns revoked | failed | busy | done | gone | retry."""
@@ -399,8 +465,11 @@ class LeaseManager:
                     raise IssuerError(f"issuer {lease.scope.issuer!r} is not configured")
                 await asyncio.wait_for(issuer.revoke(lease), s.issuer_timeout.total_seconds())
             except Exception as exc:
+                self._backend_failed(lease.scope.issuer, exc)
                 await self._failed(rec, exc)
                 return "failed"
+            if self.health is not None:
+                self.health.succeeded(lease.scope.issuer)
             done = self.clock.now()
             final = (
                 LeaseState.FAILED
@@ -422,9 +491,11 @@ class LeaseManager:
             await self.store.settle(
                 lease_id,
                 lease.owner,
+                issuer=lease.scope.issuer,
                 done_ms=to_ms(done),
                 retention_ms=int(s.retention.total_seconds() * 1000),
                 overdue=lease.overdue,
+                retried=lease.attempts > 0,
             )
             used_trigger = rec.trigger or trigger
             lag = (done - lease.not_after).total_seconds()
@@ -448,7 +519,13 @@ class LeaseManager:
         lease = rec.lease
         reason = _describe(exc)
         attempts, newly_overdue = await self.store.fail_revoke(
-            lease.id, me=self.replica_id, error=reason, overdue_after=s.overdue_after_attempts
+            lease.id,
+            me=self.replica_id,
+            error=reason,
+            issuer=lease.scope.issuer,
+            now_ms=to_ms(self.clock.now()),
+            overdue_after=s.overdue_after_attempts,
+            overdue_after_ms=int(s.overdue_after.total_seconds() * 1000),
         )
         if attempts < 0:
             return  # another replica holds the lease now

@@ -1,9 +1,16 @@
 """The reaper: revokes what is due, in every replica, without a leader.
 
-Each round claims up to ``batch_size`` due lease ids with one Lua script that pushes their due
-time a visibility timeout ahead (so a replica that dies holding a claim leaves them to the
-others), then hands each to :meth:`LeaseManager.reap`. Between rounds it sleeps until the next
-due entry or ``poll_interval``, whichever is sooner. Start-up costs nothing: no lease is loaded.
+It claims due lease ids with one Lua script that pushes their due time a visibility timeout
+ahead (a replica that dies holding a claim leaves them to the others) and hands each to
+:meth:`LeaseManager.reap` as its own task: it never waits for a batch to finish before it
+claims more, and each issuer has its own slots (``concurrency`` revocations in flight) and a
+bounded backlog. A lease of a degraded issuer (a backend that timed out or is down) that finds
+no free slot goes back on the due index for a moment instead of queueing, so one hung backend
+delays no other issuer's revocations (see :class:`IssuerSlots`). Between
+rounds it sleeps until the next due entry or ``poll_interval``, whichever is sooner.
+
+Start-up costs nothing: no lease is loaded. On stop it lets in-flight revocations finish (they
+are bounded by ``issuer_timeout``) and leaves nothing claimed that it did not start.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from redis.exceptions import RedisError
 
 from broker.clock import Clock, to_ms
 from broker.config import ReaperSettings
-from broker.leases.manager import LeaseManager
+from broker.leases.manager import IssuerSlots, LeaseManager
 
 __all__ = ["Reaper"]
 
@@ -35,45 +42,103 @@ class Reaper:
         self.settings = settings
         self.clock = clock
         self.replica_id = replica_id or manager.replica_id
+        # Room for several issuers' work; a hung issuer's backlog holds at most half of it.
+        self.max_in_flight = settings.batch_size * 4
+        self.slots = IssuerSlots(
+            settings.concurrency,
+            backlog=self.max_in_flight // 2,
+            defer=settings.issuer_timeout / 2,
+        )
+        self._inflight: dict[str, asyncio.Task[str | None]] = {}
+        self._wake = asyncio.Event()
 
-    async def run_once(self) -> int:
-        """One round: claim what is due now and process it. Returns how many were claimed."""
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    async def _claim(self, limit: int) -> list[str]:
         s = self.settings
         now = self.clock.now()
-        ids = await self.manager.store.claim_due(
-            now_ms=to_ms(now),
-            until_ms=to_ms(now + s.visibility_timeout),
-            limit=s.batch_size,
+        return await self.manager.store.claim_due(
+            now_ms=to_ms(now), until_ms=to_ms(now + s.visibility_timeout), limit=limit
         )
-        if not ids:
-            return 0
-        sem = asyncio.Semaphore(s.concurrency)
 
-        async def one(lease_id: str) -> None:
-            async with sem:
-                try:
-                    await self.manager.reap(lease_id)
-                except Exception as exc:  # left claimed: due again after the visibility timeout
-                    log.warning("reaping lease %s failed: %s", lease_id, type(exc).__name__)
+    async def _reap(self, lease_id: str) -> str | None:
+        try:
+            return await self.manager.reap(lease_id, slots=self.slots)
+        except Exception as exc:  # left claimed: due again after the visibility timeout
+            log.warning("reaping lease %s failed: %s", lease_id, type(exc).__name__)
+            return None
 
-        await asyncio.gather(*(one(i) for i in ids))
+    def _start(self, lease_id: str) -> None:
+        if lease_id in self._inflight:
+            return  # claimed again while this replica still works on it
+        task = asyncio.create_task(self._reap(lease_id), name=f"jit-reap-{lease_id[:16]}")
+        self._inflight[lease_id] = task
+
+        def done(_: asyncio.Task[str | None]) -> None:
+            self._inflight.pop(lease_id, None)
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def run_once(self) -> int:
+        """One round: claim what is due now and process all of it. Returns how many were
+        claimed. (Tests and tools; :meth:`run` does not wait for a round to finish.)"""
+        ids = await self._claim(self.settings.batch_size)
+        for lease_id in ids:
+            self._start(lease_id)
+        waiting = [self._inflight[i] for i in ids if i in self._inflight]
+        if waiting:
+            await asyncio.gather(*waiting)
         return len(ids)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reap until ``stop`` is set. Redis outages are logged and waited out."""
         s = self.settings
         poll = s.poll_interval.total_seconds()
-        while not stop.is_set():
-            wait = poll
-            try:
-                n = await self.run_once()
-                if n >= s.batch_size:
-                    continue  # more may be due: no sleep
-                nxt = await self.manager.store.next_due_ms()
-                if nxt is not None:
-                    wait = min(poll, max(0.0, (nxt - to_ms(self.clock.now())) / 1000))
-            except (RedisError, OSError) as exc:
-                log.warning("reaper: Redis unavailable (%s); retrying", type(exc).__name__)
-                wait = max(poll, 1.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=wait)
+        try:
+            while not stop.is_set():
+                wait = poll
+                try:
+                    room = min(s.batch_size, self.max_in_flight - len(self._inflight))
+                    ids = await self._claim(room) if room > 0 else []
+                    for lease_id in ids:
+                        self._start(lease_id)
+                    if room > 0 and len(ids) >= room:
+                        await asyncio.sleep(0)  # more may be due: claim again at once
+                        continue
+                    nxt = await self.manager.store.next_due_ms()
+                    if nxt is not None:
+                        wait = min(poll, max(0.0, (nxt - to_ms(self.clock.now())) / 1000))
+                except (RedisError, OSError) as exc:
+                    log.warning("reaper: Redis unavailable (%s); retrying", type(exc).__name__)
+                    wait = max(poll, 1.0)
+                self._wake.clear()
+                await _first(stop, self._wake, wait if room > 0 else poll)
+        finally:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """Let in-flight revocations finish (each is bounded by issuer_timeout); what does not
+        finish in time is cancelled and becomes due again after the visibility timeout."""
+        tasks = list(self._inflight.values())
+        if not tasks:
+            return
+        timeout = self.settings.issuer_timeout.total_seconds() + 1
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _first(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    """Wait until ``stop`` or ``wake`` is set, or ``seconds`` pass."""
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

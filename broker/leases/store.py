@@ -144,15 +144,19 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 'ok'
 """
 
-# KEYS: lease. ARGV: me, error, overdue_after
+# KEYS: lease. ARGV: me, error, overdue_after (attempts), now_ms, overdue_after_ms
+# Overdue after that many failed attempts or that long since the first failure, whichever first.
 # Returns {attempts, newly_overdue} or {-1, 0} when the lock was lost.
 _FAIL = """
-local h = redis.call('HMGET', KEYS[1], 'locker', 'overdue')
+local h = redis.call('HMGET', KEYS[1], 'locker', 'overdue', 'first_fail_ms')
 if h[1] ~= ARGV[1] then return {-1, 0} end
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local first = tonumber(h[3] or ARGV[4])
+if not h[3] then redis.call('HSET', KEYS[1], 'first_fail_ms', ARGV[4]) end
 redis.call('HSET', KEYS[1], 'last_error', ARGV[2])
 redis.call('HDEL', KEYS[1], 'locker', 'lock_until_ms')
-if n >= tonumber(ARGV[3]) and h[2] ~= '1' then
+local late = tonumber(ARGV[4]) - first >= tonumber(ARGV[5])
+if (n >= tonumber(ARGV[3]) or late) and h[2] ~= '1' then
   redis.call('HSET', KEYS[1], 'overdue', '1')
   return {n, 1}
 end
@@ -286,10 +290,33 @@ class LeaseStore:
         return opt_text(r) or "lost"
 
     async def fail_revoke(
-        self, lease_id: str, *, me: str, error: str, overdue_after: int
+        self,
+        lease_id: str,
+        *,
+        me: str,
+        error: str,
+        issuer: str,
+        now_ms: int,
+        overdue_after: int,
+        overdue_after_ms: int,
     ) -> tuple[int, bool]:
-        r = await self._fail(keys=[self.keys.lease(lease_id)], args=[me, error, overdue_after])
+        """Record a failed revocation (unlocking the lease) and remember it among the
+        issuer's waiting revocations. Returns (attempts, newly overdue); (-1, False) when
+        another replica holds the lease now."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._fail(
+                keys=[self.keys.lease(lease_id)],
+                args=[me, error, overdue_after, now_ms, overdue_after_ms],
+                client=pipe,
+            )
+            pipe.sadd(self.keys.retry(issuer), lease_id)
+            r, _ = await pipe.execute()
         return int(r[0]), bool(int(r[1]))
+
+    async def waiting_revocations(self, issuer: str, limit: int = 10_000) -> list[str]:
+        """Leases whose revocation at ``issuer`` failed and waits in backoff."""
+        ids = await self.redis.srandmember(self.keys.retry(issuer), limit)
+        return [x for x in (opt_text(i) for i in ids or []) if x]
 
     async def complete_task(
         self, owner: str, tkey: str, *, now_ms: int, expire_ms: int
@@ -321,7 +348,15 @@ class LeaseStore:
         return int(r[0][1]) if r else None
 
     async def settle(
-        self, lease_id: str, owner: str, *, done_ms: int, retention_ms: int, overdue: bool
+        self,
+        lease_id: str,
+        owner: str,
+        *,
+        issuer: str,
+        done_ms: int,
+        retention_ms: int,
+        overdue: bool,
+        retried: bool,
     ) -> None:
         """After a lease reached a final state: drop its due entry, move it from the owner's
         live index to the done index (trimmed to the retention window), clear the overdue
@@ -336,6 +371,8 @@ class LeaseStore:
             pipe.pexpire(k.owner_done(owner), retention_ms)
             if overdue:
                 pipe.srem(k.overdue, lease_id)
+            if retried:
+                pipe.srem(k.retry(issuer), lease_id)
             pipe.hget(k.lease(lease_id), "state")
             results = await pipe.execute()
         state = opt_text(results[-1])

@@ -34,6 +34,7 @@ from broker.identity import DevIdentityIssuer, TokenVerifier
 from broker.identity.dpop import DPoPVerifier
 from broker.issuer import Issuer
 from broker.leases import LeaseManager, Reaper
+from broker.leases.health import IssuerHealth
 from broker.metrics import Metrics
 from broker.policy import PolicySet
 from broker.service.approval_desk import ApprovalDesk
@@ -59,6 +60,7 @@ class Broker:
     clock: Clock
     redis: aioredis.Redis
     issuers: Mapping[str, Issuer]
+    health: IssuerHealth
     audit: AuditLog
     live_policy: LivePolicy
     verifier: TokenVerifier
@@ -92,21 +94,18 @@ class Broker:
         not load leaves the running policy in place. Both outcomes are audited."""
         return await self.live_policy.reload()
 
-    async def ready(self) -> dict[str, str]:
-        """Readiness checks: Redis and every issuer (``ok`` or what is wrong)."""
+    async def ready(self) -> tuple[bool, dict[str, str]]:
+        """Readiness: this replica serves while Redis answers. Each issuer's health is reported
+        (``ok`` or ``degraded: …``) but a degraded issuer does not make the replica unready:
+        its requests get 503s while every other issuer keeps issuing and the reaper revokes."""
         checks: dict[str, str] = {}
         try:
             await self.redis.ping()
             checks["redis"] = "ok"
         except (RedisError, OSError) as exc:
             checks["redis"] = f"unavailable: {exc.__class__.__name__}"
-        for name, issuer in self.issuers.items():
-            try:
-                await issuer.check_health()
-                checks[f"issuer:{name}"] = "ok"
-            except Exception as exc:
-                checks[f"issuer:{name}"] = f"unhealthy: {exc.__class__.__name__}"
-        return checks
+        checks.update(self.health.report())
+        return checks["redis"] == "ok", checks
 
     async def start(self) -> None:
         """Start the background components (idempotent)."""

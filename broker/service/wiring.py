@@ -23,6 +23,7 @@ from broker.governance import Governance
 from broker.identity import DevIdentityIssuer, TokenVerifier
 from broker.identity.dpop import DPoPVerifier, RedisReplayCache
 from broker.leases import LeaseManager, LeaseStore, Reaper
+from broker.leases.health import IssuerHealth
 from broker.metrics import Metrics, MetricsSink
 from broker.policy import load_policy_dir
 from broker.registry import load_issuers
@@ -38,6 +39,7 @@ from broker.service.supervisor import Component, Supervisor
 from broker.service.tokens import Tokens
 from broker.service.workloads import Workloads
 from broker.ssf import SsfTransmitter
+from broker.state.connect import redis_client
 from broker.types import Secret
 
 __all__ = ["build_broker"]
@@ -61,7 +63,7 @@ async def build_broker(
     clock = clock or SystemClock()
     replica_id = new_replica_id()
     if redis is None:
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        redis = redis_client(settings.redis_url)
     try:
         await redis.ping()
     except (RedisError, OSError) as exc:
@@ -85,11 +87,16 @@ async def build_broker(
         redis=redis,
         key_prefix=settings.key_prefix,
     )
-    for name, issuer in issuers.items():
-        try:
-            await issuer.check_health()
-        except Exception as exc:
-            raise ConfigError(f"issuer {name!r} failed its health check: {exc}") from exc
+    # A backend that is down degrades only its own issuer (broker/leases/health.py): start-up
+    # records it and goes on, so an outage of one backend never stops a replica.
+    health = IssuerHealth(
+        issuers,
+        clock,
+        interval=settings.reaper.health_interval,
+        retry_interval=settings.reaper.health_retry_interval,
+        timeout=settings.reaper.issuer_timeout,
+    )
+    await health.check_all()
 
     if dev:
         settings = _with_dev_approver(settings)
@@ -130,7 +137,10 @@ async def build_broker(
         audit.add_sink(ssf.sink())  # every lease.revoked event becomes a Security Event Token
 
     store = LeaseStore(redis, settings.key_prefix)
-    manager = LeaseManager(store, issuers, audit, clock, settings.reaper, replica_id=replica_id)
+    manager = LeaseManager(
+        store, issuers, audit, clock, settings.reaper, replica_id=replica_id, health=health
+    )
+    health.on_recovery = manager.retry_now
     reaper = Reaper(manager, settings.reaper, clock)
     approval_store = ApprovalStore(redis, settings.key_prefix)
     notifier = _slack_notifier(settings, clock)
@@ -171,6 +181,7 @@ async def build_broker(
     issuance = Issuance(live_policy, issuers, manager, approvals, audit, clock, settings.limits)
     documents = Documents(issuers)
     components: dict[str, Component] = {
+        "issuer-health": health,
         "reaper": reaper,
         "approvals": approvals,
         "audit": audit,
@@ -187,6 +198,7 @@ async def build_broker(
         clock=clock,
         redis=redis,
         issuers=issuers,
+        health=health,
         audit=audit,
         live_policy=live_policy,
         verifier=verifier,

@@ -11,6 +11,7 @@ any real backend.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import secrets
@@ -93,6 +94,7 @@ class FakeIssuer:
         self._fail_mints = 0
         self._fail_mints_after_create = False
         self._fail_revokes = 0
+        self._thawed: asyncio.Event | None = None
 
     @classmethod
     def from_context(cls, context: IssuerContext) -> FakeIssuer:
@@ -120,6 +122,21 @@ class FakeIssuer:
         lease-id-derived name removes it."""
         self._fail_mints = n
         self._fail_mints_after_create = after_create
+
+    def freeze(self) -> None:
+        """A hung backend: from now on mint, revoke and check_health wait (without failing)
+        until :meth:`thaw` — the broker's own timeouts decide what happens."""
+        self._thawed = asyncio.Event()
+
+    def thaw(self) -> None:
+        if self._thawed is not None:
+            self._thawed.set()
+        self._thawed = None
+
+    async def _wait_if_frozen(self) -> None:
+        thawed = self._thawed
+        if thawed is not None:
+            await thawed.wait()
 
     def fail_next_revoke(self, n: int = 1) -> None:
         """Make the next ``n`` revokes raise IssuerUnavailable (the credential stays)."""
@@ -174,6 +191,7 @@ class FakeIssuer:
 
     async def mint(self, request: MintRequest) -> Credential:
         self.calls.append(FakeCall("mint", request.lease_id))
+        await self._wait_if_frozen()
         self._check_up()
         self.check_scope(request.scope)
         unknown = sorted(set(request.params) - self.accepted_params)
@@ -205,6 +223,7 @@ class FakeIssuer:
 
     async def revoke(self, lease: Lease) -> None:
         self.calls.append(FakeCall("revoke", lease.id))
+        await self._wait_if_frozen()
         self._check_up()
         if self._fail_revokes > 0:
             self._fail_revokes -= 1
@@ -219,6 +238,7 @@ class FakeIssuer:
 
     async def check_health(self) -> None:
         self.calls.append(FakeCall("check_health"))
+        await self._wait_if_frozen()
         self._check_up()
 
     async def aclose(self) -> None:

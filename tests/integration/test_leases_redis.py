@@ -22,6 +22,7 @@ from broker.leases import LeaseManager, LeaseStore, Reaper
 from broker.leases.keys import new_lease_id, task_key
 from broker.leases.store import _CREATE, _Doc, _enc
 from broker.service import build_broker
+from broker.state.connect import redis_client
 from broker.testing import FakeClock
 from broker.types import Credential, LeaseState, MintRequest, Task
 from issuers.jwt.keys import generate_key
@@ -45,7 +46,7 @@ async def test_two_reapers_over_1000_due_leases_revoke_each_exactly_once(
         for i in range(1000)
     ]
     kit.clock.advance(61)
-    other = aioredis.Redis.from_url(REDIS_URL)
+    other = redis_client(REDIS_URL)
     try:
         reapers = [kit.reaper, _replica(kit, LeaseStore(other, key_prefix), "replica-b")]
         claimed = Counter[str]()
