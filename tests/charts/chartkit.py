@@ -113,7 +113,9 @@ class Manifests:
 # -- the kubelet, as far as files go -----------------------------------------------------------
 
 
-def expand_env(env: list[dict[str, Any]], secrets: Mapping[str, Mapping[str, bytes]]) -> dict[str, str]:
+def expand_env(
+    env: list[dict[str, Any]], secrets: Mapping[str, Mapping[str, bytes]]
+) -> dict[str, str]:
     """A container's environment as the kubelet builds it: ``valueFrom.secretKeyRef`` read from
     ``secrets``, and ``$(NAME)`` in a value replaced by an earlier variable (``$$`` escapes)."""
     out: dict[str, str] = {}
@@ -129,7 +131,9 @@ def expand_env(env: list[dict[str, Any]], secrets: Mapping[str, Mapping[str, byt
             name = m.group(1)
             return out[name] if name in out else m.group(0)
 
-        out[var["name"]] = re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", sub, var.get("value", ""))
+        out[var["name"]] = re.sub(
+            r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", sub, var.get("value", "")
+        )
     return out
 
 

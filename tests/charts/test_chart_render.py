@@ -335,7 +335,9 @@ def test_two_replicas_by_default_and_none_rendered_under_an_autoscaler(
 def test_replicas_spread_over_nodes_and_zones() -> None:
     m = render(CHART / "ci" / "minimal-values.yaml")
     labels = m.deployment["spec"]["template"]["metadata"]["labels"]
-    (term,) = m.pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    (term,) = m.pod["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
     assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
     assert matches(term["podAffinityTerm"]["labelSelector"]["matchLabels"], labels)
     (zone,) = m.pod["topologySpreadConstraints"]
@@ -421,7 +423,8 @@ def test_pdb_keeps_one_replica_through_a_drain(rendered: Manifests) -> None:
     spec = pdb["spec"]
     replicas = rendered.deployment["spec"].get("replicas")
     if "minAvailable" in spec:
-        assert replicas is not None and spec["minAvailable"] < replicas
+        assert replicas is not None
+        assert spec["minAvailable"] < replicas
     else:
         assert spec["maxUnavailable"] >= 1
 
@@ -448,8 +451,11 @@ def test_notes_tell_the_operator_what_to_do_next(tmp_path: Path) -> None:
     ).stdout
     out = yaml.safe_load(out)["data"]["notes"]
     assert "kubectl -n jit rollout status deployment/jit-broker" in out
-    assert "jit-audit-keys" in out and "jit-signing-keys" in out and "jit-redis" in out
+    assert "jit-audit-keys" in out
+    assert "jit-signing-keys" in out
+    assert "jit-redis" in out
     assert "jit keys rotate" in out
-    assert "GET /metrics" in out and "jit-metrics" in out
+    assert "GET /metrics" in out
+    assert "jit-metrics" in out
     assert "appendfsync everysec" in out
     assert "redis-password" in out

@@ -189,7 +189,7 @@ Checks that the schema cannot express. Each failure names the value to set.
 {{- fail "auditFile.enabled needs auditFile.existingClaim: a ReadWriteMany PersistentVolumeClaim shared by every replica" -}}
 {{- end -}}
 {{- $pdb := $v.podDisruptionBudget -}}
-{{- if and $pdb.enabled (not $v.autoscaling.enabled) (kindIs "float64" $pdb.minAvailable) -}}
+{{- if and $pdb.enabled (not $v.autoscaling.enabled) (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "string" $pdb.minAvailable)) -}}
 {{- if ge (int $pdb.minAvailable) (int $v.replicaCount) -}}
 {{- fail (printf "podDisruptionBudget.minAvailable %d with replicaCount %d blocks every node drain: set replicaCount above minAvailable" (int $pdb.minAvailable) (int $v.replicaCount)) -}}
 {{- end -}}
