@@ -4,6 +4,7 @@ the kubelet mounts them, so that tests can start the exact broker a pod would ru
 from __future__ import annotations
 
 import base64
+import copy
 import os
 import re
 import subprocess
@@ -51,8 +52,16 @@ def template_args(*values: Path | str, sets: Iterable[str] = ()) -> list[str]:
 
 
 def render(*values: Path | str, sets: Iterable[str] = ()) -> Manifests:
-    out = helm(*template_args(*values, sets=sets)).stdout
-    return Manifests([d for d in yaml.safe_load_all(out) if d])
+    """The chart rendered with these values files and ``--set`` arguments (a fresh copy of a
+    cached render: many tests look at the same values)."""
+    key = (tuple(Path(v).read_text() for v in values), tuple(values), tuple(sets))
+    if key not in _RENDERED:
+        out = helm(*template_args(*values, sets=sets)).stdout
+        _RENDERED[key] = [d for d in yaml.safe_load_all(out) if d]
+    return Manifests(copy.deepcopy(_RENDERED[key]))
+
+
+_RENDERED: dict[tuple[object, ...], list[dict[str, Any]]] = {}
 
 
 def render_error(*values: Path | str, sets: Iterable[str] = ()) -> str:

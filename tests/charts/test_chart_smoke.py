@@ -238,14 +238,15 @@ def test_the_rendered_pod_starts_and_serves_a_credential(
         channels=["*"],
         commands=["+@all"],
     )
-    proc = subprocess.Popen(
-        argv,
-        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), **env, "JIT_HOST": "127.0.0.1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    log = tmp_path / "broker.log"  # a file, not a pipe: a full pipe would stall the broker
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            argv,
+            env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), **env, "JIT_HOST": "127.0.0.1"},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         probes = {p: container[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe")}
@@ -328,7 +329,7 @@ def test_the_rendered_pod_starts_and_serves_a_credential(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-        output = proc.stdout.read() if proc.stdout else ""
+        output = log.read_text()
         r.acl_deluser(acl_user)
         for key in r.scan_iter(match=f"{prefix}:*"):
             r.unlink(key)
