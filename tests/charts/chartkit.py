@@ -7,7 +7,9 @@ import base64
 import copy
 import os
 import re
+import shutil
 import subprocess
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,19 +150,42 @@ def expand_env(
 
 def _atomic_dir(target: Path, files: Mapping[str, bytes], mode: int) -> None:
     """Write ``files`` the way the kubelet's atomic writer does for a configMap or secret
-    volume: the data in a timestamped hidden directory, ``..data`` pointing at it, and one
-    symlink per file through ``..data``."""
+    volume, first time or update: the data in a new timestamped hidden directory, ``..data``
+    switched to it in one rename, one symlink per file through ``..data``, stale ones removed."""
     target.mkdir(parents=True, exist_ok=True)
-    stamp = target / "..2024_01_01_00_00_00.000000001"
+    old = target / "..data"
+    previous = os.readlink(old) if old.is_symlink() else None
+    stamp = target / f"..{time.time_ns()}"
     stamp.mkdir()
     for rel, content in files.items():
         p = stamp / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(content)
         p.chmod(mode)
-    (target / "..data").symlink_to(stamp.name)
-    for rel in {r.split("/")[0] for r in files}:
-        (target / rel).symlink_to(f"..data/{rel}")
+    tmp = target / "..data_tmp"
+    tmp.symlink_to(stamp.name)
+    tmp.rename(old)
+    names = {r.split("/")[0] for r in files}
+    for entry in target.iterdir():
+        if not entry.name.startswith("..") and entry.name not in names:
+            entry.unlink()
+    for name in names:
+        if not (target / name).is_symlink():
+            (target / name).symlink_to(f"..data/{name}")
+    if previous is not None:
+        shutil.rmtree(target / previous)
+
+
+def update_secret_volume(
+    manifests: Manifests, pod: Pod, volume: str, secret: Mapping[str, bytes]
+) -> None:
+    """What the kubelet does when a mounted Secret changes (not for subPath mounts)."""
+    v = manifests.volume(volume)
+    laid = _volume_files(v, {}, {v["secret"]["secretName"]: secret})
+    assert laid is not None
+    files, mode = laid
+    mount = next(m for m in manifests.container["volumeMounts"] if m["name"] == volume)
+    _atomic_dir(pod.mounts[mount["mountPath"]], files, mode)
 
 
 def _volume_files(

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 import redis
 import yaml
@@ -47,6 +48,7 @@ from tests.charts.chartkit import (
     kubectl_secrets,
     lay_out_pod,
     render,
+    update_secret_volume,
 )
 from tests.e2e.conftest import free_port
 from tests.e2e.test_serve import IdP
@@ -57,31 +59,30 @@ BIN = Path(sys.executable).parent
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 
 
-def secrets_script() -> str:
-    text = DEPLOY_DOC.read_text()
+def doc_block(name: str) -> str:
+    """A shell block of docs/deploy.md, between <!-- name:begin --> and <!-- name:end -->."""
     block = re.search(
-        r"<!-- create-secrets:begin -->\s*```sh\n(.*?)```\s*<!-- create-secrets:end -->",
-        text,
+        rf"<!-- {name}:begin -->\s*```sh\n(.*?)```\s*<!-- {name}:end -->",
+        DEPLOY_DOC.read_text(),
         re.DOTALL,
     )
-    assert block, "docs/deploy.md has no create-secrets block"
+    assert block, f"docs/deploy.md has no {name} block"
     return block.group(1)
 
 
-def create_secrets(workdir: Path) -> dict[str, dict[str, bytes]]:
-    """Run the docs' script with kubectl in client dry-run: the Secrets it would create."""
-    secrets_dir = workdir / "jit-secrets"
-    secrets_dir.mkdir(parents=True)
-    # What the operator gets from elsewhere (Slack's settings page, receivers' owners).
-    (secrets_dir / "slack-bot-token").write_text("xoxb-" + secrets.token_hex(16))
-    (secrets_dir / "slack-signing-secret").write_text(secrets.token_hex(16))
-    (secrets_dir / "orders-api.ssf-token").write_text(secrets.token_hex(24))
-    (secrets_dir / "siem.token").write_text(secrets.token_hex(24))
-    out = workdir / "secrets.yaml"
-    wrapper = (
-        "set -euo pipefail\n"
-        f'kubectl() {{ command kubectl "$@" --dry-run=client -o yaml >> {out}; '
-        f"echo --- >> {out}; }}\n" + secrets_script()
+def run_doc_block(name: str, workdir: Path) -> dict[str, dict[str, bytes]]:
+    """Run a block of the docs with kubectl in client dry-run: the Secrets it would create
+    (or apply)."""
+    out = workdir / f"{name}.yaml"
+    kubectl = (
+        "kubectl() {\n"
+        '  case " $* " in\n'
+        f'    *" apply "*) cat >> {out} ;;\n'
+        '    *" --dry-run=client "*) command kubectl "$@" ;;\n'
+        f'    *) command kubectl "$@" --dry-run=client -o yaml >> {out} ;;\n'
+        "  esac\n"
+        f"  echo --- >> {out}\n"
+        "}\n"
     )
     env = {
         "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -89,7 +90,7 @@ def create_secrets(workdir: Path) -> dict[str, dict[str, bytes]]:
         "KUBECONFIG": str(workdir / "no-kubeconfig"),
     }
     result = subprocess.run(
-        ["bash", "-c", wrapper],
+        ["bash", "-c", "set -euo pipefail\n" + kubectl + doc_block(name)],
         cwd=workdir,
         env=env,
         capture_output=True,
@@ -99,6 +100,17 @@ def create_secrets(workdir: Path) -> dict[str, dict[str, bytes]]:
     )
     assert result.returncode == 0, result.stderr
     return kubectl_secrets(out.read_text())
+
+
+def create_secrets(workdir: Path) -> dict[str, dict[str, bytes]]:
+    secrets_dir = workdir / "jit-secrets"
+    secrets_dir.mkdir(parents=True)
+    # What the operator gets from elsewhere (Slack's settings page, receivers' owners).
+    (secrets_dir / "slack-bot-token").write_text("xoxb-" + secrets.token_hex(16))
+    (secrets_dir / "slack-signing-secret").write_text(secrets.token_hex(16))
+    (secrets_dir / "orders-api.ssf-token").write_text(secrets.token_hex(24))
+    (secrets_dir / "siem.token").write_text(secrets.token_hex(24))
+    return run_doc_block("create-secrets", workdir)
 
 
 class Receiver:
@@ -153,6 +165,20 @@ def wait_for(what: str, check: Any, proc: subprocess.Popen[str], timeout: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.1)
+
+
+def jit_cli(url: str, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The `jit` command as a workload runs it."""
+    result = subprocess.run(
+        [str(BIN / "jit"), *args],
+        env={**os.environ, "JIT_URL": url, "JIT_TOKEN": token},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
 
 
 def get(url: str, **kw: Any) -> int:
@@ -260,27 +286,50 @@ def test_the_rendered_pod_starts_and_serves_a_credential(
 
         # A credential for a workload the production policy trusts.
         identity = idp.token("repo:acme/orders", repository_id="123456")
-        request = subprocess.run(
-            [
-                str(BIN / "jit"),
-                "request",
-                "--resource",
-                "https://orders.internal",
-                "--action",
-                "read",
-                "--task",
-                "deploy-1",
-                "--json",
-            ],
-            env={**os.environ, "JIT_URL": url, "JIT_TOKEN": identity},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
+        request = jit_cli(
+            url,
+            identity,
+            "request",
+            "--resource",
+            "https://orders.internal",
+            "--action",
+            "read",
+            "--task",
+            "deploy-1",
+            "--json",
         )
-        assert request.returncode == 0, request.stderr
         issued = json.loads(request.stdout)
         token = issued["credential"]["secret"]
+
+        # Rotating the signing key as docs/deploy.md says reaches the running broker when the
+        # kubelet updates the mounted Secret: no restart; the next credential uses the new key.
+        def kids() -> set[str]:
+            keys = httpx.get(f"{url}/.well-known/jwks.json").json()["keys"]
+            return {k["kid"] for k in keys}
+
+        before = kids()
+        assert jwt.get_unverified_header(token)["kid"] in before
+        rotated = run_doc_block("rotate-signing-key", tmp_path)["jit-signing-keys"]
+        assert len(rotated) == 2
+        keys_dir = manifests.broker_config["issuers"]["jwt"]["config"]["keys_dir"]
+        (keys_volume,) = [
+            m["name"] for m in container["volumeMounts"] if m["mountPath"] == keys_dir
+        ]
+        update_secret_volume(manifests, pod, keys_volume, rotated)
+        wait_for("the rotated key", lambda: len(kids()) == 2, proc)
+        (new_kid,) = kids() - before
+        again = jit_cli(
+            url,
+            identity,
+            "request",
+            "--resource",
+            "https://orders.internal",
+            "--action",
+            "read",
+            "--task",
+            "deploy-2",
+        )
+        assert jwt.get_unverified_header(again.stdout.strip())["kid"] == new_kid
 
         # The OAuth client authenticates with the secret mounted from its Secret.
         client_secret = secret_objects["jit-client-orders-api"]["client-secret"].decode().strip()
@@ -297,15 +346,7 @@ def test_the_rendered_pod_starts_and_serves_a_credential(
         assert get(f"{url}/metrics", headers=headers) == 200
 
         # Completing the task revokes the credential: the SSF receiver is told, with its token.
-        done = subprocess.run(
-            [str(BIN / "jit"), "task", "complete", "deploy-1"],
-            env={**os.environ, "JIT_URL": url, "JIT_TOKEN": identity},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-        )
-        assert done.returncode == 0, done.stderr
+        jit_cli(url, identity, "task", "complete", "deploy-1")
         ssf_token = secret_objects["jit-ssf-orders-api"]["token"].decode().strip()
         pushes = wait_for("the SSF push", lambda: receiver.to("/ssf"), proc)
         assert pushes[0][0] == f"Bearer {ssf_token}"
