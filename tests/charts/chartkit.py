@@ -21,6 +21,7 @@ from tests.charts import tools
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "jit-broker"
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 KUBE_VERSION = "1.30.0"  # the Kubernetes version the manifests are rendered and validated for
 NAMESPACE = "jit"
@@ -229,9 +230,11 @@ def lay_out_pod(
     root: Path,
     secrets: Mapping[str, Mapping[str, bytes]],
     extra_config_maps: Mapping[str, Mapping[str, str]] | None = None,
+    only: Iterable[str] | None = None,
 ) -> Pod:
-    """Create, under ``root``, every volume the container mounts, from the rendered ConfigMaps
-    and the given Secrets (name -> key -> bytes), as the kubelet would."""
+    """Create, under ``root``, every volume the container mounts (or those named in ``only``),
+    from the rendered ConfigMaps and the given Secrets (name -> key -> bytes), as the kubelet
+    would."""
     config_maps = {cm["metadata"]["name"]: cm.get("data", {}) for cm in manifests.all("ConfigMap")}
     config_maps.update(extra_config_maps or {})
     all_secrets = dict(secrets)
@@ -243,6 +246,8 @@ def lay_out_pod(
     pod = Pod(root)
     shared: dict[str, Path] = {}
     for m in manifests.container["volumeMounts"]:
+        if only is not None and m["name"] not in set(only):
+            continue
         volume = volumes[m["name"]]
         here = root / m["mountPath"].lstrip("/")
         pod.mounts[m["mountPath"]] = here
@@ -263,11 +268,68 @@ def lay_out_pod(
     return pod
 
 
-def kubectl_secrets(yaml_text: str) -> dict[str, dict[str, bytes]]:
-    """Secret objects (``kubectl create secret ... -o yaml``) as name -> key -> bytes."""
+# -- the commands of docs/deploy.md --------------------------------------------------------------
+
+
+def doc_block(name: str) -> str:
+    """A shell block of docs/deploy.md, between <!-- name:begin --> and <!-- name:end -->."""
+    block = re.search(
+        rf"<!-- {name}:begin -->\s*```(?:sh|yaml)\n(.*?)```\s*<!-- {name}:end -->",
+        DEPLOY_DOC.read_text(),
+        re.DOTALL,
+    )
+    assert block, f"docs/deploy.md has no {name} block"
+    return block.group(1)
+
+
+# Shell functions standing in for a cluster: kubectl runs in client dry-run and whatever it
+# would create or apply is appended to $OUT; `helm install` becomes `helm template` into $OUT.
+_STAND_INS = """
+kubectl() {
+  case " $* " in
+    *" apply "*) cat >> "$OUT" ;;
+    *" --dry-run=client "*) command kubectl "$@" ;;
+    *) command kubectl "$@" --dry-run=client -o yaml >> "$OUT" ;;
+  esac
+  echo --- >> "$OUT"
+}
+helm() {
+  if [ "$1" = install ]; then shift; command helm template "$@" >> "$OUT"
+  else command helm "$@"; fi
+}
+"""
+
+
+def run_doc_block(name: str, workdir: Path) -> list[dict[str, Any]]:
+    """Run a shell block of the docs in ``workdir`` with the stand-ins above: the objects it
+    would have created in the cluster."""
+    tools.ensure()
+    out = workdir / f"{name}.out.yaml"
+    out.touch()
+    env = {
+        "PATH": f"{tools.BIN}:{os.environ['PATH']}",
+        "HOME": str(workdir),
+        "KUBECONFIG": str(workdir / "no-kubeconfig"),
+        "OUT": str(out),
+    }
+    result = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + _STAND_INS + doc_block(name)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [d for d in yaml.safe_load_all(out.read_text()) if d]
+
+
+def secrets_of(objects: list[dict[str, Any]]) -> dict[str, dict[str, bytes]]:
+    """Secret objects as name -> key -> bytes (a later one of a name replaces an earlier one)."""
     out: dict[str, dict[str, bytes]] = {}
-    for doc in yaml.safe_load_all(yaml_text):
-        if doc and doc.get("kind") == "Secret":
+    for doc in objects:
+        if doc.get("kind") == "Secret":
             out[doc["metadata"]["name"]] = {
                 k: base64.b64decode(v) for k, v in (doc.get("data") or {}).items()
             }

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import signal
 import subprocess
@@ -43,11 +42,11 @@ import yaml
 from tests.charts import tools
 from tests.charts.chartkit import (
     CHART,
-    ROOT,
     expand_env,
-    kubectl_secrets,
     lay_out_pod,
     render,
+    run_doc_block,
+    secrets_of,
     update_secret_volume,
 )
 from tests.e2e.conftest import free_port
@@ -56,50 +55,6 @@ from tests.e2e.test_serve import IdP
 pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
-DEPLOY_DOC = ROOT / "docs" / "deploy.md"
-
-
-def doc_block(name: str) -> str:
-    """A shell block of docs/deploy.md, between <!-- name:begin --> and <!-- name:end -->."""
-    block = re.search(
-        rf"<!-- {name}:begin -->\s*```sh\n(.*?)```\s*<!-- {name}:end -->",
-        DEPLOY_DOC.read_text(),
-        re.DOTALL,
-    )
-    assert block, f"docs/deploy.md has no {name} block"
-    return block.group(1)
-
-
-def run_doc_block(name: str, workdir: Path) -> dict[str, dict[str, bytes]]:
-    """Run a block of the docs with kubectl in client dry-run: the Secrets it would create
-    (or apply)."""
-    out = workdir / f"{name}.yaml"
-    kubectl = (
-        "kubectl() {\n"
-        '  case " $* " in\n'
-        f'    *" apply "*) cat >> {out} ;;\n'
-        '    *" --dry-run=client "*) command kubectl "$@" ;;\n'
-        f'    *) command kubectl "$@" --dry-run=client -o yaml >> {out} ;;\n'
-        "  esac\n"
-        f"  echo --- >> {out}\n"
-        "}\n"
-    )
-    env = {
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-        "HOME": str(workdir),
-        "KUBECONFIG": str(workdir / "no-kubeconfig"),
-    }
-    result = subprocess.run(
-        ["bash", "-c", "set -euo pipefail\n" + kubectl + doc_block(name)],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, result.stderr
-    return kubectl_secrets(out.read_text())
 
 
 def create_secrets(workdir: Path) -> dict[str, dict[str, bytes]]:
@@ -110,7 +65,7 @@ def create_secrets(workdir: Path) -> dict[str, dict[str, bytes]]:
     (secrets_dir / "slack-signing-secret").write_text(secrets.token_hex(16))
     (secrets_dir / "orders-api.ssf-token").write_text(secrets.token_hex(24))
     (secrets_dir / "siem.token").write_text(secrets.token_hex(24))
-    return run_doc_block("create-secrets", workdir)
+    return secrets_of(run_doc_block("create-secrets", workdir))
 
 
 class Receiver:
@@ -309,7 +264,7 @@ def test_the_rendered_pod_starts_and_serves_a_credential(
 
         before = kids()
         assert jwt.get_unverified_header(token)["kid"] in before
-        rotated = run_doc_block("rotate-signing-key", tmp_path)["jit-signing-keys"]
+        rotated = secrets_of(run_doc_block("rotate-signing-key", tmp_path))["jit-signing-keys"]
         assert len(rotated) == 2
         keys_dir = manifests.broker_config["issuers"]["jwt"]["config"]["keys_dir"]
         (keys_volume,) = [
@@ -375,6 +330,8 @@ def test_the_rendered_pod_starts_and_serves_a_credential(
         for key in r.scan_iter(match=f"{prefix}:*"):
             r.unlink(key)
     assert "Traceback" not in output, output
+    # Kubernetes mounts secret files 0440 (group fsGroup): the broker says so, and runs.
+    assert "accessible to group or others (mode 440)" in output
     for secret in secret_objects.values():
         for value in secret.values():
             text = value.decode().strip()
