@@ -11,7 +11,15 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-__all__ = ["MAX_DURATION", "Clock", "SystemClock", "from_ms", "parse_duration", "to_ms"]
+__all__ = [
+    "MAX_DURATION",
+    "Clock",
+    "SystemClock",
+    "format_duration",
+    "from_ms",
+    "parse_duration",
+    "to_ms",
+]
 
 
 class Clock(Protocol):
@@ -84,3 +92,17 @@ def _bounded(seconds: float, ready: timedelta | None) -> timedelta:
     if seconds > MAX_DURATION.total_seconds():
         raise ValueError(f"duration too long (at most {MAX_DURATION.days} days)")
     return ready if ready is not None else timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    """A timedelta in the syntax :func:`parse_duration` reads (``"1h30m"``, ``"200ms"``, ``"0s"``),
+    for messages that name a configured value. Sub-millisecond parts are dropped."""
+    ms = int(value.total_seconds() * 1000)
+    sign = "-" if ms < 0 else ""
+    ms = abs(ms)
+    parts = []
+    for unit, size in zip(("d", "h", "m", "s", "ms"), _UNIT_MS, strict=True):
+        count, ms = divmod(ms, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return sign + ("".join(parts) or "0s")

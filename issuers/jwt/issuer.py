@@ -34,6 +34,7 @@ from joserfc.jwk import ECKey, GuestProtocol, OKPKey
 from joserfc.jws import JWSRegistry
 
 from broker.clock import parse_duration
+from broker.decoding import check_duration, decode
 from broker.errors import ConfigError, InvalidRequest, IssuerUnavailable, ScopeNotSupported
 from broker.issuer import Capabilities, IssuerContext
 from broker.types import Credential, Lease, MintRequest, Scope, Secret
@@ -52,16 +53,28 @@ _MAX_URI_LENGTH: Final = 2048
 _JKT = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
+_ONE_SECOND: Final = timedelta(seconds=1)
 
 
 class JWTConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The ``config`` of a ``jwt`` issuer instance. Unknown keys are errors."""
+    """The ``config`` of a ``jwt`` issuer instance. Unknown keys are errors; every check that
+    needs no file runs here (``jit config check`` runs it too)."""
 
     algorithm: Literal["EdDSA", "ES256"] = "EdDSA"
     keys_dir: str | None = None  # directory of PEM private keys; may be omitted only in dev
     issuer: str | None = None  # the ``iss`` claim; default: the broker's public URL
-    max_ttl: str | int | float = "1h"
-    default_ttl: str | int | float = "15m"
+    max_ttl: timedelta = timedelta(hours=1)
+    default_ttl: timedelta = timedelta(minutes=15)
+
+    def __post_init__(self) -> None:
+        check_duration("max_ttl", self.max_ttl, at_least=_ONE_SECOND)
+        check_duration("default_ttl", self.default_ttl, at_least=_ONE_SECOND)
+        if self.default_ttl > self.max_ttl:
+            raise ValueError("default_ttl must not exceed max_ttl")
+        if self.issuer is not None and not self.issuer:
+            raise ValueError("issuer: must not be empty")
+        if self.keys_dir is not None and not self.keys_dir:
+            raise ValueError("keys_dir: must not be empty")
 
 
 class _Registry(JWSRegistry):
@@ -88,16 +101,6 @@ class _UnknownKey(ValueError):
 
 def _config_error(name: str, message: str) -> ConfigError:
     return ConfigError(f"jwt issuer {name!r}: {message}")
-
-
-def _duration(name: str, key: str, value: object) -> timedelta:
-    try:
-        d = parse_duration(value)
-    except ValueError as exc:
-        raise _config_error(name, f"{key}: {exc}") from None
-    if d < timedelta(seconds=1):
-        raise _config_error(name, f"{key}: must be at least 1s, got {value!r}")
-    return d
 
 
 def _is_absolute_uri(value: str) -> bool:
@@ -158,21 +161,22 @@ class JWTIssuer:
     #: a DPoP key thumbprint (RFC 9449 §6.1). Lets the broker refuse a bound request to an
     #: issuer that cannot bind before it writes a lease.
     confirmation_methods: ClassVar[frozenset[str]] = frozenset({"jkt"})
+    #: The ``config:`` of an instance, checked by the broker before construction.
+    config_type: ClassVar[type[JWTConfig]] = JWTConfig
 
     def __init__(self, context: IssuerContext) -> None:
         self.name: str = context.name
         self._clock = context.clock
         try:
-            config = msgspec.convert(context.config, JWTConfig, strict=True)
-        except msgspec.ValidationError as exc:
-            raise _config_error(self.name, str(exc)) from None
+            config = decode(context.config, JWTConfig)
+        except ConfigError as exc:
+            raise _config_error(self.name, exc.message) from None
         self.config = config
-        max_ttl = _duration(self.name, "max_ttl", config.max_ttl)
-        default_ttl = _duration(self.name, "default_ttl", config.default_ttl)
-        if default_ttl > max_ttl:
-            raise _config_error(self.name, "default_ttl must not exceed max_ttl")
         self.capabilities: Capabilities = Capabilities(
-            max_ttl=max_ttl, default_ttl=default_ttl, revocable=True, renewable=False
+            max_ttl=config.max_ttl,
+            default_ttl=config.default_ttl,
+            revocable=True,
+            renewable=False,
         )
         issuer = config.issuer if config.issuer is not None else context.broker_url
         if not issuer:
@@ -180,8 +184,6 @@ class JWTIssuer:
         self.issuer: str = issuer
         self.algorithm: str = config.algorithm
         if config.keys_dir is not None:
-            if not config.keys_dir:
-                raise _config_error(self.name, "keys_dir: must not be empty")
             try:
                 self._ring = KeyRing.load(
                     Path(config.keys_dir), algorithm=self.algorithm, clock=self._clock
