@@ -15,7 +15,8 @@ introspection, and the public keys it publishes. Keys live in :mod:`issuers.jwt.
   with the ``cnf`` claim (RFC 7800) and ``token_type`` ``DPoP``; any other confirmation method
   is refused (ScopeNotSupported). Unbound requests are unchanged.
 - ``EdDSA`` is signed and verified on purpose although RFC 9864 deprecates the name (ADR 0002);
-  joserfc's warning about it is skipped for this issuer's own registry only.
+  the issuer's registry (:class:`broker.jws.JWSAllowList`, exactly its configured algorithm)
+  looks it up without joserfc's warning.
 """
 
 from __future__ import annotations
@@ -29,14 +30,13 @@ from urllib.parse import urlsplit
 
 import msgspec
 from joserfc import jwt
-from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import ECKey, GuestProtocol, OKPKey
-from joserfc.jws import JWSRegistry
 
 from broker.clock import parse_duration
 from broker.decoding import check_duration, decode
 from broker.errors import ConfigError, InvalidRequest, IssuerUnavailable, ScopeNotSupported
 from broker.issuer import Capabilities, IssuerContext
+from broker.jws import JWSAllowList
 from broker.types import Credential, Lease, MintRequest, Scope, Secret
 from issuers.jwt.keys import KeyRing
 
@@ -75,24 +75,6 @@ class JWTConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
             raise ValueError("issuer: must not be empty")
         if self.keys_dir is not None and not self.keys_dir:
             raise ValueError("keys_dir: must not be empty")
-
-
-class _Registry(JWSRegistry):
-    """The JWS registry of one issuer: exactly its configured algorithm.
-
-    joserfc warns (RFC 9864) every time ``EdDSA`` is looked up. We use that name on purpose
-    (ADR 0002), so this registry looks it up without the warning — for this allow-listed
-    algorithm only, and without touching the process-wide warning filters (which
-    ``warnings.catch_warnings`` would swap on every token, and which are not thread-safe)."""
-
-    def __init__(self, algorithm: str) -> None:
-        super().__init__(algorithms=[algorithm])
-        self.algorithm = algorithm
-
-    def get_alg(self, name: str) -> JWSAlgModel:
-        if name == "EdDSA" and name == self.algorithm:
-            return self.algorithms[name]
-        return super().get_alg(name)
 
 
 class _UnknownKey(ValueError):
@@ -204,7 +186,7 @@ class JWTIssuer:
                 "keys_dir: required (create a key with `jit keys rotate --dir /etc/jit/keys "
                 f"--algorithm {self.algorithm}` and set keys_dir to that directory)",
             )
-        self._registry = _Registry(self.algorithm)
+        self._registry = JWSAllowList([self.algorithm])
 
     def __repr__(self) -> str:
         return f"JWTIssuer(name={self.name!r}, algorithm={self.algorithm!r}, ring={self._ring!r})"
