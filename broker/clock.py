@@ -97,7 +97,7 @@ def _bounded(seconds: float, ready: timedelta | None) -> timedelta:
 def format_duration(value: timedelta) -> str:
     """A timedelta in the syntax :func:`parse_duration` reads (``"1h30m"``, ``"200ms"``, ``"0s"``),
     for messages that name a configured value. Sub-millisecond parts are dropped."""
-    ms = int(value.total_seconds() * 1000)
+    ms = value // timedelta(milliseconds=1)
     sign = "-" if ms < 0 else ""
     ms = abs(ms)
     parts = []

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -183,7 +183,7 @@ class LoggingSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=
 class Settings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     public_url: str = "http://127.0.0.1:8200"
     host: str = "127.0.0.1"
-    port: int = 8200
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8200
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "jit"
     policy_dir: str = "policies"
@@ -224,19 +224,13 @@ def settings_from_mapping(data: Any, *, source: str = "<config>") -> Settings:
 def _env_value(var: str, key: str, text: str) -> Any:
     if key == "port":
         digits = text.strip()
-        if not (digits.isascii() and digits.isdigit() and _is_port(int(digits))):
+        if not (digits.isascii() and digits.isdigit() and 1 <= int(digits) <= 65535):
             raise ConfigError(f"{var}: not a port number (1 to 65535)")
         return int(digits)
     return text
 
 
-def _is_port(value: int) -> bool:
-    return 1 <= value <= 65535
-
-
 def _check(s: Settings, source: str) -> None:
-    if not _is_port(s.port):
-        raise ConfigError(f"{source}: port: not a port number (1 to 65535)")
     names = [i.name for i in s.identity]
     if len(names) != len(set(names)):
         raise ConfigError(f"{source}: identity issuer names must be unique")

@@ -153,7 +153,9 @@ def _struct(info: mi.StructType, value: Mapping[Any, Any], path: str) -> dict[An
         if key not in known:
             hint = difflib.get_close_matches(str(key), sorted(fields), n=1)
             also = (
-                f"; did you mean {hint[0]!r}?" if hint else f" (known: {', '.join(sorted(fields))})"
+                f"; did you mean {hint[0]!r}?"
+                if hint
+                else f" (allowed: {', '.join(sorted(fields))})"
             )
             raise _fail(key_path(path, key), f"unknown key{also}")
         out[key] = _prepare(fields[key], item, key_path(path, key)) if key in fields else item
@@ -183,10 +185,20 @@ def check_duration(
     raise ValueError(f"{key}: must be {bounds}, got {got}")
 
 
-def _schema_hook(tp: type) -> dict[str, Any]:
-    if tp is timedelta:
-        return dict(DURATION_SCHEMA)
-    raise NotImplementedError
+def _durations_in_schema(node: Any) -> Any:
+    """msgspec describes a ``timedelta`` as an ISO 8601 string (``format: duration``); ours is
+    :data:`DURATION_SCHEMA`, with the default written in our syntax."""
+    if isinstance(node, dict):
+        if node.get("type") == "string" and node.get("format") == "duration":
+            out = {k: v for k, v in node.items() if k not in ("type", "format")}
+            if isinstance(out.get("default"), str):
+                default = msgspec.convert(out["default"], timedelta)
+                out["default"] = format_duration(default)
+            return {**DURATION_SCHEMA, **out}
+        return {k: _durations_in_schema(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_durations_in_schema(v) for v in node]
+    return node
 
 
 def json_schema(
@@ -194,10 +206,8 @@ def json_schema(
 ) -> tuple[tuple[dict[str, Any], ...], dict[str, Any]]:
     """The JSON Schemas of ``types`` and their shared components (``$defs``), durations written
     as :data:`DURATION_SCHEMA` and every Struct closed to unknown keys (as :func:`decode` is)."""
-    schemas, components = msgspec.json.schema_components(
-        list(types), schema_hook=_schema_hook, ref_template=ref_template
-    )
+    schemas, components = msgspec.json.schema_components(list(types), ref_template=ref_template)
     for component in components.values():
         if component.get("type") == "object" and "properties" in component:
             component["additionalProperties"] = False
-    return schemas, components
+    return tuple(schemas), _durations_in_schema(components)
