@@ -1,7 +1,11 @@
-"""The only module that reads wall time. Everything else takes a :class:`Clock`.
+"""Time for the broker: the :class:`Clock` that server code takes instead of reading the time
+itself (tests use ``broker.testing.FakeClock``), the system clock behind it, the millisecond
+conversions used in Redis, and the one duration syntax of configs, policies and the API
+(:func:`parse_duration`, and :func:`format_duration` for messages).
 
-A contract module: imports nothing else from ``broker``. Tests use
-``broker.testing.FakeClock``.
+A contract module: imports nothing from ``broker``. Outside this module only the CLI, a client
+at the edge, reads the wall clock directly (for what it prints and the creation time of a new
+key); the approvals long-poll times its wait on the event loop's own monotonic clock.
 """
 
 from __future__ import annotations
