@@ -32,7 +32,14 @@ import msgspec.inspect as mi
 from broker.clock import format_duration, parse_duration
 from broker.errors import ConfigError
 
-__all__ = ["DURATION_SCHEMA", "check_duration", "decode", "json_schema", "key_path"]
+__all__ = [
+    "DURATION_SCHEMA",
+    "check_duration",
+    "check_ttls",
+    "decode",
+    "json_schema",
+    "key_path",
+]
 
 T = TypeVar("T")
 
@@ -183,6 +190,21 @@ def check_duration(
     else:
         bounds = f"at most {format_duration(at_most or value)}"
     raise ValueError(f"{key}: must be {bounds}, got {got}")
+
+
+def check_ttls(
+    max_ttl: timedelta,
+    default_ttl: timedelta,
+    *,
+    at_least: timedelta = timedelta(seconds=1),
+    at_most: timedelta | None = None,
+) -> None:
+    """The rule of an issuer's ``max_ttl`` and ``default_ttl``: both within the bounds, and
+    ``default_ttl <= max_ttl``. Raises ValueError naming the key, for ``__post_init__``."""
+    check_duration("max_ttl", max_ttl, at_least=at_least, at_most=at_most)
+    check_duration("default_ttl", default_ttl, at_least=at_least, at_most=at_most)
+    if default_ttl > max_ttl:
+        raise ValueError("default_ttl must not exceed max_ttl")
 
 
 def _durations_in_schema(node: Any) -> Any:

@@ -22,7 +22,7 @@ from typing import Any, Final
 import msgspec
 
 from broker.clock import parse_duration
-from broker.decoding import check_duration, decode
+from broker.decoding import check_duration, check_ttls, decode
 from broker.errors import ConfigError
 from broker.types import Secret
 from broker.urls import check_url
@@ -63,6 +63,8 @@ _ACTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _EXTERNAL_ID = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
 _PROFILE = re.compile(r"^[\w.+@-]{1,64}$")
 _MAX_MARGIN: Final = timedelta(seconds=30)
+_ONE_SECOND: Final = timedelta(seconds=1)
+_ONE_MINUTE: Final = timedelta(minutes=1)
 
 
 class ResourceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -91,6 +93,11 @@ class AWSConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     latency_margin: timedelta = timedelta(seconds=1)  # how long STS may take to answer (see docs)
 
     def __post_init__(self) -> None:
+        check_ttls(self.max_ttl, self.default_ttl, at_least=MIN_TTL, at_most=MAX_SESSION)
+        check_duration("timeout", self.timeout, at_least=_ONE_SECOND, at_most=_ONE_MINUTE)
+        check_duration(
+            "latency_margin", self.latency_margin, at_least=timedelta(0), at_most=_MAX_MARGIN
+        )
         _settings(self, ValueError)
 
 
@@ -167,7 +174,8 @@ def load_settings(name: str, raw: Mapping[str, Any]) -> Settings:
 
 
 def _settings(config: AWSConfig, fail: Callable[[str], Exception]) -> Settings:
-    """Every rule that needs no file, and the values derived from them."""
+    """The rules that need no file beyond the durations (``__post_init__`` checks those first),
+    and the values derived from them."""
     if not _REGION.match(config.region):
         raise fail(f"region: not an AWS region name: {config.region!r}")
     endpoint = config.endpoint_url
@@ -189,19 +197,6 @@ def _settings(config: AWSConfig, fail: Callable[[str], Exception]) -> Settings:
     if config.external_id is not None and not _EXTERNAL_ID.match(config.external_id):
         raise fail("external_id: 2 to 1224 characters of letters, digits and _+=,.@:/-")
 
-    try:
-        check_duration("max_ttl", config.max_ttl, at_least=MIN_TTL, at_most=MAX_SESSION)
-        check_duration("default_ttl", config.default_ttl, at_least=MIN_TTL, at_most=MAX_SESSION)
-        if config.default_ttl > config.max_ttl:
-            raise ValueError("default_ttl must not exceed max_ttl")
-        check_duration(
-            "timeout", config.timeout, at_least=timedelta(seconds=1), at_most=timedelta(seconds=60)
-        )
-        check_duration(
-            "latency_margin", config.latency_margin, at_least=timedelta(0), at_most=_MAX_MARGIN
-        )
-    except ValueError as exc:
-        raise fail(str(exc)) from None
     if not 1 <= config.max_attempts <= 10:
         raise fail(f"max_attempts: must be between 1 and 10, got {config.max_attempts}")
 

@@ -69,6 +69,9 @@ class GitHubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     ca_file: str | None = None  # PEM CA bundle for a GHES with a private CA
 
     def __post_init__(self) -> None:
+        check_duration("max_ttl", self.max_ttl, at_least=timedelta(seconds=1))
+        check_duration("default_ttl", self.default_ttl, at_least=timedelta(seconds=1))
+        check_duration("timeout", self.timeout, at_least=timedelta(milliseconds=100))
         _checked(self, ValueError)
 
 
@@ -141,7 +144,8 @@ def load_settings(name: str, raw: dict[str, Any], *, dev: bool) -> Settings:
 
 
 def _checked(config: GitHubConfig, fail: Any) -> _Checked:
-    """Every rule that needs no file, and the values derived from them."""
+    """The rules that need no file beyond the duration bounds (``__post_init__`` checks those
+    first), and the values derived from them."""
     app_id = _app_id(config.app_id, fail)
     base_url, host = _base_url(config.base_url, fail)
     web_host = _web_host(config.web_url, host, fail)
@@ -161,13 +165,6 @@ def _checked(config: GitHubConfig, fail: Any) -> _Checked:
             "discover_installations: true"
         )
 
-    one_second = timedelta(seconds=1)
-    try:
-        check_duration("max_ttl", config.max_ttl, at_least=one_second)
-        check_duration("default_ttl", config.default_ttl, at_least=one_second)
-        check_duration("timeout", config.timeout, at_least=timedelta(milliseconds=100))
-    except ValueError as exc:
-        raise fail(str(exc)) from None
     if config.max_ttl > GITHUB_TOKEN_LIFETIME:
         raise fail(
             "max_ttl: GitHub installation tokens live 1h at most, got "

@@ -33,7 +33,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, GuestProtocol, OKPKey
 
 from broker.clock import parse_duration
-from broker.decoding import check_duration, decode
+from broker.decoding import check_ttls, decode
 from broker.errors import ConfigError, InvalidRequest, IssuerUnavailable, ScopeNotSupported
 from broker.issuer import Capabilities, IssuerContext
 from broker.jws import JWSAllowList
@@ -53,7 +53,6 @@ _MAX_URI_LENGTH: Final = 2048
 _JKT = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
-_ONE_SECOND: Final = timedelta(seconds=1)
 
 
 class JWTConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -67,10 +66,7 @@ class JWTConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     default_ttl: timedelta = timedelta(minutes=15)
 
     def __post_init__(self) -> None:
-        check_duration("max_ttl", self.max_ttl, at_least=_ONE_SECOND)
-        check_duration("default_ttl", self.default_ttl, at_least=_ONE_SECOND)
-        if self.default_ttl > self.max_ttl:
-            raise ValueError("default_ttl must not exceed max_ttl")
+        check_ttls(self.max_ttl, self.default_ttl)
         if self.issuer is not None and not self.issuer:
             raise ValueError("issuer: must not be empty")
         if self.keys_dir is not None and not self.keys_dir:

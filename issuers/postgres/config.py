@@ -22,7 +22,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from broker.clock import parse_duration
-from broker.decoding import check_duration, decode
+from broker.decoding import check_duration, check_ttls, decode
 from broker.errors import ConfigError
 
 __all__ = [
@@ -72,6 +72,8 @@ class PostgresConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     client_port: int | None = None  # default: dsn's port, else 5432
 
     def __post_init__(self) -> None:
+        check_ttls(self.max_ttl, self.default_ttl)
+        check_duration("timeout", self.timeout, at_least=timedelta(seconds=1))
         _settings(self, ValueError)
 
 
@@ -135,17 +137,8 @@ def load_settings(name: str, raw: object) -> Settings:
 
 
 def _settings(config: PostgresConfig, fail: Callable[[str], Exception]) -> Settings:
-    """Every rule that needs no file and no server, and the values derived from them."""
-    one_second = timedelta(seconds=1)
-    try:
-        check_duration("max_ttl", config.max_ttl, at_least=one_second)
-        check_duration("default_ttl", config.default_ttl, at_least=one_second)
-        check_duration("timeout", config.timeout, at_least=one_second)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-    if config.default_ttl > config.max_ttl:
-        raise fail("default_ttl must not exceed max_ttl")
-
+    """The rules that need no file and no server beyond the durations (``__post_init__``
+    checks those first), and the values derived from them."""
     # -- the admin connection --------------------------------------------------------------
     try:
         params = conninfo_to_dict(config.dsn)

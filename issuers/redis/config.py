@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 from broker.clock import parse_duration
-from broker.decoding import check_duration, decode
+from broker.decoding import check_duration, check_ttls, decode
 from broker.errors import ConfigError
 from broker.types import Secret
 
@@ -91,6 +91,8 @@ class RedisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     timeout: timedelta = timedelta(seconds=5)  # one call to Redis, connecting included
 
     def __post_init__(self) -> None:
+        check_ttls(self.max_ttl, self.default_ttl)
+        check_duration("timeout", self.timeout, at_least=timedelta(seconds=1))
         _resources(self, ValueError)
 
 
@@ -179,7 +181,8 @@ def load_settings(name: str, raw: object) -> Settings:
 
 
 def _resources(config: RedisConfig, fail: _FailFn) -> dict[str, Resource]:
-    """Every rule that needs no file; the checked resources."""
+    """The rules that need no file beyond the durations (``__post_init__`` checks those first);
+    the checked resources."""
     _check_url(config.url, fail)
     if config.username is not None and not _USERNAME.match(config.username):
         raise fail("username: 1-128 characters among letters, digits and _ . : @ -")
@@ -195,14 +198,6 @@ def _resources(config: RedisConfig, fail: _FailFn) -> dict[str, Resource]:
         raise fail("password_file: must not be empty")
     if config.ca_file is not None and urlsplit(config.url).scheme != "rediss":
         raise fail("ca_file: only for a rediss:// url")
-    one_second = timedelta(seconds=1)
-    try:
-        for key in ("max_ttl", "default_ttl", "timeout"):
-            check_duration(key, getattr(config, key), at_least=one_second)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-    if config.default_ttl > config.max_ttl:
-        raise fail("default_ttl must not exceed max_ttl")
     if not config.resources:
         raise fail("resources: at least one resource is required")
     return {rname: _resource(rname, rconf, fail) for rname, rconf in config.resources.items()}

@@ -19,7 +19,7 @@ from typing import Any, Final
 import msgspec
 
 from broker.clock import format_duration, parse_duration
-from broker.decoding import check_duration, decode
+from broker.decoding import check_ttls, decode
 from broker.errors import ConfigError
 
 __all__ = [
@@ -128,6 +128,15 @@ class SSHConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     revocable: bool = True  # false: hosts do not fetch the KRL; the broker caps TTLs to the task
 
     def __post_init__(self) -> None:
+        check_ttls(self.max_ttl, self.default_ttl)
+        if self.clock_skew > MAX_CLOCK_SKEW:
+            raise ValueError(f"clock_skew: at most {format_duration(MAX_CLOCK_SKEW)}")
+        for key in ("max_ttl", "default_ttl", "clock_skew"):
+            value: timedelta = getattr(self, key)
+            if value % timedelta(seconds=1):  # certificate times are whole seconds
+                raise ValueError(
+                    f"{key}: must be a whole number of seconds, got {format_duration(value)}"
+                )
         _settings(self, ValueError)
 
 
@@ -168,15 +177,6 @@ def config_error(name: str, message: str) -> ConfigError:
 
 
 _FailFn = Callable[[str], Exception]
-
-
-def _duration(key: str, value: timedelta, minimum: timedelta, fail: _FailFn) -> None:
-    try:
-        check_duration(key, value, at_least=minimum)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-    if value != timedelta(seconds=int(value.total_seconds())):
-        raise fail(f"{key}: must be a whole number of seconds, got {format_duration(value)}")
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
@@ -248,14 +248,8 @@ def load_settings(name: str, raw: Any) -> Settings:
 
 
 def _settings(config: SSHConfig, fail: _FailFn) -> Settings:
-    one_second = timedelta(seconds=1)
-    _duration("max_ttl", config.max_ttl, one_second, fail)
-    _duration("default_ttl", config.default_ttl, one_second, fail)
-    if config.default_ttl > config.max_ttl:
-        raise fail("default_ttl must not exceed max_ttl")
-    _duration("clock_skew", config.clock_skew, timedelta(0), fail)
-    if config.clock_skew > MAX_CLOCK_SKEW:
-        raise fail(f"clock_skew: at most {int(MAX_CLOCK_SKEW.total_seconds())}s")
+    """The rules beyond the durations (``__post_init__`` checks those first), and the checked
+    form."""
     if config.min_rsa_bits < 2048:
         raise fail("min_rsa_bits: must be at least 2048")
     if not config.resources:

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from broker.clock import from_ms, parse_duration, to_ms
-from broker.decoding import check_duration, decode
+from broker.decoding import check_duration, check_ttls, decode
 from broker.errors import (
     ConfigError,
     Conflict,
@@ -104,13 +104,9 @@ class X509Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         except ValueError as exc:
             raise ValueError(f"trust_domain: {exc}") from None
         _resources(self)
-        one_second = timedelta(seconds=1)
-        check_duration("max_ttl", self.max_ttl, at_least=one_second)
-        check_duration("default_ttl", self.default_ttl, at_least=one_second)
-        if self.default_ttl > self.max_ttl:
-            raise ValueError("default_ttl must not exceed max_ttl")
+        check_ttls(self.max_ttl, self.default_ttl)
         check_duration("not_before_skew", self.not_before_skew, at_most=timedelta(hours=1))
-        check_duration("crl_validity", self.crl_validity, at_least=one_second)
+        check_duration("crl_validity", self.crl_validity, at_least=timedelta(seconds=1))
         if not 2048 <= self.min_rsa_bits <= 8192:
             raise ValueError("min_rsa_bits: must be between 2048 and 8192")
 

@@ -17,23 +17,9 @@ import pytest
 
 from issuers.jwt.keys import generate_key
 from tests.e2e.conftest import JIT, free_port
+from tests.e2e.test_serve import POLICY
 
 pytestmark = pytest.mark.e2e
-
-POLICY = """\
-owner: platform
-workloads:
-  - issuer: ci
-    claims:
-      sub: {glob: "repo:acme/*"}
-grants:
-  - name: deploy-read
-    issuer: jwt
-    resource: https://orders.internal
-    actions: [read]
-    max_ttl: 30m
-    approval: none
-"""
 
 
 def write_config(tmp: Path, **over: Any) -> Path:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.clock import MAX_DURATION, format_duration, parse_duration
-from broker.decoding import check_duration, decode, key_path
+from broker.decoding import check_duration, check_ttls, decode, key_path
 from broker.errors import ConfigError
 
 
@@ -134,3 +134,17 @@ def test_duration_bounds_name_the_key_and_both_values(
 def test_format_duration_reads_back_as_the_same_duration(ms: int) -> None:
     value = timedelta(milliseconds=ms)
     assert parse_duration(format_duration(value)) == value
+
+
+@pytest.mark.parametrize(
+    ("max_ttl", "default_ttl", "message"),
+    [
+        pytest.param("1h", "2h", "default_ttl must not exceed max_ttl", id="default above max"),
+        pytest.param("0s", "0s", "max_ttl: must be at least 1s, got 0s", id="a zero max"),
+        pytest.param("1h", "500ms", "default_ttl: must be at least 1s", id="a default too short"),
+    ],
+)
+def test_the_ttl_rule_of_every_issuer(max_ttl: str, default_ttl: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}"):
+        check_ttls(parse_duration(max_ttl), parse_duration(default_ttl))
+    check_ttls(timedelta(hours=1), timedelta(minutes=15))  # the usual pair passes
