@@ -103,12 +103,6 @@ CASES = [
         id="a rule an issuer checks without files",
     ),
     pytest.param(
-        lambda tmp: {"reaper": {"poll_interval": "soon"}},
-        {},
-        "reaper.poll_interval: not a duration: 'soon'",
-        id="a bad duration in the broker's own settings",
-    ),
-    pytest.param(
         lambda tmp: {},
         {"JIT_PORT": "abc"},
         "Error: JIT_PORT: not a port number (1 to 65535)",
