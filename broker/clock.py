@@ -1,7 +1,11 @@
-"""The only module that reads wall time. Everything else takes a :class:`Clock`.
+"""Time for the broker: the :class:`Clock` that server code takes instead of reading the time
+itself (tests use ``broker.testing.FakeClock``), the system clock behind it, the millisecond
+conversions used in Redis, and the one duration syntax of configs, policies and the API
+(:func:`parse_duration`, and :func:`format_duration` for messages).
 
-A contract module: imports nothing else from ``broker``. Tests use
-``broker.testing.FakeClock``.
+A contract module: imports nothing from ``broker``. Outside this module only the CLI, a client
+at the edge, reads the wall clock directly (for what it prints and the creation time of a new
+key); the approvals long-poll times its wait on the event loop's own monotonic clock.
 """
 
 from __future__ import annotations
@@ -11,7 +15,15 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-__all__ = ["MAX_DURATION", "Clock", "SystemClock", "from_ms", "parse_duration", "to_ms"]
+__all__ = [
+    "MAX_DURATION",
+    "Clock",
+    "SystemClock",
+    "format_duration",
+    "from_ms",
+    "parse_duration",
+    "to_ms",
+]
 
 
 class Clock(Protocol):
@@ -84,3 +96,17 @@ def _bounded(seconds: float, ready: timedelta | None) -> timedelta:
     if seconds > MAX_DURATION.total_seconds():
         raise ValueError(f"duration too long (at most {MAX_DURATION.days} days)")
     return ready if ready is not None else timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    """A timedelta in the syntax :func:`parse_duration` reads (``"1h30m"``, ``"200ms"``, ``"0s"``),
+    for messages that name a configured value. Sub-millisecond parts are dropped."""
+    ms = value // timedelta(milliseconds=1)
+    sign = "-" if ms < 0 else ""
+    ms = abs(ms)
+    parts = []
+    for unit, size in zip(("d", "h", "m", "s", "ms"), _UNIT_MS, strict=True):
+        count, ms = divmod(ms, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return sign + ("".join(parts) or "0s")

@@ -1,20 +1,25 @@
 """Strict settings: a YAML or JSON file, then ``JIT_*`` environment overrides.
 
-Unknown keys anywhere are errors (fail closed). Durations are written as ``"90s"``, ``"15m"``,
-``"1h"``, ``"1h30m"`` or a number of seconds. ``jit config schema`` prints the JSON Schema.
+Unknown keys anywhere are errors (fail closed), each message naming the key. Durations are
+written as ``"200ms"``, ``"90s"``, ``"15m"``, ``"1h"``, ``"1h30m"`` or a number of seconds
+(decoding is :func:`broker.decoding.decode`, shared with every issuer's config). An environment
+override that is not a valid value is an error naming the variable. An issuer instance's
+``config`` is kept raw here: :func:`broker.registry.validate_issuer_configs` checks it against
+its type. :func:`json_schema` is what ``jit config schema`` prints.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-import msgspec.inspect as mi
 import yaml
 
+from broker import decoding
 from broker.clock import parse_duration
 from broker.errors import ConfigError
 
@@ -37,36 +42,8 @@ __all__ = [
     "json_schema",
     "load_settings",
     "parse_duration",
+    "settings_from_mapping",
 ]
-
-
-def _durations(info: mi.Type, value: Any, path: str) -> Any:
-    """Turn our duration syntax into timedelta wherever ``info`` expects one, so that msgspec
-    (which only knows ISO 8601 durations) then sees ready values. Other values pass through
-    for msgspec to validate."""
-    if isinstance(info, mi.TimeDeltaType) and not isinstance(value, timedelta):
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-    if isinstance(info, mi.UnionType):
-        for t in info.types:
-            if isinstance(t, mi.TimeDeltaType) and isinstance(value, str | int | float):
-                return _durations(t, value, path)
-        for t in info.types:
-            if isinstance(t, mi.StructType | mi.ListType | mi.DictType):
-                return _durations(t, value, path)
-    if isinstance(info, mi.StructType) and isinstance(value, dict):
-        fields = {f.encode_name: f.type for f in info.fields}
-        return {
-            k: _durations(fields[k], v, f"{path}.{k}") if k in fields else v
-            for k, v in value.items()
-        }
-    if isinstance(info, mi.ListType) and isinstance(value, list):
-        return [_durations(info.item_type, v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if isinstance(info, mi.DictType) and isinstance(value, dict):
-        return {k: _durations(info.value_type, v, f"{path}.{k}") for k, v in value.items()}
-    return value
 
 
 class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -210,7 +187,7 @@ class LoggingSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=
 class Settings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     public_url: str = "http://127.0.0.1:8200"
     host: str = "127.0.0.1"
-    port: int = 8200
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8200
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "jit"
     policy_dir: str = "policies"
@@ -241,15 +218,20 @@ def settings_from_mapping(data: Any, *, source: str = "<config>") -> Settings:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
     try:
-        data = _durations(mi.type_info(Settings), data, "$")
+        settings = decoding.decode(data, Settings, strict=False)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc.message}") from None
-    try:
-        settings = msgspec.convert(data, Settings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
     _check(settings, source)
     return settings
+
+
+def _env_value(var: str, key: str, text: str) -> Any:
+    if key == "port":
+        digits = text.strip()
+        if not (digits.isascii() and digits.isdigit() and 1 <= int(digits) <= 65535):
+            raise ConfigError(f"{var}: not a port number (1 to 65535)")
+        return int(digits)
+    return text
 
 
 def _check(s: Settings, source: str) -> None:
@@ -304,7 +286,7 @@ def load_settings(path: str | Path, env: dict[str, str] | None = None) -> Settin
     if isinstance(data, dict):
         for var, key in _ENV_OVERRIDES.items():
             if var in env:
-                data[key] = int(env[var]) if key == "port" else env[var]
+                data[key] = _env_value(var, key, env[var])
     settings = settings_from_mapping(data, source=str(p))
     base = p.parent
     # Relative paths in the config are relative to the config file.
@@ -313,10 +295,38 @@ def load_settings(path: str | Path, env: dict[str, str] | None = None) -> Settin
     return settings
 
 
-def json_schema() -> dict[str, Any]:
-    def schema_hook(tp: type) -> dict[str, Any]:
-        if tp is timedelta:
-            return {"type": ["string", "number"], "description": "duration: 90s, 15m, 1h30m"}
-        raise NotImplementedError
+def json_schema(issuer_types: Mapping[str, type | None] | None = None) -> dict[str, Any]:
+    """The JSON Schema of the config file.
 
-    return msgspec.json.schema(Settings, schema_hook=schema_hook)
+    ``issuer_types`` maps each installed issuer type to its ``config_type`` (None when it
+    declares none, or cannot be imported); given, ``issuers.<name>`` is a ``oneOf`` over them,
+    each ``{type: <const>, config: <that type's schema>}``. Without it, ``config`` is any
+    mapping."""
+    declared = {name: t for name, t in (issuer_types or {}).items() if t is not None}
+    names = sorted(declared)
+    schemas, defs = decoding.json_schema([Settings, *(declared[n] for n in names)])
+    by_type = dict(zip(names, schemas[1:], strict=True))
+    if issuer_types:
+        variants = []
+        for name in sorted(issuer_types):
+            config: dict[str, Any] = by_type.get(name) or {
+                "type": "object",
+                "description": "not described by its issuer type; checked when it starts",
+            }
+            required = ["type"]
+            if name in declared and any(f.required for f in msgspec.structs.fields(declared[name])):
+                required.append("config")
+            variants.append(
+                {
+                    "title": f"issuer type {name}",
+                    "type": "object",
+                    "properties": {"type": {"const": name}, "config": config},
+                    "required": required,
+                    "additionalProperties": False,
+                }
+            )
+        defs["Settings"]["properties"]["issuers"] = {
+            "type": "object",
+            "additionalProperties": {"oneOf": variants},
+        }
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schemas[0], "$defs": defs}

@@ -17,6 +17,15 @@ Rules every issuer follows (checked by ``broker.testing.IssuerConformance``):
   :class:`broker.errors.InvalidRequest` (never silently ignored).
 - A backend outage raises :class:`broker.errors.IssuerUnavailable`; a scope the backend cannot
   express raises :class:`broker.errors.ScopeNotSupported` from ``check_scope()``.
+
+Configuration: an issuer class may declare ``config_type``, a msgspec Struct describing its
+``config:`` mapping (durations as ``timedelta`` fields). The broker then checks every configured
+instance against it *without constructing the issuer* — ``jit config check`` and ``jit serve``
+alike, before any issuer starts — and ``jit config schema`` describes it. Decoding is
+:func:`broker.decoding.decode` (unknown keys refused, the broker's one duration syntax); checks
+that need no file and no network belong in the Struct's ``__post_init__`` (raise ``ValueError``
+naming the key) so that they run there too. Whatever needs a file or the backend stays in the
+constructor. An issuer without ``config_type`` is checked only when it is constructed.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ __all__ = [
     "IssuerFactory",
     "PublishesDocuments",
     "PublishesKeys",
+    "config_type_of",
 ]
 
 
@@ -117,3 +127,15 @@ class Introspectable(Protocol):
         """The lease id of ``token`` if this issuer signed it and it verifies (signature and
         expiry); otherwise None. The broker then checks the lease's state."""
         ...
+
+
+def config_type_of(factory: object) -> type[msgspec.Struct] | None:
+    """The ``config_type`` an issuer factory (usually the issuer class) declares, or None.
+
+    Raises TypeError when it declares something that is not a msgspec Struct type."""
+    declared = getattr(factory, "config_type", None)
+    if declared is None:
+        return None
+    if not (isinstance(declared, type) and issubclass(declared, msgspec.Struct)):
+        raise TypeError(f"config_type must be a msgspec.Struct subclass, not {declared!r}")
+    return declared

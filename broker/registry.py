@@ -2,8 +2,15 @@
 
 Only the issuer *types* named in config are imported. An entry-point name registered twice
 (a third-party package trying to shadow a built-in such as ``jwt``) is refused, as is a
-configured type that does not exist, fails to import, rejects its config or fails its first
-health check: start-up stops with a message naming the instance.
+configured type that does not exist, fails to import (a missing extra is named with the
+``pip install`` that brings it) or rejects its config: start-up stops with a message naming the
+instance. (The first health check, after construction, is the caller's: ``build_broker``.)
+
+:func:`validate_issuer_configs` checks every instance's ``config`` against the ``config_type``
+its issuer type declares (see :mod:`broker.issuer`) without constructing anything: no backend
+is contacted and no file is read. ``jit config check`` calls it, and :func:`load_issuers` calls
+it before it constructs the first issuer, so both say the same thing about the same config.
+:func:`issuer_config_types` feeds ``jit config schema``.
 """
 
 from __future__ import annotations
@@ -13,12 +20,21 @@ from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
+import msgspec
+
+from broker import decoding
 from broker.clock import Clock
 from broker.config import IssuerInstanceSettings
 from broker.errors import BrokerError, ConfigError
-from broker.issuer import Issuer, IssuerContext
+from broker.issuer import Issuer, IssuerContext, IssuerFactory, config_type_of
 
-__all__ = ["GROUP", "available_types", "load_issuers"]
+__all__ = [
+    "GROUP",
+    "available_types",
+    "issuer_config_types",
+    "load_issuers",
+    "validate_issuer_configs",
+]
 
 GROUP = "jit_broker.issuers"
 BUILTIN_DISTRIBUTION = "jit-broker"
@@ -48,6 +64,65 @@ def available_types() -> list[str]:
     return sorted(_entry_points())
 
 
+def _load_type(name: str, type_name: str, eps: Mapping[str, EntryPoint]) -> IssuerFactory:
+    ep = eps.get(type_name)
+    if ep is None:
+        raise ConfigError(
+            f"issuer {name!r}: unknown type {type_name!r} (installed types: {sorted(eps)})"
+        )
+    try:
+        factory: IssuerFactory = ep.load()
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get(type_name)
+        hint = f"; install it with: pip install 'jit-broker[{extra}]'" if extra else ""
+        raise ConfigError(
+            f"issuer {name!r}: type {type_name!r} needs the module {exc.name!r}{hint}"
+        ) from exc
+    except Exception as exc:
+        raise ConfigError(
+            f"issuer {name!r}: type {type_name!r} failed to load: {exc.__class__.__name__}: {exc}"
+        ) from exc
+    return factory
+
+
+def validate_issuer_configs(
+    configured: Mapping[str, IssuerInstanceSettings],
+) -> dict[str, IssuerFactory]:
+    """Check each configured instance without constructing it: its type is installed and
+    imports, and its ``config`` decodes into the type's ``config_type`` (when it declares one).
+
+    Returns the factories by instance name. Raises ConfigError naming the instance (and the key,
+    for a bad config): ``issuer 'pg' (postgres): config.max_ttl: not a duration: 'soon' ...``."""
+    eps = _entry_points()
+    factories: dict[str, IssuerFactory] = {}
+    for name, inst in configured.items():
+        factory = _load_type(name, inst.type, eps)
+        try:
+            config_type = config_type_of(factory)
+        except TypeError as exc:
+            raise ConfigError(f"issuer {name!r}: type {inst.type!r}: {exc}") from None
+        if config_type is not None:
+            try:
+                decoding.decode(inst.config, config_type, at="config")
+            except ConfigError as exc:
+                raise ConfigError(f"issuer {name!r} ({inst.type}): {exc.message}") from None
+        factories[name] = factory
+    return factories
+
+
+def issuer_config_types() -> dict[str, type[msgspec.Struct] | None]:
+    """Every installed issuer type and the ``config_type`` it declares: None when it declares
+    none or cannot be imported here (a missing extra). Imports every installed type."""
+    types: dict[str, type[msgspec.Struct] | None] = {}
+    for type_name, ep in _entry_points().items():
+        try:
+            types[type_name] = config_type_of(ep.load())
+        except Exception as exc:
+            log.info("issuer type %s: no config schema (%s)", type_name, exc.__class__.__name__)
+            types[type_name] = None
+    return types
+
+
 def load_issuers(
     configured: Mapping[str, IssuerInstanceSettings],
     *,
@@ -57,28 +132,12 @@ def load_issuers(
     redis: Any = None,
     key_prefix: str = "jit",
 ) -> dict[str, Issuer]:
-    """Construct every configured issuer instance. Raises ConfigError naming the instance."""
-    eps = _entry_points()
+    """Construct every configured issuer instance, after :func:`validate_issuer_configs` has
+    passed for all of them. Raises ConfigError naming the instance."""
+    factories = validate_issuer_configs(configured)
     issuers: dict[str, Issuer] = {}
     for name, inst in configured.items():
-        ep = eps.get(inst.type)
-        if ep is None:
-            raise ConfigError(
-                f"issuer {name!r}: unknown type {inst.type!r} (installed types: {sorted(eps)})"
-            )
-        try:
-            factory = ep.load()
-        except ModuleNotFoundError as exc:
-            extra = _EXTRAS.get(inst.type)
-            hint = f"; install it with: pip install 'jit-broker[{extra}]'" if extra else ""
-            raise ConfigError(
-                f"issuer {name!r}: type {inst.type!r} needs the module {exc.name!r}{hint}"
-            ) from exc
-        except Exception as exc:
-            raise ConfigError(
-                f"issuer {name!r}: type {inst.type!r} failed to load: "
-                f"{exc.__class__.__name__}: {exc}"
-            ) from exc
+        factory = factories[name]
         context = IssuerContext(
             name=name,
             config=dict(inst.config),

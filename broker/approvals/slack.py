@@ -5,12 +5,16 @@ Owns everything that speaks Slack and nothing else: the approval core decides; t
 renders its decisions and brings clicks in as plain values.
 
 - Outbound: the Slack Web API (``chat.postMessage``, ``chat.update``, ``conversations.open``)
-  over one ``httpx.AsyncClient`` with the bot token in the ``Authorization`` header only. Every
-  failure — network, timeout, HTTP 429/5xx, ``ok: false`` — becomes :class:`SlackUnavailable`
-  (503); the Slack error code is in its message and attributes, the token never is.
-- Inbound: :meth:`SlackNotifier.verify` checks Slack's v0 request signature (HMAC-SHA256 over
-  ``v0:<timestamp>:<body>`` with the signing secret, constant-time compare) and a timestamp
-  within five minutes of the injected clock (past and future);
+  through slack_sdk's ``WebClient`` (the standard library's HTTP client, run in a worker thread
+  so the event loop never blocks), with the bot token in the ``Authorization`` header only, one
+  verifying TLS context per process and slack_sdk's own retries off (retrying is the approval
+  flow's job, with backoff). Every failure — network, timeout, HTTP 429/5xx, ``ok: false``, an
+  answer that is not a Slack API answer — becomes :class:`SlackUnavailable` (503); the Slack
+  error code is in its message and attributes, the token never is.
+- Inbound: :meth:`SlackNotifier.verify` checks the header formats and a timestamp within five
+  minutes of the injected clock (past and future), then Slack's v0 request signature
+  (HMAC-SHA256 over ``v0:<timestamp>:<body>`` with the signing secret, constant-time compare)
+  with slack_sdk's ``SignatureVerifier`` on that same clock;
   :meth:`SlackNotifier.parse_action` turns a ``block_actions`` payload into a
   :class:`SlackAction`. Refusing replays inside the window (a seen-set shared by replicas) and
   who the Slack user is (and whether they may approve) are the core's
@@ -20,16 +24,15 @@ renders its decisions and brings clicks in as plain values.
   (``&``, ``<``, ``>``), in ``verbatim`` text objects (no auto-linking of URLs, channel names or
   mentions); the purpose is shown as a quote and labelled as unverified. Text grants nothing.
 
-No slack_sdk: it is not a dependency of the project, the Web API is three JSON POSTs, and
-httpx (already a dependency) gives timeouts, pooling and a test transport.
+slack_sdk is a dependency of the project and this is the only module that imports it. Tests
+point ``api_url`` at a fake Slack Web API on loopback (tests/fakes/slack_api.py) and sign the
+interaction requests they send with their own implementation of Slack's v0 signing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
-import hmac
 import http.client
 import logging
 import re
@@ -458,7 +461,6 @@ def _read_secret_file(key: str, path: str) -> Secret:
     return Secret(value)
 
 
-@functools.cache
 class _SlackClock(SlackSdkClock):
     """slack_sdk's verifier asks its clock for epoch seconds: ours is injected."""
 
@@ -469,6 +471,7 @@ class _SlackClock(SlackSdkClock):
         return self._clock.now().timestamp()
 
 
+@functools.cache
 def _ssl_context() -> ssl.SSLContext:
     """One verifying TLS context per process (building one costs ~50 ms; it is shareable)."""
     return httpx.create_ssl_context()
@@ -785,11 +788,6 @@ _QUIET: dict[str, Any] = {
     "parse": "none",
     "link_names": False,
 }
-
-
-def _sign(secret: bytes, timestamp: str, body: bytes) -> str:
-    base = b"v0:" + timestamp.encode("ascii") + b":" + body
-    return "v0=" + hmac.new(secret, base, hashlib.sha256).hexdigest()
 
 
 def _retry_after(value: str | None) -> float | None:

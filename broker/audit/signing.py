@@ -36,11 +36,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from joserfc import jws
 from joserfc.errors import JoseError
-from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import GuestProtocol, OKPKey
-from joserfc.jws import JWSRegistry
 
 from broker.errors import ConfigError
+from broker.jws import JWSAllowList
 
 __all__ = [
     "ALGORITHM",
@@ -65,25 +64,8 @@ MIN_HMAC_KEY: Final = 32
 _canonical = msgspec.json.Encoder(order="sorted")
 
 
-class _Registry(JWSRegistry):
-    """``EdDSA`` and nothing else, with a strict header check and small size limits.
-
-    joserfc warns (RFC 9864) on every lookup of ``EdDSA``; we use that name on purpose (ADR
-    0002), so this registry looks it up directly, for this allow-listed algorithm only."""
-
-    def __init__(self) -> None:
-        super().__init__(algorithms=[ALGORITHM])
-        self.max_header_length = 512
-        self.max_payload_length = 512
-        self.max_signature_length = 256
-
-    def get_alg(self, name: str) -> JWSAlgModel:
-        if name == ALGORITHM:
-            return self.algorithms[name]
-        return super().get_alg(name)
-
-
-_REGISTRY = _Registry()
+#: ``EdDSA`` and nothing else, with a strict header check and small size limits.
+_REGISTRY = JWSAllowList([ALGORITHM], max_header=512, max_payload=512, max_signature=256)
 
 
 class CheckpointError(ValueError):

@@ -6,6 +6,9 @@ Modules, one owner each:
 - :mod:`~broker.identity.jwks` — the per-issuer signing-key cache (fetch, discovery, refresh
   rate limit, coalescing);
 - :mod:`~broker.identity.algorithms` — the algorithm allow-list (never ``none`` or ``HS*``);
+- :mod:`~broker.identity.dpop` — DPoP proofs (RFC 9449): :class:`DPoPVerifier`, the key
+  thumbprint and the replay caches that make each proof single-use;
+- :mod:`~broker.identity.messages` — how values from an unverified token appear in messages;
 - :mod:`~broker.identity.presets` — claim mappings for generic OIDC, GitHub Actions, GitLab CI
   and Kubernetes service accounts;
 - :mod:`~broker.identity.dev` — :class:`DevIdentityIssuer`, the local issuer of ``jit dev``.

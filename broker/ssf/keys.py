@@ -17,11 +17,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc import jwt
-from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import ECKey, OKPKey
-from joserfc.jws import JWSRegistry
 
 from broker.errors import ConfigError
+from broker.jws import JWSAllowList
 from broker.ssf.set import SET_TYP
 
 __all__ = ["ALGORITHMS", "SetSigner"]
@@ -30,20 +29,6 @@ log = logging.getLogger("jit.ssf")
 
 #: The JWS algorithms a SET may be signed with (an explicit allow-list).
 ALGORITHMS: Final = ("EdDSA", "ES256")
-
-
-class _Registry(JWSRegistry):
-    """Exactly one algorithm. ``EdDSA`` is looked up without joserfc's RFC 9864 deprecation
-    warning (ADR 0002), for this allow-listed algorithm only."""
-
-    def __init__(self, algorithm: str) -> None:
-        super().__init__(algorithms=[algorithm])
-        self.algorithm = algorithm
-
-    def get_alg(self, name: str) -> JWSAlgModel:
-        if name == "EdDSA" and name == self.algorithm:
-            return self.algorithms[name]
-        return super().get_alg(name)
 
 
 def _parse(pem: bytes, where: str) -> tuple[str, OKPKey | ECKey]:
@@ -74,7 +59,7 @@ class SetSigner:
         public.pop("d", None)  # never there with private=False; belt and braces
         public.update(kid=self.kid, alg=algorithm, use="sig")
         self._public_jwk = public
-        self._registry = _Registry(algorithm)
+        self._registry = JWSAllowList([algorithm])
 
     @classmethod
     def from_settings(cls, key_file: str | None, *, dev: bool) -> SetSigner:

@@ -2,8 +2,10 @@
 own credentials file.
 
 Owns everything an operator writes under ``issuers: {<name>: {type: aws, config: {...}}}`` and
-turns it into a frozen :class:`Settings`. Anything wrong raises ``ConfigError`` naming the
-instance and the key; nothing here talks to AWS. See docs/issuers/aws.md.
+turns it into a frozen :class:`Settings`. Decoding :class:`AWSConfig` (the issuer type's
+``config_type``) runs every rule that needs no file, so ``jit config check`` does too;
+:func:`load_settings` adds reading ``credentials_file``. Anything wrong raises ``ConfigError``
+naming the instance and the key; nothing here talks to AWS. See docs/issuers/aws.md.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import configparser
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any, Final
 import msgspec
 
 from broker.clock import parse_duration
+from broker.decoding import check_duration, check_ttls, decode
 from broker.errors import ConfigError
 from broker.types import Secret
 from broker.urls import check_url
@@ -59,6 +62,9 @@ _IAM_ACTION = re.compile(r"^[a-z0-9-]+:[A-Za-z0-9*?]+$")
 _ACTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _EXTERNAL_ID = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
 _PROFILE = re.compile(r"^[\w.+@-]{1,64}$")
+_MAX_MARGIN: Final = timedelta(seconds=30)
+_ONE_SECOND: Final = timedelta(seconds=1)
+_ONE_MINUTE: Final = timedelta(minutes=1)
 
 
 class ResourceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -71,7 +77,8 @@ class ResourceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 
 class AWSConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The ``config`` of an ``aws`` issuer instance. Unknown keys are errors."""
+    """The ``config`` of an ``aws`` issuer instance. Unknown keys are errors; decoding checks
+    every rule that needs no file."""
 
     region: str
     resources: dict[str, ResourceConfig]
@@ -79,11 +86,19 @@ class AWSConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     credentials_file: str | None = None  # a shared-credentials (INI) file; default: boto3's chain
     profile: str | None = None  # the section of credentials_file (default "default")
     external_id: str | None = None  # sent as ExternalId (AWS: not a secret)
-    max_ttl: str | int | float = "1h"
-    default_ttl: str | int | float = "30m"
-    timeout: str | int | float = "5s"  # one STS call, retries included
+    max_ttl: timedelta = timedelta(hours=1)
+    default_ttl: timedelta = timedelta(minutes=30)
+    timeout: timedelta = timedelta(seconds=5)  # one STS call, retries included
     max_attempts: int = 3  # botocore "standard" retries: total attempts per call
-    latency_margin: str | int | float = "1s"  # how long STS may take to answer (see docs)
+    latency_margin: timedelta = timedelta(seconds=1)  # how long STS may take to answer (see docs)
+
+    def __post_init__(self) -> None:
+        check_ttls(self.max_ttl, self.default_ttl, at_least=MIN_TTL, at_most=MAX_SESSION)
+        check_duration("timeout", self.timeout, at_least=_ONE_SECOND, at_most=_ONE_MINUTE)
+        check_duration(
+            "latency_margin", self.latency_margin, at_least=timedelta(0), at_most=_MAX_MARGIN
+        )
+        _settings(self, ValueError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,18 +152,30 @@ def session_policy(target: Target, actions: tuple[str, ...]) -> str:
 
 
 def load_settings(name: str, raw: Mapping[str, Any]) -> Settings:
-    """Validate the raw ``config`` mapping of instance ``name``. Raises ConfigError."""
+    """Validate the raw ``config`` mapping of instance ``name`` and check its
+    ``credentials_file``. Raises ConfigError."""
 
     def fail(message: str) -> ConfigError:
         return ConfigError(f"aws issuer {name!r}: {message}")
 
+    if not isinstance(raw, Mapping):
+        raise fail("config must be a mapping")
     try:
-        config = msgspec.convert(dict(raw), AWSConfig, strict=True)
-    except msgspec.ValidationError as exc:
-        raise fail(str(exc)) from None
-    except TypeError:
-        raise fail("config must be a mapping") from None
+        config = decode(dict(raw), AWSConfig)
+    except ConfigError as exc:
+        raise fail(exc.message) from None
+    settings = _settings(config, fail)  # cannot fail: decoding ran the same checks
+    if settings.credentials_file is not None:
+        try:
+            read_credentials_file(settings.credentials_file, settings.profile)
+        except ValueError as exc:
+            raise fail(f"credentials_file: {exc}") from None
+    return settings
 
+
+def _settings(config: AWSConfig, fail: Callable[[str], Exception]) -> Settings:
+    """The rules that need no file beyond the durations (``__post_init__`` checks those first),
+    and the values derived from them."""
     if not _REGION.match(config.region):
         raise fail(f"region: not an AWS region name: {config.region!r}")
     endpoint = config.endpoint_url
@@ -167,29 +194,9 @@ def load_settings(name: str, raw: Mapping[str, Any]) -> Settings:
         if not _PROFILE.match(config.profile):
             raise fail(f"profile: not a profile name: {config.profile!r}")
     profile = config.profile or "default"
-    if credentials_file is not None:
-        try:
-            read_credentials_file(credentials_file, profile)
-        except ValueError as exc:
-            raise fail(f"credentials_file: {exc}") from None
     if config.external_id is not None and not _EXTERNAL_ID.match(config.external_id):
         raise fail("external_id: 2 to 1224 characters of letters, digits and _+=,.@:/-")
 
-    def duration(key: str, value: object, low: timedelta, high: timedelta) -> timedelta:
-        try:
-            d = parse_duration(value)
-        except ValueError as exc:
-            raise fail(f"{key}: {exc}") from None
-        if not low <= d <= high:
-            raise fail(f"{key}: must be between {_fmt(low)} and {_fmt(high)}, got {value!r}")
-        return d
-
-    max_ttl = duration("max_ttl", config.max_ttl, MIN_TTL, MAX_SESSION)
-    default_ttl = duration("default_ttl", config.default_ttl, MIN_TTL, MAX_SESSION)
-    if default_ttl > max_ttl:
-        raise fail("default_ttl must not exceed max_ttl")
-    timeout = duration("timeout", config.timeout, timedelta(seconds=1), timedelta(seconds=60))
-    margin = duration("latency_margin", config.latency_margin, timedelta(0), timedelta(seconds=30))
     if not 1 <= config.max_attempts <= 10:
         raise fail(f"max_attempts: must be between 1 and 10, got {config.max_attempts}")
 
@@ -245,11 +252,11 @@ def load_settings(name: str, raw: Mapping[str, Any]) -> Settings:
         endpoint_url=endpoint,
         credentials_file=credentials_file,
         profile=profile,
-        max_ttl=max_ttl,
-        default_ttl=default_ttl,
-        timeout=timeout,
+        max_ttl=config.max_ttl,
+        default_ttl=config.default_ttl,
+        timeout=config.timeout,
         max_attempts=config.max_attempts,
-        latency_margin=margin,
+        latency_margin=config.latency_margin,
         targets=targets,
     )
 
@@ -300,12 +307,3 @@ def _endpoint_problem(url: str) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
-
-
-def _fmt(d: timedelta) -> str:
-    s = int(d.total_seconds())
-    if s and s % 3600 == 0:
-        return f"{s // 3600}h"
-    if s and s % 60 == 0:
-        return f"{s // 60}m"
-    return f"{d.total_seconds():g}s"

@@ -35,7 +35,7 @@ import re
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
 import botocore.loaders  # type: ignore[import-untyped,unused-ignore]  # botocore: untyped
 import botocore.session  # type: ignore[import-untyped,unused-ignore]  # (the same)
@@ -64,6 +64,7 @@ from broker.types import Credential, Lease, MintRequest, Scope, Secret
 from issuers.aws.config import (
     MIN_TTL,
     STS_MIN_SESSION,
+    AWSConfig,
     Settings,
     load_settings,
     read_credentials_file,
@@ -139,6 +140,9 @@ class AWSIssuer:
 
     Raises ConfigError at construction for invalid config or an unusable
     ``credentials_file``; it does not call AWS until ``check_health()`` or ``mint()``."""
+
+    #: The ``config:`` of an instance, checked by the broker before construction.
+    config_type: ClassVar[type[AWSConfig]] = AWSConfig
 
     def __init__(self, context: IssuerContext) -> None:
         self.name: str = context.name

@@ -1,9 +1,10 @@
 """Configuration of a ``github`` issuer instance: strict parsing and the files it names.
 
-Owns :class:`GitHubConfig` (the raw ``config:`` mapping, unknown keys refused) and
-:func:`load_settings`, which validates every value and reads the files (the App's private key,
-the token-store keys) into :class:`Settings`. Every problem is a ``ConfigError`` naming the
-instance and the key; no message ever contains file content.
+Owns :class:`GitHubConfig` (the issuer type's ``config_type``: the ``config:`` mapping, unknown
+keys refused; decoding it runs every rule that needs no file, so ``jit config check`` does too)
+and :func:`load_settings`, which also reads the files (the App's private key, the token-store
+keys) into :class:`Settings`. Every problem is a ``ConfigError`` naming the instance and the key;
+no message ever contains file content.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from joserfc.jwk import RSAKey
 
-from broker.clock import parse_duration
+from broker.clock import format_duration, parse_duration
+from broker.decoding import check_duration, decode
 from broker.errors import ConfigError
 from broker.urls import check_url
 
@@ -48,7 +50,8 @@ _MIN_RSA_BITS: Final = 2048
 
 
 class GitHubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The ``config`` of a ``github`` issuer instance. Unknown keys are errors."""
+    """The ``config`` of a ``github`` issuer instance. Unknown keys are errors; decoding checks
+    every rule that needs no file."""
 
     app_id: int | str  # the App's numeric id, or its client ID ("Iv23li...")
     private_key_file: str  # the App's PEM RSA private key, as GitHub hands it out
@@ -58,12 +61,28 @@ class GitHubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     web_url: str | None = None  # where repositories live; default derived from base_url
     state_key_file: str | None = None  # 32-byte AES key: encrypts the stored tokens
     previous_state_key_files: list[str] = msgspec.field(default_factory=list)
-    max_ttl: str | int | float = "1h"
-    default_ttl: str | int | float = "15m"
-    timeout: str | int | float = "10s"  # one HTTP exchange with GitHub
-    connect_timeout: str | int | float = "5s"
-    installation_cache_ttl: str | int | float = "10m"  # discovered installation ids
+    max_ttl: timedelta = timedelta(hours=1)
+    default_ttl: timedelta = timedelta(minutes=15)
+    timeout: timedelta = timedelta(seconds=10)  # one HTTP exchange with GitHub
+    connect_timeout: timedelta = timedelta(seconds=5)
+    installation_cache_ttl: timedelta = timedelta(minutes=10)  # discovered installation ids
     ca_file: str | None = None  # PEM CA bundle for a GHES with a private CA
+
+    def __post_init__(self) -> None:
+        check_duration("max_ttl", self.max_ttl, at_least=timedelta(seconds=1))
+        check_duration("default_ttl", self.default_ttl, at_least=timedelta(seconds=1))
+        check_duration("timeout", self.timeout, at_least=timedelta(milliseconds=100))
+        _checked(self, ValueError)
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """What the file-free rules derive from a :class:`GitHubConfig`."""
+
+    app_id: str
+    base_url: str
+    web_host: str
+    installations: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -96,10 +115,37 @@ def load_settings(name: str, raw: dict[str, Any], *, dev: bool) -> Settings:
         return ConfigError(f"github issuer {name!r}: {message}")
 
     try:
-        config = msgspec.convert(raw, GitHubConfig)
-    except msgspec.ValidationError as exc:
-        raise fail(str(exc)) from None
+        config = decode(raw, GitHubConfig)
+    except ConfigError as exc:
+        raise fail(exc.message) from None
+    checked = _checked(config, fail)  # cannot fail: decoding ran the same checks
 
+    signing_key = _private_key(config.private_key_file, fail)
+    state_keys, ephemeral = _state_keys(config, dev, fail)
+    if config.ca_file is not None and not Path(config.ca_file).is_file():
+        raise fail(f"ca_file: {config.ca_file} is not a readable file")
+
+    return Settings(
+        app_id=checked.app_id,
+        signing_key=signing_key,
+        installations=checked.installations,
+        discover_installations=config.discover_installations,
+        base_url=checked.base_url,
+        web_host=checked.web_host,
+        state_keys=state_keys,
+        ephemeral_state_key=ephemeral,
+        max_ttl=config.max_ttl,
+        default_ttl=config.default_ttl,
+        timeout=config.timeout,
+        connect_timeout=config.connect_timeout,
+        installation_cache_ttl=config.installation_cache_ttl,
+        ca_file=config.ca_file,
+    )
+
+
+def _checked(config: GitHubConfig, fail: Any) -> _Checked:
+    """The rules that need no file beyond the duration bounds (``__post_init__`` checks those
+    first), and the values derived from them."""
     app_id = _app_id(config.app_id, fail)
     base_url, host = _base_url(config.base_url, fail)
     web_host = _web_host(config.web_url, host, fail)
@@ -119,48 +165,22 @@ def load_settings(name: str, raw: dict[str, Any], *, dev: bool) -> Settings:
             "discover_installations: true"
         )
 
-    def duration(key: str, value: object, minimum: timedelta) -> timedelta:
-        try:
-            d = parse_duration(value)
-        except ValueError as exc:
-            raise fail(f"{key}: {exc}") from None
-        if d < minimum:
-            raise fail(f"{key}: must be at least {minimum.total_seconds():g}s, got {value!r}")
-        return d
-
-    one_second = timedelta(seconds=1)
-    max_ttl = duration("max_ttl", config.max_ttl, one_second)
-    default_ttl = duration("default_ttl", config.default_ttl, one_second)
-    if max_ttl > GITHUB_TOKEN_LIFETIME:
-        raise fail(f"max_ttl: GitHub installation tokens live 1h at most, got {config.max_ttl!r}")
-    if default_ttl > max_ttl:
-        raise fail(f"default_ttl: {config.default_ttl!r} exceeds max_ttl {config.max_ttl!r}")
-    timeout = duration("timeout", config.timeout, timedelta(milliseconds=100))
-    connect_timeout = duration("connect_timeout", config.connect_timeout, timedelta(0))
-    if connect_timeout <= timedelta(0):
+    if config.max_ttl > GITHUB_TOKEN_LIFETIME:
+        raise fail(
+            "max_ttl: GitHub installation tokens live 1h at most, got "
+            f"{format_duration(config.max_ttl)}"
+        )
+    if config.default_ttl > config.max_ttl:
+        raise fail(
+            f"default_ttl: {format_duration(config.default_ttl)} exceeds max_ttl "
+            f"{format_duration(config.max_ttl)}"
+        )
+    if config.connect_timeout <= timedelta(0):
         raise fail("connect_timeout: must be positive")
-    cache_ttl = duration("installation_cache_ttl", config.installation_cache_ttl, timedelta(0))
-
-    signing_key = _private_key(config.private_key_file, fail)
-    state_keys, ephemeral = _state_keys(config, dev, fail)
-    if config.ca_file is not None and not Path(config.ca_file).is_file():
-        raise fail(f"ca_file: {config.ca_file} is not a readable file")
-
-    return Settings(
-        app_id=app_id,
-        signing_key=signing_key,
-        installations=installations,
-        discover_installations=config.discover_installations,
-        base_url=base_url,
-        web_host=web_host,
-        state_keys=state_keys,
-        ephemeral_state_key=ephemeral,
-        max_ttl=max_ttl,
-        default_ttl=default_ttl,
-        timeout=timeout,
-        connect_timeout=connect_timeout,
-        installation_cache_ttl=cache_ttl,
-        ca_file=config.ca_file,
+    if config.previous_state_key_files and config.state_key_file is None:
+        raise fail("previous_state_key_files: needs state_key_file")
+    return _Checked(
+        app_id=app_id, base_url=base_url, web_host=web_host, installations=installations
     )
 
 

@@ -32,7 +32,7 @@ import functools
 import logging
 import ssl
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import httpx
 from joserfc import jwt
@@ -46,7 +46,7 @@ from broker.errors import (
 )
 from broker.issuer import Capabilities, IssuerContext
 from broker.types import Credential, Lease, MintRequest, Scope, Secret
-from issuers.github.config import GITHUB_TOKEN_LIFETIME, Settings, load_settings
+from issuers.github.config import GITHUB_TOKEN_LIFETIME, GitHubConfig, Settings, load_settings
 from issuers.github.scope import TokenScope, parse_scope
 from issuers.github.tokenstore import TokenStore, valid_lease_id
 
@@ -68,6 +68,9 @@ _MAX_MESSAGE: Final = 200
 
 class GitHubIssuer:
     """GitHub App installation tokens, one repository per lease. See the module docstring."""
+
+    #: The ``config:`` of an instance, checked by the broker before construction.
+    config_type: ClassVar[type[GitHubConfig]] = GitHubConfig
 
     def __init__(
         self, context: IssuerContext, *, transport: httpx.AsyncBaseTransport | None = None

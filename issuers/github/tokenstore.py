@@ -16,7 +16,8 @@ so it reads back the same whether or not the Redis client decodes responses). Th
 (a hash of the key, not the key) picks the decryption key, so a key can be rotated while older
 copies (at most an hour old) still decrypt with ``previous_state_key_files``.
 
-Without Redis (``jit dev`` embedded without a store) the copies live in this process's memory.
+Without Redis (allowed only in development mode; ``jit dev`` itself hands issuers its in-memory
+Redis) the copies live in this process's memory.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ introspection, and the public keys it publishes. Keys live in :mod:`issuers.jwt.
   with the ``cnf`` claim (RFC 7800) and ``token_type`` ``DPoP``; any other confirmation method
   is refused (ScopeNotSupported). Unbound requests are unchanged.
 - ``EdDSA`` is signed and verified on purpose although RFC 9864 deprecates the name (ADR 0002);
-  joserfc's warning about it is skipped for this issuer's own registry only.
+  the issuer's registry (:class:`broker.jws.JWSAllowList`, exactly its configured algorithm)
+  looks it up without joserfc's warning.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from urllib.parse import urlsplit
 
 import msgspec
 from joserfc import jwt
-from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import ECKey, GuestProtocol, OKPKey
-from joserfc.jws import JWSRegistry
 
 from broker.clock import parse_duration
+from broker.decoding import check_ttls, decode
 from broker.errors import ConfigError, InvalidRequest, IssuerUnavailable, ScopeNotSupported
 from broker.issuer import Capabilities, IssuerContext
+from broker.jws import JWSAllowList
 from broker.types import Credential, Lease, MintRequest, Scope, Secret
 from issuers.jwt.keys import KeyRing
 
@@ -55,31 +56,21 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
 
 
 class JWTConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The ``config`` of a ``jwt`` issuer instance. Unknown keys are errors."""
+    """The ``config`` of a ``jwt`` issuer instance. Unknown keys are errors; every check that
+    needs no file runs here (``jit config check`` runs it too)."""
 
     algorithm: Literal["EdDSA", "ES256"] = "EdDSA"
     keys_dir: str | None = None  # directory of PEM private keys; may be omitted only in dev
     issuer: str | None = None  # the ``iss`` claim; default: the broker's public URL
-    max_ttl: str | int | float = "1h"
-    default_ttl: str | int | float = "15m"
+    max_ttl: timedelta = timedelta(hours=1)
+    default_ttl: timedelta = timedelta(minutes=15)
 
-
-class _Registry(JWSRegistry):
-    """The JWS registry of one issuer: exactly its configured algorithm.
-
-    joserfc warns (RFC 9864) every time ``EdDSA`` is looked up. We use that name on purpose
-    (ADR 0002), so this registry looks it up without the warning — for this allow-listed
-    algorithm only, and without touching the process-wide warning filters (which
-    ``warnings.catch_warnings`` would swap on every token, and which are not thread-safe)."""
-
-    def __init__(self, algorithm: str) -> None:
-        super().__init__(algorithms=[algorithm])
-        self.algorithm = algorithm
-
-    def get_alg(self, name: str) -> JWSAlgModel:
-        if name == "EdDSA" and name == self.algorithm:
-            return self.algorithms[name]
-        return super().get_alg(name)
+    def __post_init__(self) -> None:
+        check_ttls(self.max_ttl, self.default_ttl)
+        if self.issuer is not None and not self.issuer:
+            raise ValueError("issuer: must not be empty")
+        if self.keys_dir is not None and not self.keys_dir:
+            raise ValueError("keys_dir: must not be empty")
 
 
 class _UnknownKey(ValueError):
@@ -88,16 +79,6 @@ class _UnknownKey(ValueError):
 
 def _config_error(name: str, message: str) -> ConfigError:
     return ConfigError(f"jwt issuer {name!r}: {message}")
-
-
-def _duration(name: str, key: str, value: object) -> timedelta:
-    try:
-        d = parse_duration(value)
-    except ValueError as exc:
-        raise _config_error(name, f"{key}: {exc}") from None
-    if d < timedelta(seconds=1):
-        raise _config_error(name, f"{key}: must be at least 1s, got {value!r}")
-    return d
 
 
 def _is_absolute_uri(value: str) -> bool:
@@ -158,21 +139,22 @@ class JWTIssuer:
     #: a DPoP key thumbprint (RFC 9449 §6.1). Lets the broker refuse a bound request to an
     #: issuer that cannot bind before it writes a lease.
     confirmation_methods: ClassVar[frozenset[str]] = frozenset({"jkt"})
+    #: The ``config:`` of an instance, checked by the broker before construction.
+    config_type: ClassVar[type[JWTConfig]] = JWTConfig
 
     def __init__(self, context: IssuerContext) -> None:
         self.name: str = context.name
         self._clock = context.clock
         try:
-            config = msgspec.convert(context.config, JWTConfig, strict=True)
-        except msgspec.ValidationError as exc:
-            raise _config_error(self.name, str(exc)) from None
+            config = decode(context.config, JWTConfig)
+        except ConfigError as exc:
+            raise _config_error(self.name, exc.message) from None
         self.config = config
-        max_ttl = _duration(self.name, "max_ttl", config.max_ttl)
-        default_ttl = _duration(self.name, "default_ttl", config.default_ttl)
-        if default_ttl > max_ttl:
-            raise _config_error(self.name, "default_ttl must not exceed max_ttl")
         self.capabilities: Capabilities = Capabilities(
-            max_ttl=max_ttl, default_ttl=default_ttl, revocable=True, renewable=False
+            max_ttl=config.max_ttl,
+            default_ttl=config.default_ttl,
+            revocable=True,
+            renewable=False,
         )
         issuer = config.issuer if config.issuer is not None else context.broker_url
         if not issuer:
@@ -180,8 +162,6 @@ class JWTIssuer:
         self.issuer: str = issuer
         self.algorithm: str = config.algorithm
         if config.keys_dir is not None:
-            if not config.keys_dir:
-                raise _config_error(self.name, "keys_dir: must not be empty")
             try:
                 self._ring = KeyRing.load(
                     Path(config.keys_dir), algorithm=self.algorithm, clock=self._clock
@@ -202,7 +182,7 @@ class JWTIssuer:
                 "keys_dir: required (create a key with `jit keys rotate --dir /etc/jit/keys "
                 f"--algorithm {self.algorithm}` and set keys_dir to that directory)",
             )
-        self._registry = _Registry(self.algorithm)
+        self._registry = JWSAllowList([self.algorithm])
 
     def __repr__(self) -> str:
         return f"JWTIssuer(name={self.name!r}, algorithm={self.algorithm!r}, ring={self._ring!r})"

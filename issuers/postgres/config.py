@@ -1,9 +1,12 @@
 """Configuration of a ``postgres`` issuer instance: the strict schema and its validation.
 
 Owns turning the raw ``config`` mapping into :class:`Settings` (validated, typed values) and the
-rules behind it. Every problem raises :class:`broker.errors.ConfigError` naming the instance and
-the key; unknown keys are errors. The admin password is never in the mapping: ``password_file``
-names a file, read by :func:`read_password_file`.
+rules behind it. :class:`PostgresConfig` is the issuer type's ``config_type``: decoding it runs
+every rule that needs neither a file nor the server (``jit config check`` runs them too);
+:func:`load_settings` adds the one that reads a file. Every problem raises
+:class:`broker.errors.ConfigError` naming the instance and the key; unknown keys are errors. The
+admin password is never in the mapping: ``password_file`` names a file, read by
+:func:`read_password_file`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from broker.clock import parse_duration
+from broker.decoding import check_duration, check_ttls, decode
 from broker.errors import ConfigError
 
 __all__ = [
@@ -52,19 +56,25 @@ class ResourceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 
 class PostgresConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The ``config`` of a ``postgres`` issuer instance. Unknown keys are errors."""
+    """The ``config`` of a ``postgres`` issuer instance. Unknown keys are errors; decoding
+    checks every rule that needs no file and no server."""
 
     dsn: str  # libpq conninfo or URI of the admin connection, WITHOUT a password
     resources: dict[str, ResourceConfig]
     password_file: str | None = None  # the admin role's password; absent: libpq's own sources
     role_prefix: str = "jit_"
     connection_limit: int = 5
-    max_ttl: str | int | float = "1h"
-    default_ttl: str | int | float = "15m"
-    timeout: str | int | float = "10s"  # connect, statement and lock timeout of admin work
+    max_ttl: timedelta = timedelta(hours=1)
+    default_ttl: timedelta = timedelta(minutes=15)
+    timeout: timedelta = timedelta(seconds=10)  # connect, statement and lock timeout of admin work
     max_admin_connections: int = 4
     client_host: str | None = None  # what clients connect to (metadata); default: dsn's host
     client_port: int | None = None  # default: dsn's port, else 5432
+
+    def __post_init__(self) -> None:
+        check_ttls(self.max_ttl, self.default_ttl)
+        check_duration("timeout", self.timeout, at_least=timedelta(seconds=1))
+        _settings(self, ValueError)
 
 
 class Resource(msgspec.Struct, frozen=True, kw_only=True):
@@ -105,31 +115,30 @@ def read_password_file(path: Path) -> str:
 
 
 def load_settings(name: str, raw: object) -> Settings:
-    """Validate the raw ``config`` mapping of instance ``name``. Raises ConfigError."""
+    """Validate the raw ``config`` mapping of instance ``name`` and check that its
+    ``password_file`` is readable. Raises ConfigError."""
 
     def fail(message: str) -> ConfigError:
         return ConfigError(f"postgres issuer {name!r}: {message}")
 
     try:
-        config = msgspec.convert(raw, PostgresConfig, strict=True)
-    except msgspec.ValidationError as exc:
-        raise fail(str(exc)) from None
-
-    def duration(key: str, value: object) -> timedelta:
+        config = decode(raw, PostgresConfig)
+    except ConfigError as exc:
+        raise fail(exc.message) from None
+    settings = _settings(config, fail)  # cannot fail: decoding ran the same checks
+    if settings.password_file is not None:
         try:
-            d = parse_duration(value)
+            read_password_file(settings.password_file)
+        except OSError as exc:
+            raise fail(f"password_file: {exc.strerror or type(exc).__name__}") from None
         except ValueError as exc:
-            raise fail(f"{key}: {exc}") from None
-        if d < timedelta(seconds=1):
-            raise fail(f"{key}: must be at least 1s, got {value!r}")
-        return d
+            raise fail(f"password_file: {exc}") from None
+    return settings
 
-    max_ttl = duration("max_ttl", config.max_ttl)
-    default_ttl = duration("default_ttl", config.default_ttl)
-    if default_ttl > max_ttl:
-        raise fail("default_ttl must not exceed max_ttl")
-    timeout = duration("timeout", config.timeout)
 
+def _settings(config: PostgresConfig, fail: Callable[[str], Exception]) -> Settings:
+    """The rules that need no file and no server beyond the durations (``__post_init__``
+    checks those first), and the values derived from them."""
     # -- the admin connection --------------------------------------------------------------
     try:
         params = conninfo_to_dict(config.dsn)
@@ -143,12 +152,6 @@ def load_settings(name: str, raw: object) -> Settings:
         if not config.password_file:
             raise fail("password_file: must not be empty")
         password_file = Path(config.password_file)
-        try:
-            read_password_file(password_file)
-        except OSError as exc:
-            raise fail(f"password_file: {exc.strerror or type(exc).__name__}") from None
-        except ValueError as exc:
-            raise fail(f"password_file: {exc}") from None
     if not 1 <= config.max_admin_connections <= 64:
         raise fail("max_admin_connections: must be between 1 and 64")
 
@@ -225,9 +228,9 @@ def load_settings(name: str, raw: object) -> Settings:
         resources=resources,
         role_prefix=config.role_prefix,
         connection_limit=config.connection_limit,
-        max_ttl=max_ttl,
-        default_ttl=default_ttl,
-        timeout=timeout,
+        max_ttl=config.max_ttl,
+        default_ttl=config.default_ttl,
+        timeout=config.timeout,
         max_admin_connections=config.max_admin_connections,
         admin_user=str(user) if user else None,
         client_host=client_host,
@@ -235,6 +238,6 @@ def load_settings(name: str, raw: object) -> Settings:
     )
 
 
-def _identifier(fail: Callable[[str], ConfigError], where: str, value: str) -> None:
+def _identifier(fail: Callable[[str], Exception], where: str, value: str) -> None:
     if not value or "\0" in value or len(value.encode()) > MAX_IDENTIFIER_BYTES:
         raise fail(f"{where}: {value!r} is not a PostgreSQL identifier (1 to 63 bytes)")

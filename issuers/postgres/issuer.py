@@ -32,7 +32,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, timedelta
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
 import psycopg
@@ -44,6 +44,7 @@ from broker.issuer import Capabilities, IssuerContext
 from broker.types import Credential, Lease, MintRequest, Scope, Secret
 from issuers.postgres.config import (
     MAX_IDENTIFIER_BYTES,
+    PostgresConfig,
     Settings,
     load_settings,
     read_password_file,
@@ -151,6 +152,9 @@ class PostgresIssuer:
 
     Raises ConfigError at construction for invalid config (nothing is contacted yet: the
     broker's first ``check_health()`` does that)."""
+
+    #: The ``config:`` of an instance, checked by the broker before construction.
+    config_type: ClassVar[type[PostgresConfig]] = PostgresConfig
 
     def __init__(self, context: IssuerContext) -> None:
         self.name: str = context.name

@@ -1,9 +1,11 @@
 """Configuration of the ``redis`` issuer type, and the pure mapping from a scope to ACL rules.
 
-Owns: the strict ``config`` schema (:class:`RedisConfig`, :class:`ResourceConfig`), durations,
-the validation of every ACL rule an operator may write, the ACL username derived from a lease
-id, and :func:`acl_rules` — the exact ``ACL SETUSER`` arguments for a granted scope. No I/O
-except reading ``password_file``.
+Owns: the strict ``config`` schema (:class:`RedisConfig`, the issuer type's ``config_type``, and
+:class:`ResourceConfig`), the validation of every ACL rule an operator may write, the ACL
+username derived from a lease id, and :func:`acl_rules` — the exact ``ACL SETUSER`` arguments
+for a granted scope. Decoding :class:`RedisConfig` runs every rule that needs no file (``jit
+config check`` runs them too); :func:`load_settings` adds reading ``password_file`` and checking
+that ``ca_file`` exists, the only I/O here.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 from broker.clock import parse_duration
+from broker.decoding import check_duration, check_ttls, decode
 from broker.errors import ConfigError
 from broker.types import Secret
 
@@ -60,7 +63,7 @@ _LEASE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
 _MAX_PATTERN = 512
 
-_FailFn = Callable[[str], ConfigError]
+_FailFn = Callable[[str], Exception]
 
 
 class ResourceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -74,7 +77,8 @@ class ResourceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 
 class RedisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The ``config`` of a ``redis`` issuer instance. Unknown keys are errors."""
+    """The ``config`` of a ``redis`` issuer instance. Unknown keys are errors; decoding checks
+    every rule that needs no file."""
 
     url: str  # the admin connection, without credentials: redis://host:6379/0
     resources: dict[str, ResourceConfig]
@@ -82,9 +86,14 @@ class RedisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     password_file: str | None = None  # the admin password, in a file
     ca_file: str | None = None  # PEM CA bundle to verify a rediss:// server (default: system)
     user_prefix: str = "jit_"  # ACL users are named <user_prefix><lease id>
-    max_ttl: str | int = "15m"
-    default_ttl: str | int = "5m"
-    timeout: str | int = "5s"  # one call to Redis, connecting included
+    max_ttl: timedelta = timedelta(minutes=15)
+    default_ttl: timedelta = timedelta(minutes=5)
+    timeout: timedelta = timedelta(seconds=5)  # one call to Redis, connecting included
+
+    def __post_init__(self) -> None:
+        check_ttls(self.max_ttl, self.default_ttl)
+        check_duration("timeout", self.timeout, at_least=timedelta(seconds=1))
+        _resources(self, ValueError)
 
 
 @dataclass(frozen=True)
@@ -143,17 +152,37 @@ def acl_rules(resource: Resource, actions: Iterable[str], password_sha256: str) 
 
 
 def load_settings(name: str, raw: object) -> Settings:
-    """Validate ``raw`` (an instance's ``config`` mapping) strictly. Raises ConfigError naming
-    the instance and the key; never echoes a URL or a file's content."""
+    """Validate ``raw`` (an instance's ``config`` mapping) strictly and read the files it names.
+    Raises ConfigError naming the instance and the key; never echoes a URL or a file's
+    content."""
 
     def fail(message: str) -> ConfigError:
         return ConfigError(f"redis issuer {name!r}: {message}")
 
     try:
-        config = msgspec.convert(raw, RedisConfig, strict=True)
-    except msgspec.ValidationError as exc:
-        raise fail(str(exc)) from None
+        config = decode(raw, RedisConfig)
+    except ConfigError as exc:
+        raise fail(exc.message) from None
+    resources = _resources(config, fail)  # cannot fail: decoding ran the same checks
+    password = _read_password(config.password_file, fail)
+    if config.ca_file is not None and not Path(config.ca_file).is_file():
+        raise fail("ca_file: not a readable file")
+    return Settings(
+        url=config.url,
+        username=config.username,
+        password=password,
+        ca_file=config.ca_file,
+        user_prefix=config.user_prefix,
+        max_ttl=config.max_ttl,
+        default_ttl=config.default_ttl,
+        timeout=config.timeout,
+        resources=resources,
+    )
 
+
+def _resources(config: RedisConfig, fail: _FailFn) -> dict[str, Resource]:
+    """The rules that need no file beyond the durations (``__post_init__`` checks those first);
+    the checked resources."""
     _check_url(config.url, fail)
     if config.username is not None and not _USERNAME.match(config.username):
         raise fail("username: 1-128 characters among letters, digits and _ . : @ -")
@@ -165,42 +194,13 @@ def load_settings(name: str, raw: object) -> Settings:
     if config.username is not None and config.username.startswith(config.user_prefix):
         # The prefix marks the users the issuer creates and deletes; never the admin user.
         raise fail("username: the admin user must not start with user_prefix")
-    password = _read_password(config.password_file, fail)
-    if config.ca_file is not None:
-        if urlsplit(config.url).scheme != "rediss":
-            raise fail("ca_file: only for a rediss:// url")
-        if not Path(config.ca_file).is_file():
-            raise fail("ca_file: not a readable file")
-
-    durations: dict[str, timedelta] = {}
-    for key, value in (
-        ("max_ttl", config.max_ttl),
-        ("default_ttl", config.default_ttl),
-        ("timeout", config.timeout),
-    ):
-        try:
-            durations[key] = parse_duration(value)
-        except ValueError as exc:
-            raise fail(f"{key}: {exc}") from None
-        if durations[key] < timedelta(seconds=1):
-            raise fail(f"{key}: must be at least 1s, got {value!r}")
-    if durations["default_ttl"] > durations["max_ttl"]:
-        raise fail("default_ttl must not exceed max_ttl")
-
+    if config.password_file is not None and not config.password_file:
+        raise fail("password_file: must not be empty")
+    if config.ca_file is not None and urlsplit(config.url).scheme != "rediss":
+        raise fail("ca_file: only for a rediss:// url")
     if not config.resources:
         raise fail("resources: at least one resource is required")
-    resources = {rname: _resource(rname, rconf, fail) for rname, rconf in config.resources.items()}
-    return Settings(
-        url=config.url,
-        username=config.username,
-        password=password,
-        ca_file=config.ca_file,
-        user_prefix=config.user_prefix,
-        max_ttl=durations["max_ttl"],
-        default_ttl=durations["default_ttl"],
-        timeout=durations["timeout"],
-        resources=resources,
-    )
+    return {rname: _resource(rname, rconf, fail) for rname, rconf in config.resources.items()}
 
 
 def _check_url(url: str, fail: _FailFn) -> None:

@@ -22,7 +22,7 @@ import inspect
 import logging
 import secrets
 from collections.abc import Awaitable
-from typing import Any, Final, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from broker.errors import InvalidRequest, IssuerUnavailable, ScopeNotSupported
 from broker.issuer import Capabilities, IssuerContext
 from broker.types import Credential, Lease, MintRequest, Scope, Secret
-from issuers.redis.config import Settings, acl_rules, load_settings, username_for
+from issuers.redis.config import RedisConfig, Settings, acl_rules, load_settings, username_for
 
 __all__ = ["RedisIssuer"]
 
@@ -62,6 +62,9 @@ class RedisIssuer:
 
     Raises ConfigError at construction for an invalid config or an unreadable
     ``password_file``. Does not connect until first used."""
+
+    #: The ``config:`` of an instance, checked by the broker before construction.
+    config_type: ClassVar[type[RedisConfig]] = RedisConfig
 
     def __init__(self, context: IssuerContext) -> None:
         self.name: str = context.name

@@ -1,7 +1,9 @@
 """Configuration of the ``ssh`` issuer type: the msgspec schema and its validation.
 
 Owns every rule about what an operator may write under ``config:`` and turns it into
-:class:`Settings`, the checked form the issuer uses. Anything wrong raises ``ConfigError`` naming
+:class:`Settings`, the checked form the issuer uses. None of them needs a file: decoding
+:class:`SSHConfig` (the issuer type's ``config_type``) runs them all, so ``jit config check``
+does too; the CA key file is read by the issuer. Anything wrong raises ``ConfigError`` naming
 the instance and the key; unknown keys are errors (a typo must stop start-up).
 """
 
@@ -9,14 +11,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
 import msgspec
 
-from broker.clock import parse_duration
+from broker.clock import format_duration, parse_duration
+from broker.decoding import check_ttls, decode
 from broker.errors import ConfigError
 
 __all__ = [
@@ -113,15 +116,28 @@ class ResourceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 
 class SSHConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The ``config`` of an ``ssh`` issuer instance. Unknown keys are errors."""
+    """The ``config`` of an ``ssh`` issuer instance. Unknown keys are errors; decoding checks
+    every rule."""
 
     resources: dict[str, ResourceConfig]
     ca_key_file: str | None = None  # OpenSSH private key; may be omitted only in dev
-    max_ttl: str | int | float = "1h"
-    default_ttl: str | int | float = "15m"
-    clock_skew: str | int | float = "30s"  # valid_after = issued_at - clock_skew
+    max_ttl: timedelta = timedelta(hours=1)
+    default_ttl: timedelta = timedelta(minutes=15)
+    clock_skew: timedelta = timedelta(seconds=30)  # valid_after = issued_at - clock_skew
     min_rsa_bits: int = 2048
     revocable: bool = True  # false: hosts do not fetch the KRL; the broker caps TTLs to the task
+
+    def __post_init__(self) -> None:
+        check_ttls(self.max_ttl, self.default_ttl)
+        if self.clock_skew > MAX_CLOCK_SKEW:
+            raise ValueError(f"clock_skew: at most {format_duration(MAX_CLOCK_SKEW)}")
+        for key in ("max_ttl", "default_ttl", "clock_skew"):
+            value: timedelta = getattr(self, key)
+            if value % timedelta(seconds=1):  # certificate times are whole seconds
+                raise ValueError(
+                    f"{key}: must be a whole number of seconds, got {format_duration(value)}"
+                )
+        _settings(self, ValueError)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,16 +176,7 @@ def config_error(name: str, message: str) -> ConfigError:
     return ConfigError(f"ssh issuer {name!r}: {message}")
 
 
-def _duration(name: str, key: str, value: object, *, minimum: timedelta) -> timedelta:
-    try:
-        d = parse_duration(value)
-    except ValueError as exc:
-        raise config_error(name, f"{key}: {exc}") from None
-    if d < minimum:
-        raise config_error(name, f"{key}: must be at least {int(minimum.total_seconds())}s")
-    if d != timedelta(seconds=int(d.total_seconds())):
-        raise config_error(name, f"{key}: must be a whole number of seconds")
-    return d
+_FailFn = Callable[[str], Exception]
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
@@ -178,33 +185,31 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("[^/]*".join(re.escape(part) for part in pattern.split("*")))
 
 
-def _resource(name: str, pattern: str, raw: ResourceConfig) -> ResourceSettings:
+def _resource(pattern: str, raw: ResourceConfig, fail: _FailFn) -> ResourceSettings:
     where = f"resources[{pattern!r}]"
     if not _RESOURCE.match(pattern):
-        raise config_error(
-            name,
+        raise fail(
             f"{where}: must be ssh://<host>[:<port>] (a host name, an address in [] for IPv6, "
             "or a pattern with *)",
         )
     if isinstance(raw.logins, list):
         logins: Mapping[str, list[str]] = {login: [login] for login in raw.logins}
         if len(logins) != len(raw.logins):
-            raise config_error(name, f"{where}.logins: duplicate login")
+            raise fail(f"{where}.logins: duplicate login")
     else:
         logins = raw.logins
     if not logins:
-        raise config_error(name, f"{where}.logins: at least one login is required")
+        raise fail(f"{where}.logins: at least one login is required")
     checked: dict[str, tuple[str, ...]] = {}
     for login, principals in logins.items():
         if not _LOGIN.match(login):
-            raise config_error(name, f"{where}.logins: {login!r} must match {_LOGIN.pattern}")
+            raise fail(f"{where}.logins: {login!r} must match {_LOGIN.pattern}")
         if not principals:
             # A certificate without principals is valid for every user: never mint one.
-            raise config_error(name, f"{where}.logins.{login}: at least one principal")
+            raise fail(f"{where}.logins.{login}: at least one principal")
         for principal in principals:
             if not _PRINCIPAL.match(principal):
-                raise config_error(
-                    name,
+                raise fail(
                     f"{where}.logins.{login}: principal {principal!r} must match "
                     f"{_PRINCIPAL.pattern}",
                 )
@@ -214,17 +219,15 @@ def _resource(name: str, pattern: str, raw: ResourceConfig) -> ResourceSettings:
         try:
             networks = parse_networks(",".join(raw.source_address))
         except ValueError as exc:
-            raise config_error(name, f"{where}.source_address: {exc}") from None
+            raise fail(f"{where}.source_address: {exc}") from None
     extensions = DEFAULT_EXTENSIONS if raw.extensions is None else tuple(raw.extensions)
     unknown = sorted(set(extensions) - EXTENSIONS)
     if unknown:
-        raise config_error(
-            name, f"{where}.extensions: unknown {unknown} (choose from {sorted(EXTENSIONS)})"
-        )
+        raise fail(f"{where}.extensions: unknown {unknown} (choose from {sorted(EXTENSIONS)})")
     if raw.force_command is not None and (
         not raw.force_command.strip() or not raw.force_command.isprintable()
     ):
-        raise config_error(name, f"{where}.force_command: must be a non-empty single line")
+        raise fail(f"{where}.force_command: must be a non-empty single line")
     return ResourceSettings(
         pattern=pattern,
         logins=checked,
@@ -238,32 +241,31 @@ def _resource(name: str, pattern: str, raw: ResourceConfig) -> ResourceSettings:
 def load_settings(name: str, raw: Any) -> Settings:
     """Validate the raw ``config`` mapping. Raises ConfigError naming the instance and key."""
     try:
-        config = msgspec.convert(raw, SSHConfig, strict=True)
-    except msgspec.ValidationError as exc:
-        raise config_error(name, str(exc)) from None
-    max_ttl = _duration(name, "max_ttl", config.max_ttl, minimum=timedelta(seconds=1))
-    default_ttl = _duration(name, "default_ttl", config.default_ttl, minimum=timedelta(seconds=1))
-    if default_ttl > max_ttl:
-        raise config_error(name, "default_ttl must not exceed max_ttl")
-    skew = _duration(name, "clock_skew", config.clock_skew, minimum=timedelta(0))
-    if skew > MAX_CLOCK_SKEW:
-        raise config_error(name, f"clock_skew: at most {int(MAX_CLOCK_SKEW.total_seconds())}s")
+        config = decode(raw, SSHConfig)
+    except ConfigError as exc:
+        raise config_error(name, exc.message) from None
+    return _settings(config, lambda message: config_error(name, message))
+
+
+def _settings(config: SSHConfig, fail: _FailFn) -> Settings:
+    """The rules beyond the durations (``__post_init__`` checks those first), and the checked
+    form."""
     if config.min_rsa_bits < 2048:
-        raise config_error(name, "min_rsa_bits: must be at least 2048")
+        raise fail("min_rsa_bits: must be at least 2048")
     if not config.resources:
-        raise config_error(name, "resources: at least one resource is required")
+        raise fail("resources: at least one resource is required")
     resources = {
-        pattern: _resource(name, pattern, raw_resource)
+        pattern: _resource(pattern, raw_resource, fail)
         for pattern, raw_resource in config.resources.items()
     }
     if config.ca_key_file is not None and not config.ca_key_file.strip():
-        raise config_error(name, "ca_key_file: must not be empty")
+        raise fail("ca_key_file: must not be empty")
     return Settings(
         resources=resources,
         ca_key_file=config.ca_key_file,
-        max_ttl=max_ttl,
-        default_ttl=default_ttl,
-        clock_skew=skew,
+        max_ttl=config.max_ttl,
+        default_ttl=config.default_ttl,
+        clock_skew=config.clock_skew,
         min_rsa_bits=config.min_rsa_bits,
         revocable=config.revocable,
     )

@@ -27,7 +27,7 @@ import os
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import ClassVar, Final
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -39,6 +39,7 @@ from broker.types import Credential, Lease, MintRequest, Scope, Secret
 from issuers.ssh.config import (
     ResourceSettings,
     Settings,
+    SSHConfig,
     config_error,
     is_resource,
     load_settings,
@@ -100,6 +101,9 @@ class SSHIssuer:
 
     Raises ConfigError at construction for invalid config, or a missing, unreadable or
     unacceptable ``ca_key_file`` (it may be omitted only in development mode)."""
+
+    #: The ``config:`` of an instance, checked by the broker before construction.
+    config_type: ClassVar[type[SSHConfig]] = SSHConfig
 
     def __init__(self, context: IssuerContext) -> None:
         self.name: str = context.name

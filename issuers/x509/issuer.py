@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
 import msgspec
@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from broker.clock import from_ms, parse_duration, to_ms
+from broker.decoding import check_duration, check_ttls, decode
 from broker.errors import (
     ConfigError,
     Conflict,
@@ -82,19 +83,55 @@ class ResourceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 
 class X509Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The ``config`` of an ``x509`` issuer instance. Unknown keys are errors."""
+    """The ``config`` of an ``x509`` issuer instance. Unknown keys are errors; decoding checks
+    every rule that needs no file (the CA files are read by the issuer)."""
 
     trust_domain: str
     # service name or URL -> its actions; a plain list means each allows only ``connect``
     resources: dict[str, ResourceConfig] | list[str]
     ca_cert_file: str | None = None  # PEM: the issuing CA certificate, then its chain
     ca_key_file: str | None = None  # PEM, unencrypted; both may be omitted only under jit dev
-    max_ttl: str | int | float = "1h"
-    default_ttl: str | int | float = "15m"
-    not_before_skew: str | int | float = "30s"
+    max_ttl: timedelta = timedelta(hours=1)
+    default_ttl: timedelta = timedelta(minutes=15)
+    not_before_skew: timedelta = timedelta(seconds=30)
     crl: bool = True  # publish a CRL and make revoke() real (revocable); else expiry-only
-    crl_validity: str | int | float = "10m"  # the CRL's nextUpdate = thisUpdate + this
+    crl_validity: timedelta = timedelta(minutes=10)  # the CRL's nextUpdate = thisUpdate + this
     min_rsa_bits: int = 2048
+
+    def __post_init__(self) -> None:
+        try:
+            check_trust_domain(self.trust_domain)
+        except ValueError as exc:
+            raise ValueError(f"trust_domain: {exc}") from None
+        _resources(self)
+        check_ttls(self.max_ttl, self.default_ttl)
+        check_duration("not_before_skew", self.not_before_skew, at_most=timedelta(hours=1))
+        check_duration("crl_validity", self.crl_validity, at_least=timedelta(seconds=1))
+        if not 2048 <= self.min_rsa_bits <= 8192:
+            raise ValueError("min_rsa_bits: must be between 2048 and 8192")
+
+
+def _resources(config: X509Config) -> dict[str, frozenset[str]]:
+    """The configured services and their actions; ValueError naming the bad entry."""
+    items: dict[str, tuple[str, ...]]
+    if isinstance(config.resources, list):
+        items = {r: ("connect",) for r in config.resources}
+    else:
+        items = {r: rc.actions for r, rc in config.resources.items()}
+    if not items:
+        raise ValueError("resources: name at least one service")
+    out: dict[str, frozenset[str]] = {}
+    for resource, actions in items.items():
+        try:
+            _check_label("resource", resource)
+            if not actions:
+                raise ValueError(f"resource {resource!r}: actions must not be empty")
+            for action in actions:
+                _check_label("action", action)
+        except ValueError as exc:
+            raise ValueError(f"resources: {exc}") from None
+        out[resource] = frozenset(actions)
+    return out
 
 
 def _floor_second(t: datetime) -> datetime:
@@ -114,32 +151,24 @@ class X509Issuer:
 
     Raises ConfigError at construction for invalid config or unusable CA files."""
 
+    #: The ``config:`` of an instance, checked by the broker before construction.
+    config_type: ClassVar[type[X509Config]] = X509Config
+
     def __init__(self, context: IssuerContext) -> None:
         self.name: str = context.name
         self._clock = context.clock
         label = f"x509 issuer {self.name!r}"
         self._label = label
         try:
-            config = msgspec.convert(context.config, X509Config, strict=True)
-        except msgspec.ValidationError as exc:
-            raise self._config_error(str(exc)) from None
+            config = decode(context.config, X509Config)
+        except ConfigError as exc:
+            raise self._config_error(exc.message) from None
         self.config = config
-        try:
-            check_trust_domain(config.trust_domain)
-        except ValueError as exc:
-            raise self._config_error(f"trust_domain: {exc}") from None
         self.trust_domain: str = config.trust_domain
-        self.resources: dict[str, frozenset[str]] = self._resources(config)
-        max_ttl = self._duration("max_ttl", config.max_ttl)
-        default_ttl = self._duration("default_ttl", config.default_ttl)
-        if default_ttl > max_ttl:
-            raise self._config_error("default_ttl must not exceed max_ttl")
-        self._skew = self._duration("not_before_skew", config.not_before_skew, minimum=0)
-        if self._skew > timedelta(hours=1):
-            raise self._config_error("not_before_skew: at most 1h")
-        self._crl_validity = self._duration("crl_validity", config.crl_validity)
-        if not 2048 <= config.min_rsa_bits <= 8192:
-            raise self._config_error("min_rsa_bits: must be between 2048 and 8192")
+        self.resources: dict[str, frozenset[str]] = _resources(config)
+        max_ttl, default_ttl = config.max_ttl, config.default_ttl
+        self._skew = config.not_before_skew
+        self._crl_validity = config.crl_validity
         self.crl_enabled: bool = config.crl
         self.capabilities: Capabilities = Capabilities(
             max_ttl=max_ttl,
@@ -191,38 +220,6 @@ class X509Issuer:
 
     def _config_error(self, message: str) -> ConfigError:
         return ConfigError(f"{self._label}: {message}")
-
-    def _duration(
-        self, key: str, value: object, *, minimum: float = 1.0
-    ) -> timedelta:  # minimum in seconds
-        try:
-            d = parse_duration(value)
-        except ValueError as exc:
-            raise self._config_error(f"{key}: {exc}") from None
-        if d < timedelta(seconds=minimum):
-            raise self._config_error(f"{key}: must be at least {minimum:g}s, got {value!r}")
-        return d
-
-    def _resources(self, config: X509Config) -> dict[str, frozenset[str]]:
-        items: dict[str, tuple[str, ...]]
-        if isinstance(config.resources, list):
-            items = {r: ("connect",) for r in config.resources}
-        else:
-            items = {r: rc.actions for r, rc in config.resources.items()}
-        if not items:
-            raise self._config_error("resources: name at least one service")
-        out: dict[str, frozenset[str]] = {}
-        for resource, actions in items.items():
-            try:
-                _check_label("resource", resource)
-                if not actions:
-                    raise ValueError(f"resource {resource!r}: actions must not be empty")
-                for action in actions:
-                    _check_label("action", action)
-            except ValueError as exc:
-                raise self._config_error(f"resources: {exc}") from None
-            out[resource] = frozenset(actions)
-        return out
 
     def _load_ca(self, config: X509Config, context: IssuerContext) -> CertificateAuthority:
         cert_file, key_file = config.ca_cert_file, config.ca_key_file

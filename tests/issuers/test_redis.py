@@ -904,7 +904,7 @@ def _action(name: str, rules: Any) -> Callable[[dict[str, Any]], None]:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (_set("passwd", "x"), "unknown field `passwd`"),
+        (_set("passwd", "x"), "passwd: unknown key"),
         (_without("url"), "missing required field `url`"),
         (_without("resources"), "missing required field `resources`"),
         (_set("url", "redis://:hunter2secret@127.0.0.1:6379/0"), "url: must not contain"),
@@ -923,7 +923,7 @@ def _action(name: str, rules: Any) -> Callable[[dict[str, Any]], None]:
         (_set("max_ttl", True), "max_ttl"),
         (_set("default_ttl", "2h"), "default_ttl must not exceed max_ttl"),
         (_set("timeout", 0), "timeout: must be at least 1s"),
-        (_resource("key", ["orders:*"]), "unknown field `key`"),
+        (_resource("key", ["orders:*"]), "key: unknown key"),
         (_resource("keys", ["orders *"]), "whitespace"),
         (_resource("keys", [""]), "a pattern must be"),
         (_resource("actions", {}), "at least one action"),

@@ -221,7 +221,7 @@ class TestSSHIssuerConformance(IssuerConformance[SSHIssuer]):
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"resources": RESOURCES, "colour": "blue"}, "unknown field `colour`"),
+        ({"resources": RESOURCES, "colour": "blue"}, "colour: unknown key"),
         ({}, "missing required field `resources`"),
         ({"resources": {}}, "resources: at least one"),
         ({"resources": RESOURCES, "max_ttl": "forever"}, "max_ttl: not a duration"),
@@ -240,7 +240,7 @@ class TestSSHIssuerConformance(IssuerConformance[SSHIssuer]):
             "zero host bits",
         ),
         ({"resources": {HOST: {"logins": ["a"], "force_command": "a\nb"}}}, "single line"),
-        ({"resources": {HOST: {"logins": ["a"], "typo": 1}}}, "unknown field `typo`"),
+        ({"resources": {HOST: {"logins": ["a"], "typo": 1}}}, "typo: unknown key"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

@@ -1036,7 +1036,7 @@ def _no_crl_sign() -> x509.KeyUsage:
 
 
 CONFIG_ERRORS: list[tuple[str, Callable[[Path, tuple[Path, Path]], dict[str, Any]], str]] = [
-    ("an unknown key", lambda t, f: issuer_config(f, ttl="5m"), "unknown field `ttl`"),
+    ("an unknown key", lambda t, f: issuer_config(f, ttl="5m"), "ttl: unknown key"),
     (
         "no trust domain",
         lambda t, f: {k: v for k, v in issuer_config(f).items() if k != "trust_domain"},
@@ -1061,7 +1061,7 @@ CONFIG_ERRORS: list[tuple[str, Callable[[Path, tuple[Path, Path]], dict[str, Any
     (
         "an unknown resource key",
         lambda t, f: issuer_config(f, resources={"orders": {"verbs": ["read"]}}),
-        "unknown field `verbs`",
+        "verbs: unknown key",
     ),
     ("a bad duration", lambda t, f: issuer_config(f, max_ttl="forever"), "max_ttl: not a duration"),
     (

@@ -107,3 +107,25 @@ def test_the_json_schema_describes_every_top_level_key() -> None:
     schema = json_schema()
     props = schema["$defs"]["Settings"]["properties"]
     assert {"redis_url", "identity", "issuers", "reaper", "limits"} <= set(props)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("abc", id="letters"),
+        pytest.param("0", id="zero"),
+        pytest.param("65536", id="above the range"),
+        pytest.param("-1", id="negative"),
+        pytest.param("\uff18\uff12\uff10\uff10", id="non-ASCII digits"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_a_port_override_that_is_not_a_port_number_is_named(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, "{}\n"), env={"JIT_PORT": value})
+    assert caught.value.message == "JIT_PORT: not a port number (1 to 65535)"
+
+
+def test_a_port_in_the_file_outside_the_range_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"port: Expected `int` <= 65535"):
+        load_settings(write(tmp_path, "port: 70000\n"), env={})

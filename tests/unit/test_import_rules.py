@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CONTRACT = {"broker.types", "broker.errors", "broker.issuer", "broker.clock", "broker.urls"}
+CONTRACT = {
+    "broker.types",
+    "broker.errors",
+    "broker.issuer",
+    "broker.clock",
+    "broker.urls",
+    "broker.decoding",
+    "broker.jws",
+}
 CORE = ["identity", "policy", "leases", "approvals", "audit", "ssf"]
 
 
