@@ -45,14 +45,19 @@ T = TypeVar("T")
 
 #: How a duration is written, as JSON Schema: ``"1h30m"``, ``"200ms"``, ``"90"``, or a number
 #: of seconds. (The upper bound, :data:`broker.clock.MAX_DURATION`, is checked on decoding.)
+#: The pattern has no lookaround, so RE2-based validators (helm's, Go's) accept it too.
 DURATION_SCHEMA: dict[str, Any] = {
     "description": "a duration: 200ms, 90s, 15m, 1h, 1h30m, 7d, or a number of seconds",
     "anyOf": [
         {
             "type": "string",
             "pattern": (
-                r"^\s*(?:[0-9]+|(?=[0-9])(?:[0-9]+d)?(?:[0-9]+h)?(?:[0-9]+m(?!s))?"
-                r"(?:[0-9]+s)?(?:[0-9]+ms)?)\s*$"
+                r"^\s*(?:[0-9]+"
+                r"|[0-9]+d(?:[0-9]+h)?(?:[0-9]+m)?(?:[0-9]+s)?(?:[0-9]+ms)?"
+                r"|[0-9]+h(?:[0-9]+m)?(?:[0-9]+s)?(?:[0-9]+ms)?"
+                r"|[0-9]+m(?:[0-9]+s)?(?:[0-9]+ms)?"
+                r"|[0-9]+s(?:[0-9]+ms)?"
+                r"|[0-9]+ms)\s*$"
             ),
         },
         {"type": "number", "minimum": 0},

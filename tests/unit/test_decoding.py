@@ -148,3 +148,44 @@ def test_the_ttl_rule_of_every_issuer(max_ttl: str, default_ttl: str, message: s
     with pytest.raises(ValueError, match=f"^{message}"):
         check_ttls(parse_duration(max_ttl), parse_duration(default_ttl))
     check_ttls(timedelta(hours=1), timedelta(minutes=15))  # the usual pair passes
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1h30m",
+        "200ms",
+        "90",
+        "5m",
+        "5ms",
+        "7d",
+        "1d2h3m4s5ms",
+        "1h1ms",
+        " 15m ",
+        "",
+        "m",
+        "5s1h",
+        "5mm",
+        "1.5",
+        "-1",
+        "1e3",
+        "²",
+    ],
+)
+def test_the_schema_duration_pattern_agrees_with_the_parser_and_needs_no_lookaround(
+    text: str,
+) -> None:
+    import re
+
+    from broker.clock import parse_duration
+    from broker.decoding import DURATION_SCHEMA
+
+    pattern = DURATION_SCHEMA["anyOf"][0]["pattern"]
+    assert "(?=" not in pattern  # RE2 (helm) refuses lookaround
+    assert "(?!" not in pattern
+    try:
+        parse_duration(text)
+        parses = True
+    except ValueError:
+        parses = False
+    assert bool(re.match(pattern, text)) is parses
