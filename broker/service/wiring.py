@@ -26,7 +26,7 @@ from broker.leases import LeaseManager, LeaseStore, Reaper
 from broker.leases.health import IssuerHealth
 from broker.metrics import Metrics, MetricsSink
 from broker.policy import load_policy_dir
-from broker.registry import load_issuers
+from broker.registry import load_issuers, validate_issuer_configs
 from broker.replica import new_replica_id
 from broker.service.approval_desk import ApprovalDesk
 from broker.service.broker import Broker
@@ -62,6 +62,7 @@ async def build_broker(
     not load or answer: the policy, an issuer, Redis."""
     clock = clock or SystemClock()
     replica_id = new_replica_id()
+    validate_issuer_configs(settings.issuers)  # a config mistake is named before Redis is asked
     if redis is None:
         redis = redis_client(settings.redis_url)
     try:
