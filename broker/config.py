@@ -123,6 +123,10 @@ class ReaperSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=T
     overdue_after: timedelta = timedelta(seconds=60)
     health_interval: timedelta = timedelta(seconds=10)  # issuer health checks while healthy
     health_retry_interval: timedelta = timedelta(seconds=2)  # ... and while degraded
+    # Revoke what a backend holds that no live lease owns (docs/revocation.md): at start, then
+    # this often, one replica at a time.
+    reconcile_interval: timedelta = timedelta(minutes=10)
+    state_check_interval: timedelta = timedelta(seconds=5)  # detecting a Redis that lost its data
     retention: timedelta = timedelta(hours=24)  # how long revoked lease records stay readable
     issuer_timeout: timedelta = timedelta(seconds=10)  # one mint or revoke call at an issuer
 

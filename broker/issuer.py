@@ -41,6 +41,7 @@ from broker.types import Credential, Lease, MintRequest, Scope
 __all__ = [
     "Capabilities",
     "Introspectable",
+    "Inventoried",
     "Issuer",
     "IssuerContext",
     "IssuerFactory",
@@ -116,6 +117,22 @@ class PublishesDocuments(Protocol):
 
     async def documents(self) -> dict[str, tuple[str, bytes]]:
         """``name -> (content type, body)``; names are ``[a-z0-9._-]+``."""
+        ...
+
+
+@runtime_checkable
+class Inventoried(Protocol):
+    """An issuer whose backend can list what it minted (Redis ACL users, PostgreSQL roles).
+
+    Reconciliation (``jit reconcile``, also run at start and periodically) revokes every listed
+    credential that no live lease owns: after Redis lost its data, a credential that only the
+    reaper would ever have removed must not live on unnoticed. Issuers whose credentials
+    expire by themselves (signed tokens, certificates, STS sessions) need not implement it."""
+
+    async def inventory(self) -> list[str]:
+        """The lease ids of every credential this issuer made that the backend still holds
+        (derived from the names the issuer gave them). Raises IssuerUnavailable when the
+        backend cannot be listed."""
         ...
 
 

@@ -206,6 +206,8 @@ class Metrics:
         self._leases_active: GaugeSource | None = None
         self._overdue: GaugeSource | None = None
         self._sink_lag: SinkLagSource | None = None
+        self._issuer_health: Callable[[], Mapping[str, bool]] | None = None
+        self._state_lost: Callable[[], bool] | None = None
 
         r = self.registry
         info = Gauge("jit_build_info", "The broker's version (always 1).", ["version"], registry=r)
@@ -382,9 +384,16 @@ class Metrics:
         leases_active: GaugeSource | None = None,
         overdue: GaugeSource | None = None,
         sink_lag: SinkLagSource | None = None,
+        issuer_health: Callable[[], Mapping[str, bool]] | None = None,
+        state_lost: Callable[[], bool] | None = None,
     ) -> None:
-        """Register the async callables read at every scrape. A source left as None keeps
-        whatever was registered before."""
+        """Register the callables read at every scrape (the async ones read shared state in
+        Redis; ``issuer_health`` and ``state_lost`` are this replica's view). A source left as
+        None keeps whatever was registered before."""
+        if issuer_health is not None:
+            self._issuer_health = issuer_health
+        if state_lost is not None:
+            self._state_lost = state_lost
         if leases_active is not None:
             self._leases_active = leases_active
         if overdue is not None:
@@ -427,8 +436,16 @@ class Metrics:
                 elif value is not None:
                     log.warning("metrics: gauge source %s returned a non-number", name)
                 up[name] = n is not None
+        health = dict(self._issuer_health()) if self._issuer_health is not None else {}
+        if self._state_lost is not None:
+            scalars["state_lost"] = 1.0 if self._state_lost() else 0.0
         # One assignment: a concurrent scrape sees the old set or the new one, never a mix.
-        self.scraped.snapshot = _Snapshot(up=up, scalars=scalars, lag=lag or {})
+        self.scraped.snapshot = _Snapshot(
+            up=up,
+            scalars=scalars,
+            lag=lag or {},
+            issuers={self._issuer(n): ok for n, ok in health.items()},
+        )
 
     def _lag(self, value: object) -> dict[str, float] | None:
         if value is None:
@@ -468,6 +485,7 @@ class _Snapshot(NamedTuple):
     up: dict[str, bool]
     scalars: dict[str, float]
     lag: dict[str, float]
+    issuers: dict[str, bool] = {}  # noqa: RUF012 (a NamedTuple default, never mutated)
 
 
 class _ScrapeGauges(Collector):
@@ -475,7 +493,7 @@ class _ScrapeGauges(Collector):
     not be read is absent (not the last value, not 0)."""
 
     def __init__(self) -> None:
-        self.snapshot = _Snapshot(up={}, scalars={}, lag={})
+        self.snapshot = _Snapshot(up={}, scalars={}, lag={}, issuers={})
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot
@@ -496,6 +514,23 @@ class _ScrapeGauges(Collector):
             if source in snap.scalars:
                 g.add_metric([], snap.scalars[source])
             yield g
+        issuer_up = GaugeMetricFamily(
+            "jit_issuer_up",
+            "1 while this replica sees the issuer's backend healthy, 0 while it is degraded "
+            "(its requests get 503; the other issuers are unaffected).",
+            labels=["issuer"],
+        )
+        for issuer, ok in sorted(snap.issuers.items()):
+            issuer_up.add_metric([issuer], 1.0 if ok else 0.0)
+        yield issuer_up
+        if "state_lost" in snap.scalars:
+            lost = GaugeMetricFamily(
+                "jit_state_lost",
+                "1 while this replica refuses to serve because Redis lost the broker's state "
+                "(until `jit state accept`).",
+            )
+            lost.add_metric([], snap.scalars["state_lost"])
+            yield lost
         lag = GaugeMetricFamily(
             "jit_audit_sink_lag_records",
             "Audit records not yet delivered to a sink, read at scrape time.",

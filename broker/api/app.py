@@ -25,7 +25,7 @@ from broker import __version__
 from broker.api.approvals import ApprovalsController, SlackController
 from broker.api.auth import broker_of, request_id
 from broker.api.dev import DevController
-from broker.api.errors import exception_handlers
+from broker.api.errors import exception_handlers, problem, problem_response
 from broker.api.oauth import OAuthController, WellKnownOAuth
 from broker.api.ops import audit_jwks, healthz, metrics, readyz
 from broker.api.ssf import ssf_configuration, ssf_jwks
@@ -34,6 +34,7 @@ from broker.api.v1 import IssuerDocuments, V1Controller
 from broker.logsetup import request_id_var
 from broker.metrics import UNMATCHED
 from broker.service import Broker
+from broker.service.stateguard import StateLost
 
 __all__ = ["create_app"]
 
@@ -49,6 +50,23 @@ class BrokerRequest(Request[Any, Any, State]):
             return await super().json()
         except RecursionError:
             raise ClientException("invalid request: the JSON body is nested too deeply") from None
+
+
+#: What a replica still answers after Redis lost its state (broker.service.stateguard).
+_SERVED_WHEN_STATE_LOST = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+async def _refuse(request: Request[Any, Any, State], broker: Broker, send: Send) -> None:
+    """503 state-lost, in problem+json, without routing the request."""
+    try:
+        broker.guard.check_serving()
+    except StateLost as exc:
+        response = problem_response(
+            request, problem(exc.status, exc.code, "Unavailable", exc.message)
+        )
+        await response.to_asgi_response(app=None, request=request)(
+            request.scope, request.receive, send
+        )
 
 
 def edge(app: ASGIApp) -> ASGIApp:
@@ -82,6 +100,9 @@ def edge(app: ASGIApp) -> ASGIApp:
 
         token = request_id_var.set(rid)  # every log line of this request carries its id
         try:
+            if broker.guard.lost and scope.get("path") not in _SERVED_WHEN_STATE_LOST:
+                await _refuse(request, broker, send_with_id)
+                return
             await app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)

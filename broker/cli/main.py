@@ -24,6 +24,8 @@ from broker.cli.client import (
     resolve_token,
     resolve_url,
 )
+from broker.cli.ops import reconcile as reconcile_command
+from broker.cli.ops import state as state_group
 from broker.config import load_settings, parse_duration
 
 __all__ = ["main"]
@@ -268,6 +270,8 @@ def _approver_client(url: str | None, approver_token: str | None) -> ApiClient:
 
 
 main.add_command(audit_group)
+main.add_command(reconcile_command)
+main.add_command(state_group)
 
 
 @main.group()

@@ -43,6 +43,8 @@ from broker.service.documents import Documents
 from broker.service.idempotency import Idempotency
 from broker.service.issuance import Issuance
 from broker.service.policy import LivePolicy
+from broker.service.reconcile import Reconciler
+from broker.service.stateguard import StateGuard
 from broker.service.supervisor import Supervisor
 from broker.service.tokens import Tokens
 from broker.service.workloads import Workloads
@@ -77,6 +79,8 @@ class Broker:
     tokens: Tokens
     desk: ApprovalDesk
     documents: Documents
+    guard: StateGuard
+    reconciler: Reconciler
     idempotency: Idempotency
     supervisor: Supervisor
     ssf: SsfTransmitter | None = None
@@ -95,7 +99,8 @@ class Broker:
         return await self.live_policy.reload()
 
     async def ready(self) -> tuple[bool, dict[str, str]]:
-        """Readiness: this replica serves while Redis answers. Each issuer's health is reported
+        """Readiness: this replica serves while Redis answers and has not lost the broker's
+        state (broker.service.stateguard). Each issuer's health is reported
         (``ok`` or ``degraded: …``) but a degraded issuer does not make the replica unready:
         its requests get 503s while every other issuer keeps issuing and the reaper revokes."""
         checks: dict[str, str] = {}
@@ -105,7 +110,8 @@ class Broker:
         except (RedisError, OSError) as exc:
             checks["redis"] = f"unavailable: {exc.__class__.__name__}"
         checks.update(self.health.report())
-        return checks["redis"] == "ok", checks
+        checks["state"] = "lost: run `jit state accept`" if self.guard.lost else "ok"
+        return checks["redis"] == "ok" and not self.guard.lost, checks
 
     async def start(self) -> None:
         """Start the background components (idempotent)."""

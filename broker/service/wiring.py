@@ -35,6 +35,8 @@ from broker.service.documents import Documents, KeyRotationWatcher
 from broker.service.idempotency import PURPOSE, Idempotency
 from broker.service.issuance import Issuance
 from broker.service.policy import LivePolicy
+from broker.service.reconcile import Reconciler
+from broker.service.stateguard import StateGuard
 from broker.service.supervisor import Component, Supervisor
 from broker.service.tokens import Tokens
 from broker.service.workloads import Workloads
@@ -181,7 +183,27 @@ async def build_broker(
     )
     issuance = Issuance(live_policy, issuers, manager, approvals, audit, clock, settings.limits)
     documents = Documents(issuers)
+    guard = StateGuard(
+        redis, settings.key_prefix, audit, clock, interval=settings.reaper.state_check_interval
+    )
+    await guard.start()
+    reconciler = Reconciler(
+        issuers,
+        manager,
+        audit,
+        clock,
+        redis,
+        settings.key_prefix,
+        interval=settings.reaper.reconcile_interval,
+        timeout=settings.reaper.issuer_timeout * 3,
+    )
+    metrics.set_gauge_sources(
+        issuer_health=lambda: {n: st.healthy for n, st in health.status.items()},
+        state_lost=lambda: guard.lost,
+    )
     components: dict[str, Component] = {
+        "state-guard": guard,
+        "reconcile": reconciler,
         "issuer-health": health,
         "reaper": reaper,
         "approvals": approvals,
@@ -231,6 +253,8 @@ async def build_broker(
             slack=notifier,
         ),
         documents=documents,
+        guard=guard,
+        reconciler=reconciler,
         idempotency=Idempotency(redis, settings.key_prefix, audit.derive_key(PURPOSE), clock),
         supervisor=Supervisor(components),
         ssf=ssf,

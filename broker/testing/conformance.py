@@ -56,7 +56,7 @@ import msgspec
 import pytest
 
 from broker.errors import InvalidRequest, IssuerError, IssuerUnavailable, ScopeNotSupported
-from broker.issuer import Capabilities, Issuer
+from broker.issuer import Capabilities, Inventoried, Issuer
 from broker.testing.clock import FakeClock
 from broker.types import Credential, Lease, LeaseState, MintRequest, Principal, Scope, Secret
 
@@ -517,6 +517,21 @@ class IssuerConformance(Generic[IssuerT]):
                 await issuer.revoke(lease_for(request, credential))
         await self.revoke(issuer, lease_for(request, credential))  # the broker's retry
         assert not await self.credential_works(issuer, credential, self.scope())
+
+    async def test_inventory_lists_what_it_minted_and_forgets_what_it_revoked(
+        self, issuer: IssuerT, clock: FakeClock
+    ) -> None:
+        # Reconciliation after state loss trusts this list: a minted credential must be on it
+        # (by its lease id) until revoked, and never after.
+        listing: object = issuer
+        if not isinstance(listing, Inventoried):
+            pytest.skip("the issuer does not list its credentials (not Inventoried)")
+        self._require_revocable(issuer)
+        self._begin(clock)
+        request, credential = await self.mint(issuer)
+        assert request.lease_id in await listing.inventory()
+        await self.revoke(issuer, lease_for(request, credential))
+        assert request.lease_id not in await listing.inventory()
 
     async def test_check_health_passes_normally(self, issuer: IssuerT, clock: FakeClock) -> None:
         self._begin(clock)

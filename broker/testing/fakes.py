@@ -236,6 +236,14 @@ class FakeIssuer:
             cred.revoked_at = self.clock.now()
             log.debug("fake issuer %s: revoked %s", self.name, name)
 
+    async def inventory(self) -> list[str]:
+        """The lease ids of the credentials the backend still holds (revoked ones are gone;
+        an expired one still exists, as at a real backend that does not clean up)."""
+        self.calls.append(FakeCall("inventory"))
+        await self._wait_if_frozen()
+        self._check_up()
+        return [c.lease_id for c in self.credentials.values() if c.revoked_at is None]
+
     async def check_health(self) -> None:
         self.calls.append(FakeCall("check_health"))
         await self._wait_if_frozen()

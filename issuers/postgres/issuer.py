@@ -85,6 +85,10 @@ ORDER BY c.via, c.depth, r.rolname
 _FIND_ROLE: Final = (
     "SELECT oid, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s"
 )
+_INVENTORY: Final = (
+    "SELECT rolname::text, shobj_description(oid, 'pg_authid') FROM pg_roles "
+    "WHERE rolname LIKE %s ESCAPE '\\'"
+)
 _SESSIONS: Final = (
     "SELECT count(*) FROM pg_stat_activity WHERE usesysid = %s::oid AND pid <> pg_backend_pid()"
 )
@@ -339,6 +343,21 @@ class PostgresIssuer:
                     "postgres issuer %r: dropped role %s of lease %s", self.name, role, lease.id
                 )
 
+    async def inventory(self) -> list[str]:
+        """The lease ids of the roles under this instance's ``role_prefix`` that carry this
+        broker's lease marker (a role without the marker is never reported, so never touched)."""
+        async with self._admin("inventory") as conn:
+            cur = await conn.execute(_INVENTORY, (_like_prefix(self._settings.role_prefix),))
+            rows = await cur.fetchall()
+        found: list[str] = []
+        for role, comment in rows:
+            if not isinstance(comment, str) or not comment.startswith(MARKER):
+                continue
+            lease_id = comment[len(MARKER) :].split(" ", 1)[0]
+            if self.role_name(lease_id) == role:
+                found.append(lease_id)
+        return found
+
     async def check_health(self) -> None:
         """``SELECT 1`` on an admin connection, then the setup: the admin role may create
         roles, every configured group role exists and is safe to grant, every database
@@ -465,6 +484,12 @@ async def _drop_owned(conn: Conn, role: str) -> None:
     ident = sql.Identifier(role)
     await conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(ident))
     await conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+
+
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching names that start with ``prefix`` (its wildcards escaped)."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
 
 
 def _is_marked_for(comment: object, lease_id: str) -> bool:

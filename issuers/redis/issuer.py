@@ -178,6 +178,22 @@ class RedisIssuer:
         for user in users:
             await self._delete(user)
 
+    async def inventory(self) -> list[str]:
+        """The lease ids of the ACL users under this instance's ``user_prefix`` (those it
+        made; a hashed name — from a lease id that is not a plain token — cannot be mapped
+        back and is left alone)."""
+        users = await self._call("inventory", self._admin.acl_users())
+        prefix = self._settings.user_prefix
+        found: list[str] = []
+        for raw in users:
+            user = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if not user.startswith(prefix) or user in self._protected:
+                continue
+            lease_id = user[len(prefix) :]
+            if username_for(prefix, lease_id) == user:
+                found.append(lease_id)
+        return found
+
     async def check_health(self) -> None:
         """PING over the admin connection (authenticating first if configured)."""
         pong = await self._call("health check", self._admin.ping())

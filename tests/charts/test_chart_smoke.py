@@ -50,7 +50,7 @@ from tests.charts.chartkit import (
     update_secret_volume,
 )
 from tests.e2e.conftest import free_port
-from tests.e2e.test_serve import IdP
+from tests.e2e.serve_support import IdP
 
 pytestmark = pytest.mark.e2e
 

@@ -11,9 +11,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from tests.e2e.serve_support import IdP
 
 JIT = str(Path(sys.executable).parent / "jit")
 
@@ -102,3 +106,13 @@ def dev_broker(tmp_path: Path) -> Iterator[DevBroker]:
 
 def dev_state(home: Path) -> dict[str, str]:
     return json.loads((home / "dev.json").read_text())
+
+
+@pytest.fixture
+def idp() -> Iterator[IdP]:
+    """A loopback OIDC issuer that `jit serve` configs written by serve_support trust."""
+    from tests.e2e.serve_support import IdP
+
+    p = IdP()
+    yield p
+    p.server.shutdown()

@@ -17,7 +17,7 @@ import pytest
 
 from issuers.jwt.keys import generate_key
 from tests.e2e.conftest import JIT, free_port
-from tests.e2e.test_serve import POLICY
+from tests.e2e.serve_support import POLICY
 
 pytestmark = pytest.mark.e2e
 

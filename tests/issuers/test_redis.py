@@ -72,6 +72,7 @@ ADMIN_RULES = (
     "+discard",
     "+acl|setuser",
     "+acl|deluser",
+    "+acl|users",
     "+client|kill",
 )
 
