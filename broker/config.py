@@ -126,6 +126,8 @@ class ReaperSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=T
     # Revoke what a backend holds that no live lease owns (docs/revocation.md): at start, then
     # this often, one replica at a time.
     reconcile_interval: timedelta = timedelta(minutes=10)
+    # Shards of the due index (docs/revocation.md "Keys"); change only on an empty store.
+    due_shards: int = 1024
     state_check_interval: timedelta = timedelta(seconds=5)  # detecting a Redis that lost its data
     retention: timedelta = timedelta(hours=24)  # how long revoked lease records stay readable
     issuer_timeout: timedelta = timedelta(seconds=10)  # one mint or revoke call at an issuer
@@ -260,6 +262,8 @@ def _check(s: Settings, source: str) -> None:
         if name.removeprefix("group:") not in (a.groups if name.startswith("group:") else a.people):
             raise ConfigError(f"{source}: approvals.default_approvers: unknown {name!r}")
     r = s.reaper
+    if not 1 <= r.due_shards <= 65536:
+        raise ConfigError(f"{source}: reaper.due_shards must be between 1 and 65536")
     if r.batch_size < 1 or r.concurrency < 1 or r.overdue_after_attempts < 1:
         raise ConfigError(
             f"{source}: reaper.batch_size, concurrency and overdue_after_attempts must be >= 1"

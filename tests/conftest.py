@@ -23,7 +23,7 @@ from tests.leakscan import LEAKS, CaptureHandler, redis_values
 REDIS_URL = os.environ.get("JIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 _secret_init = Secret.__init__
-_audit_emit = AuditLog.emit
+_audit_fan_out = AuditLog._fan_out
 
 
 def _recording_init(self: Secret, value: str) -> None:
@@ -32,15 +32,17 @@ def _recording_init(self: Secret, value: str) -> None:
         LEAKS.add_secret(value)
 
 
-async def _recording_emit(self: AuditLog, type: str, **fields: object) -> Any:
-    event = await _audit_emit(self, type, **fields)
-    LEAKS.audit.append(msgspec.json.encode(event))
-    return event
+async def _recording_fan_out(self: AuditLog, events: Any) -> None:
+    # Every record the broker writes reaches the in-process sinks through here (emit and
+    # commit alike), chained or not.
+    for event in events:
+        LEAKS.audit.append(msgspec.json.encode(event))
+    await _audit_fan_out(self, events)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     Secret.__init__ = _recording_init  # type: ignore[method-assign]
-    AuditLog.emit = _recording_emit  # type: ignore[method-assign]
+    AuditLog._fan_out = _recording_fan_out  # type: ignore[method-assign]
     handler = CaptureHandler(LEAKS)
     handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
     for name in ("jit", "broker", "issuers"):

@@ -59,8 +59,11 @@ class Kit:
         return [e for e in self.sink.events if e.type == type_]
 
     async def due(self) -> dict[str, float]:
-        rows = await self.redis.zrange(self.store.keys.due, 0, -1, withscores=True)
-        return {k.decode(): s for k, s in rows}
+        out: dict[str, float] = {}
+        for n in range(self.store.keys.due_shards):
+            rows = await self.redis.zrange(self.store.keys.due_shard(n), 0, -1, withscores=True)
+            out.update((k.decode(), s) for k, s in rows)
+        return out
 
 
 def make_kit(redis: aioredis.Redis, prefix: str, clock: FakeClock) -> Kit:

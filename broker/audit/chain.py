@@ -23,6 +23,12 @@ Events emitted while a write is in flight are queued and go in the next script c
 (group commit), so a busy replica costs at most one round trip per event and usually less; the
 first append of a process costs one more (learning the head).
 
+A commit may carry *state ops* (:class:`broker.state.scripts.Op`: a lease's activation, its
+revocation's settlement) with its records: they go in the same pipeline as the append, ahead of
+it, so a state change and its record reach Redis in one round trip, batched with every other
+commit waiting. A conflict repeats only the append. *Clean-up ops* (clearing a lease's "record
+pending" marker once the record is in) ride along with the next batch.
+
 Checkpoints: after a record, when ``checkpoint_every`` records have passed since the last
 checkpoint or ``checkpoint_interval`` has passed on the injected clock, the chain appends an
 ``audit.checkpoint`` record whose ``detail.jws`` is a JWS over ``{"seq": s, "head": h}`` — the
@@ -34,6 +40,7 @@ write two checkpoints for the same stretch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -52,6 +59,7 @@ from broker.audit.signing import CheckpointSigner
 from broker.clock import Clock, to_ms
 from broker.errors import ConfigError, StoreUnavailable
 from broker.state import text
+from broker.state.scripts import Op, Script, run
 
 __all__ = [
     "CHECKPOINT",
@@ -123,7 +131,7 @@ class ChainRecord(msgspec.Struct, frozen=True):
 # ARGV: expected seq, expected hash, maxlen, new seq, new hash, cp_seq, cp_ms, then pairs of
 #       (entry id, record JSON)
 # -> {1} appended | {0, seq, hash, cp_seq, cp_ms} the head did not match (nothing written)
-_APPEND = (
+_APPEND_SOURCE = (
     """
 local h = redis.call('HMGET', KEYS[1], 'seq', 'hash', 'cp_seq', 'cp_ms')
 local seq, hash, cps, cpm = h[1], h[2], h[3], h[4]
@@ -152,6 +160,7 @@ redis.call('HSET', KEYS[1], 'seq', ARGV[4], 'hash', ARGV[5], 'cp_seq', ARGV[6], 
 return {1}
 """
 )
+_APPEND = Script(_APPEND_SOURCE)
 
 
 @dataclass(frozen=True)
@@ -162,8 +171,14 @@ class _Head:
     cp_ms: int | None  # when it was written (None: unknown; counts from now)
 
 
-# A queued item: an event to append, or None for "append a checkpoint if one is due".
-_Item = tuple[AuditEvent | None, "asyncio.Future[list[AuditEvent]]"]
+@dataclass
+class _Item:
+    """A queued commit: events to append (None: "a checkpoint if one is due"), state ops to
+    send with them, and the future that gets (records, op results)."""
+
+    events: list[AuditEvent] | None
+    ops: list[Op]
+    fut: asyncio.Future[tuple[list[AuditEvent], list[Any]]]
 
 
 class AuditChain:
@@ -199,9 +214,9 @@ class AuditChain:
         self.stream_maxlen = stream_maxlen
         self.max_batch = max_batch
         self.max_attempts = max_attempts
-        self._script = redis.register_script(_APPEND)
         self._head: _Head | None = None  # the head as last seen; None: ask Redis
         self._queue: deque[_Item] = deque()
+        self._cleanup: list[Op] = []  # ride along with the next batch
         self._writer: asyncio.Task[None] | None = None
         self.conflicts = 0  # compare-and-set retries so far (for metrics and tests)
 
@@ -210,12 +225,24 @@ class AuditChain:
     async def append(self, event: AuditEvent) -> list[AuditEvent]:
         """Chain one event. Returns its record, followed by a checkpoint record when one fell
         due right after it. Raises :class:`StoreUnavailable` when Redis does not take it."""
-        return await self._submit(event)
+        records, _ = await self._submit([event], [])
+        return records
+
+    async def commit(
+        self, events: Sequence[AuditEvent], ops: Sequence[Op] = (), cleanup: Sequence[Op] = ()
+    ) -> tuple[list[AuditEvent], list[Any]]:
+        """Send ``ops`` and chain ``events`` in one round trip (shared with every commit
+        waiting). Returns the records (checkpoints included) and one result per op.
+        ``cleanup`` ops are sent with a later batch, once the records are in."""
+        records, results = await self._submit(list(events), list(ops))
+        self._cleanup.extend(cleanup)
+        return records, results
 
     async def checkpoint_if_due(self) -> AuditEvent | None:
         """Append a checkpoint when records are waiting for one and ``checkpoint_interval`` has
-        passed (:meth:`AuditLog.run` calls this, so a quiet chain's tail still gets signed)."""
-        records = await self._submit(None)
+        passed (:meth:`AuditLog.run` calls this, so a quiet chain's tail still gets signed).
+        Clean-up ops waiting for a batch go with it."""
+        records, _ = await self._submit(None, [])
         return records[0] if records else None
 
     async def head(self) -> tuple[int, str]:
@@ -230,15 +257,20 @@ class AuditChain:
         writer = self._writer
         if writer is not None and not writer.done():
             await asyncio.wait({writer}, timeout=10)
+        if self._cleanup:  # markers whose records are in: clear them before leaving
+            with contextlib.suppress(StoreUnavailable, RedisError, OSError):
+                await asyncio.wait_for(self._submit(None, []), timeout=5)
 
     # -- the writer -------------------------------------------------------------------------
 
-    async def _submit(self, event: AuditEvent | None) -> list[AuditEvent]:
+    async def _submit(
+        self, events: list[AuditEvent] | None, ops: list[Op]
+    ) -> tuple[list[AuditEvent], list[Any]]:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[AuditEvent]] = loop.create_future()
+        fut: asyncio.Future[tuple[list[AuditEvent], list[Any]]] = loop.create_future()
         # Retrieve the outcome even when the caller stopped waiting (no "never retrieved").
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._queue.append((event, fut))
+        self._queue.append(_Item(events, ops, fut))
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._drain(), name="jit-audit-chain")
         # The caller may be cancelled; the write goes on and settles the future anyway.
@@ -247,27 +279,33 @@ class AuditChain:
     async def _drain(self) -> None:
         """The only writer of this instance: takes queued items in order, a batch at a time."""
         while self._queue:
-            n = min(len(self._queue), self.max_batch)
-            batch = [self._queue.popleft() for _ in range(n)]
+            batch: list[_Item] = []
+            size = 0
+            while self._queue and (not batch or size < self.max_batch):
+                item = self._queue.popleft()
+                batch.append(item)
+                size += max(1, len(item.events or ()))
             try:
-                groups = await self._write([e for e, _ in batch])
+                outcomes = await self._write(batch)
             except asyncio.CancelledError:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(StoreUnavailable("the audit chain writer was stopped"))
+                for item in batch:
+                    if not item.fut.done():
+                        item.fut.set_exception(
+                            StoreUnavailable("the audit chain writer was stopped")
+                        )
                 raise
             except Exception as exc:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(_store_error(exc))
+                for item in batch:
+                    if not item.fut.done():
+                        item.fut.set_exception(_store_error(exc))
                 continue
-            for (_, fut), group in zip(batch, groups, strict=True):
-                if not fut.done():
-                    fut.set_result(group)
+            for item, outcome in zip(batch, outcomes, strict=True):
+                if not item.fut.done():
+                    item.fut.set_result(outcome)
 
     async def _sync(self, *, remember: bool = True) -> _Head:
         """Learn the head from Redis (a compare-and-set that cannot match writes nothing)."""
-        reply = await self._script(keys=[self.keys.head, self.keys.stream], args=["-1", "", 0])
+        reply = await _APPEND(self.redis, [self.keys.head, self.keys.stream], ["-1", "", 0])
         head = self._parse_head(reply)
         if remember:  # only the writer caches what it builds on
             self._head = head
@@ -283,20 +321,30 @@ class AuditChain:
             cp_ms=int(cp_ms) if cp_ms else None,
         )
 
-    async def _write(self, items: Sequence[AuditEvent | None]) -> list[list[AuditEvent]]:
+    async def _write(self, items: Sequence[_Item]) -> list[tuple[list[AuditEvent], list[Any]]]:
+        """Send the batch's ops (and waiting clean-ups) with one append; repeat only the
+        append on a conflict. Returns (records, op results) per item."""
         keys = [self.keys.head, self.keys.stream]
+        ops = [op for item in items for op in item.ops]
+        cleanup, self._cleanup = self._cleanup, []
         try:
             head = self._head or await self._sync()
-            for _ in range(self.max_attempts):
-                groups, new_head, args = self._build(items, head)
-                if new_head is None:  # only ticks, and no checkpoint is due
-                    return groups
-                reply = await self._script(keys=keys, args=args)
-                if int(reply[0]) == 1:
-                    self._head = new_head
-                    return groups
+            op_results: list[Any] = []
+            for attempt in range(self.max_attempts):
+                groups, new_head, args = self._build([i.events for i in items], head)
+                pending = [*cleanup, *ops] if attempt == 0 else []
+                append = [_APPEND.op(keys, args)] if new_head is not None else []
+                if not pending and not append:  # only ticks, and no checkpoint is due
+                    return [(g, []) for g in groups]
+                results = await run(self.redis, [*pending, *append])
+                if attempt == 0:
+                    op_results = results[len(cleanup) : len(cleanup) + len(ops)]
+                if not append or int(results[-1][0]) == 1:
+                    if new_head is not None:
+                        self._head = new_head
+                    return self._split(items, groups, op_results)
                 self.conflicts += 1
-                head = self._head = self._parse_head(reply)
+                head = self._head = self._parse_head(results[-1])
         except (RedisError, OSError):
             self._head = None  # the write may or may not have happened: ask next time
             raise
@@ -305,11 +353,23 @@ class AuditChain:
             f"audit chain: gave up after {self.max_attempts} conflicting appends"
         )
 
+    @staticmethod
+    def _split(
+        items: Sequence[_Item], groups: list[list[AuditEvent]], op_results: list[Any]
+    ) -> list[tuple[list[AuditEvent], list[Any]]]:
+        out: list[tuple[list[AuditEvent], list[Any]]] = []
+        at = 0
+        for item, group in zip(items, groups, strict=True):
+            out.append((group, op_results[at : at + len(item.ops)]))
+            at += len(item.ops)
+        return out
+
     def _build(
-        self, items: Sequence[AuditEvent | None], head: _Head
+        self, items: Sequence[list[AuditEvent] | None], head: _Head
     ) -> tuple[list[list[AuditEvent]], _Head | None, list[Any]]:
-        """The records for ``items`` on top of ``head``: per item its group of records, the
-        new head (None if nothing is to be written) and the script's ARGV."""
+        """The records for ``items`` (each a list of events, or None for a checkpoint tick) on
+        top of ``head``: per item its group of records, the new head (None if nothing is to be
+        written) and the script's ARGV."""
         now = self.clock.now()
         now_ms = to_ms(now)
         every = self.checkpoint_every
@@ -345,9 +405,11 @@ class AuditChain:
             if item is None:
                 groups.append([checkpoint()] if due() else [])
                 continue
-            group = [add(item)]
-            if due():
-                group.append(checkpoint())
+            group: list[AuditEvent] = []
+            for event in item:
+                group.append(add(event))
+                if due():
+                    group.append(checkpoint())
             groups.append(group)
         if not entries:
             return groups, None, []

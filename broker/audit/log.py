@@ -23,6 +23,7 @@ import msgspec
 from broker.audit.signing import HmacKey
 from broker.clock import Clock
 from broker.errors import StoreUnavailable
+from broker.state.scripts import Op, run
 
 if TYPE_CHECKING:
     from broker.audit.chain import AuditChain
@@ -146,7 +147,8 @@ class AuditLog:
         records audit events (the Shared Signals transmitter), so it exists after the log."""
         self.sinks.append(sink)
 
-    async def emit(self, type: str, **fields: object) -> AuditEvent:
+    def record(self, type: str, **fields: object) -> AuditEvent:
+        """Build (and check) an event without writing it, for :meth:`commit`."""
         if type == CHECKPOINT:
             raise ValueError(f"{CHECKPOINT!r} records are written by the chain only")
         reserved = _RESERVED.intersection(fields)
@@ -156,17 +158,53 @@ class AuditLog:
             {"type": type, "time": self.clock.now(), **fields}, AuditEvent, strict=True
         )
         _encoder.encode(event)  # fail loudly on anything that is not plain data
+        return event
+
+    async def emit(self, type: str, **fields: object) -> AuditEvent:
+        records, _ = await self._commit([self.record(type, **fields)], (), ())
+        return records[0]
+
+    async def commit(
+        self,
+        events: Sequence[AuditEvent],
+        ops: Sequence[Op] = (),
+        *,
+        cleanup: Sequence[Op] = (),
+        redis: Any = None,
+    ) -> list[Any]:
+        """Send state ``ops`` and record ``events`` together: one round trip with a chain (see
+        :mod:`broker.audit.chain`); without one, the ops go to ``redis`` and the events to the
+        sinks. Returns one result per op. ``cleanup`` ops follow once the records are in."""
+        _, results = await self._commit(list(events), ops, cleanup, redis)
+        return results
+
+    async def _commit(
+        self,
+        events: list[AuditEvent],
+        ops: Sequence[Op],
+        cleanup: Sequence[Op],
+        redis: Any = None,
+    ) -> tuple[list[AuditEvent], list[Any]]:
         if self.chain is None:
-            await self._fan_out([event])
-            return event
+            results: list[Any] = []
+            if ops or cleanup:
+                if redis is None:
+                    raise ValueError("state ops need a Redis client when the log has no chain")
+                results = (await run(redis, [*ops, *cleanup]))[: len(ops)]
+            await self._fan_out(events)
+            return events, results
         try:
-            records = await self.chain.append(event)
+            records, results = await self.chain.commit(events, ops, cleanup)
         except StoreUnavailable as exc:
-            log.error("audit event %s could not be chained: %s", type, exc.message)
-            await self._fan_out([event])
+            log.error(
+                "audit events %s could not be chained: %s",
+                ",".join(e.type for e in events) or "-",
+                exc.message,
+            )
+            await self._fan_out(events)
             raise
         await self._fan_out(records)
-        return records[0]
+        return records or events, results
 
     async def _fan_out(self, events: Sequence[AuditEvent]) -> None:
         for sink in self.sinks:

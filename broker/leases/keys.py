@@ -1,19 +1,29 @@
-"""The Redis key layout and lease ids (ADR 0001). Pure: no I/O.
+"""The Redis key layout and lease ids (ADR 0001, ADR 0060). Pure: no I/O.
 
 ::
 
-    {prefix}:{t:<task_key>}:task          hash   task_id, owner, state (open|completed), times
-    {prefix}:{t:<task_key>}:leases        set    the task's lease ids
-    {prefix}:{t:<task_key>}:lease:<id>    hash   one lease (never its secret)
-    {prefix}:{due}                        zset   lease id → when the reaper must look at it (ms)
-    {prefix}:{overdue}                    set    leases whose revocation failed N times
-    {prefix}:{retry:<issuer key>}         set    leases whose revocation at that issuer failed
-    {prefix}:{o:<owner_key>}:live         zset   the owner's live leases (score: issued_at)
-    {prefix}:{o:<owner_key>}:done         zset   the owner's finished leases (score: revoked_at)
+    {prefix}:{t:<task key>}        hash  a task and every lease of it (fields below)
+    {prefix}:{o:<owner key>}       hash  the owner's tasks: task key → created ms; "#": live count
+    {prefix}:{due:<n>}             zset  due shard n: lease id → when the reaper must look (ms)
+    {prefix}:{due}                 zset  the due shards: n → a time at or before its earliest entry
+    {prefix}:{overdue}             set   leases whose revocation failed too often or too long
+    {prefix}:{retry:<issuer key>}  set   leases whose revocation at that issuer waits in backoff
 
-Everything a per-lease script touches (task, its lease set, the lease) shares the hash tag
-``{t:<task_key>}``, so it lives in one Redis Cluster slot. The lease id starts with the task key,
-so a lease id alone leads to its slot.
+One hash per task holds the task and its leases, so every script that changes a lease touches
+one key (one Redis Cluster slot), and a task with a lease costs one small (listpack-encoded)
+hash. The due index is split into many small shards (a lease goes to shard ``suffix mod N``),
+each small enough to stay listpack-encoded, with an index of shards by their earliest entry so
+the reaper reads only shards that have something due; both spread the writes of a busy
+deployment over many slots instead of one hot ``{due}``.
+
+Task hash fields: ``o`` owner, ``t`` task id, ``p`` purpose, ``s`` state (``o`` open, ``c``
+completed), ``c`` created ms, ``d`` deadline ms, ``x`` completed ms, ``n`` live leases. Each
+lease has fields named by its 8-hex suffix ``S``: ``S`` its state (``m`` minting, ``a`` active,
+``r`` revoking, ``R`` revoked, ``F`` failed), ``Sm`` its immutable facts, ``Sr`` the resource,
+``Sh`` the issuer's handle, ``Sk`` the key binding (cnf), and while revoked or retried: ``Sv``
+revision, ``Sl``/``Su`` the revocation lock and its end, ``ST`` trigger, ``SP`` previous state,
+``SX`` revoked at, ``SA`` attempts, ``SE`` last error, ``SF`` first failure, ``SO`` overdue,
+``Sq`` an audit record that may not be written yet (cleared once it is).
 """
 
 from __future__ import annotations
@@ -25,9 +35,20 @@ import secrets
 from broker.errors import InvalidRequest, NotFound
 from broker.types import TASK_ID_RULE, valid_task_id
 
-__all__ = ["Keys", "new_lease_id", "owner_key", "task_key", "task_key_of", "validate_task_id"]
+__all__ = [
+    "DEFAULT_DUE_SHARDS",
+    "Keys",
+    "new_lease_id",
+    "owner_key",
+    "split_lease_id",
+    "task_key",
+    "task_key_of",
+    "validate_task_id",
+]
 
-_LEASE_ID = re.compile(r"^([0-9a-f]{16})\.[0-9a-f]{32}$")
+_LEASE_ID = re.compile(r"^([0-9a-f]{16})\.([0-9a-f]{8})$")
+#: Shards of the due index: at 100,000 live leases each holds about 100 (listpack-encoded).
+DEFAULT_DUE_SHARDS = 1024
 
 
 def task_key(owner: str, task_id: str) -> str:
@@ -40,16 +61,22 @@ def owner_key(owner: str) -> str:
 
 
 def new_lease_id(tkey: str) -> str:
-    """``<task key>.<128 random bits>``."""
-    return f"{tkey}.{secrets.token_hex(16)}"
+    """``<task key>.<32 random bits>``: unique within its task (the script that records it
+    refuses a suffix the task already has), so unique everywhere."""
+    return f"{tkey}.{secrets.token_hex(4)}"
+
+
+def split_lease_id(lease_id: str) -> tuple[str, str]:
+    """(task key, suffix) of a lease id; NotFound for anything that is not a lease id."""
+    m = _LEASE_ID.match(lease_id)
+    if m is None:
+        raise NotFound("no such lease")
+    return m.group(1), m.group(2)
 
 
 def task_key_of(lease_id: str) -> str:
     """The task key inside a lease id; NotFound for anything that is not a lease id."""
-    m = _LEASE_ID.match(lease_id)
-    if m is None:
-        raise NotFound("no such lease")
-    return m.group(1)
+    return split_lease_id(lease_id)[0]
 
 
 def validate_task_id(task_id: str) -> None:
@@ -58,27 +85,30 @@ def validate_task_id(task_id: str) -> None:
 
 
 class Keys:
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, due_shards: int = DEFAULT_DUE_SHARDS) -> None:
         if not prefix or any(c in prefix for c in "{} "):
             raise ValueError(f"invalid key prefix {prefix!r}")
+        if due_shards < 1:
+            raise ValueError("due_shards must be at least 1")
         self.prefix = prefix
+        self.due_shards = due_shards
         self.due = f"{prefix}:{{due}}"
         self.overdue = f"{prefix}:{{overdue}}"
 
     def task(self, tkey: str) -> str:
-        return f"{self.prefix}:{{t:{tkey}}}:task"
+        return f"{self.prefix}:{{t:{tkey}}}"
 
-    def task_leases(self, tkey: str) -> str:
-        return f"{self.prefix}:{{t:{tkey}}}:leases"
+    def lease_task(self, lease_id: str) -> str:
+        return self.task(task_key_of(lease_id))
 
-    def lease(self, lease_id: str) -> str:
-        return f"{self.prefix}:{{t:{task_key_of(lease_id)}}}:lease:{lease_id}"
+    def owner(self, owner: str) -> str:
+        return f"{self.prefix}:{{o:{owner_key(owner)}}}"
 
-    def owner_live(self, owner: str) -> str:
-        return f"{self.prefix}:{{o:{owner_key(owner)}}}:live"
+    def shard_of(self, lease_id: str) -> int:
+        return int(split_lease_id(lease_id)[1], 16) % self.due_shards
 
-    def owner_done(self, owner: str) -> str:
-        return f"{self.prefix}:{{o:{owner_key(owner)}}}:done"
+    def due_shard(self, n: int) -> str:
+        return f"{self.prefix}:{{due:{n}}}"
 
     def retry(self, issuer: str) -> str:
         """The leases whose revocation at ``issuer`` failed and waits in backoff: retried at

@@ -1,8 +1,9 @@
 """The lease manager: write-ahead around mint, and the one path every revocation takes.
 
-Issue::
+Issue, in two round trips to Redis::
 
-    due entry + lease(minting) ──▶ issuer.mint() ──▶ lease(active, handle) ──▶ due at not_after
+    lease(minting) + due entry ──▶ issuer.mint() ──▶ lease(active, handle) + due at not_after
+                                                     + audit records (one commit, batched)
 
 The lease and its due entry exist before the issuer is called. If the broker dies during the
 mint, the reaper finds the lease still ``minting`` after ``mint_grace`` and revokes it through
@@ -12,8 +13,15 @@ revocation, so the credential that the mint returned is revoked too.
 
 Revoke (explicit, task completion, TTL, workload cascade, mint clean-up) always goes through
 :meth:`LeaseManager.revoke` → ``_revoke``: take the lease's revocation lock (a Lua script), call
-the issuer, mark the lease ``revoked``. A failure is recorded, the lease is put back on the due
-index after a capped, jittered backoff, and after ``overdue_after_attempts`` it is flagged
+the issuer, mark the lease ``revoked``, then settle its indexes and write ``lease.revoked`` in
+one commit.
+
+A state change and its audit record travel together; a lease whose record may not have reached
+the chain (the process died in between) carries a marker, and whoever touches the lease next
+(the reaper at the latest) writes the missing record, marked ``recovered``.
+
+A failed revocation is recorded, the lease is put back on the due index after a capped,
+jittered backoff, and after ``overdue_after_attempts`` it is flagged
 overdue (and audited) — it is retried forever, never dropped.
 """
 
@@ -30,7 +38,7 @@ from typing import Any
 
 import msgspec
 
-from broker.audit import AuditLog
+from broker.audit import AuditEvent, AuditLog
 from broker.clock import Clock, from_ms, to_ms
 from broker.config import ReaperSettings
 from broker.errors import (
@@ -43,10 +51,11 @@ from broker.errors import (
 )
 from broker.issuer import Issuer
 from broker.leases.health import IssuerHealth
-from broker.leases.keys import new_lease_id, task_key, task_key_of, validate_task_id
-from broker.leases.store import LeaseRecord, LeaseStore
+from broker.leases.keys import new_lease_id, split_lease_id, task_key, validate_task_id
+from broker.leases.store import LeaseRecord, LeaseStore, TaskRecord
 from broker.replica import new_replica_id
 from broker.retry import backoff
+from broker.state.scripts import run
 from broker.types import Credential, Lease, LeaseState, MintRequest, Principal, Scope, Task
 
 __all__ = ["IssuerSlots", "LeaseManager", "TaskView"]
@@ -56,6 +65,7 @@ log = logging.getLogger("jit.leases")
 # Limits on fan-out work done inside one request (task completion, workload cascade).
 _CASCADE_CONCURRENCY = 16
 _MAX_LIST = 1000
+_MAX_TASKS = 10_000
 
 
 class TaskView(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,6 +138,12 @@ class LeaseManager:
         self.settings = settings
         self.replica_id = replica_id or new_replica_id()
         self.health = health
+        self._retention_ms = int(settings.retention.total_seconds() * 1000)
+
+    async def _commit(
+        self, events: list[AuditEvent], ops: list[Any], cleanup: list[Any]
+    ) -> list[Any]:
+        return await self.audit.commit(events, ops, cleanup=cleanup, redis=self.store.redis)
 
     # -- issue ------------------------------------------------------------------------------
 
@@ -146,15 +162,16 @@ class LeaseManager:
         origin: str | None = None,
         request_id: str | None = None,
         detail: Mapping[str, str] | None = None,
+        decision: AuditEvent | None = None,
     ) -> tuple[Lease, Credential]:
         """Mint a credential for exactly ``scope`` until now + ``ttl``, as a lease of ``task``.
 
         ``deadline`` is the task's end if this request creates the task (see
         :meth:`task_deadline`); an expiry-only issuer's credential must not outlive the task.
+        ``decision`` (the policy decision's audit record) is committed with the mint's.
         Raises Conflict if the task is completed or past its deadline, InvalidRequest for an
-        unknown issuer,
-        ScopeNotSupported from the issuer, IssuerUnavailable/IssuerError if the mint fails
-        (anything it may have created is revoked)."""
+        unknown issuer, ScopeNotSupported from the issuer, IssuerUnavailable/IssuerError if the
+        mint fails (anything it may have created is revoked)."""
         validate_task_id(task.id)
         issuer = self.issuers.get(scope.issuer)
         if issuer is None:
@@ -166,37 +183,45 @@ class LeaseManager:
         now = self.clock.now()
         not_after = now + ttl
         tkey = task_key(principal.id, task.id)
-        if lease_id is not None and task_key_of(lease_id) != tkey:
+        if lease_id is not None and split_lease_id(lease_id)[0] != tkey:
             raise InvalidRequest("lease id does not belong to this task")
-        lease = Lease(
-            id=lease_id or new_lease_id(tkey),
-            task_id=task.id,
-            owner=principal.id,
-            principal=principal,
-            scope=scope,
-            issued_at=now,
-            not_after=not_after,
-            state=LeaseState.MINTING,
-            purpose=task.purpose,
-            cnf=dict(cnf) if cnf else None,
-            grant=grant,
-            origin=origin,
-        )
-        due = min(now + s.mint_grace, not_after)
-        status = await self.store.create(
-            lease,
-            due_ms=to_ms(due),
-            task_expire_ms=to_ms(not_after + s.retention),
-            deadline_ms=to_ms(deadline or self.max_deadline(now)),
-            bounded=not issuer.capabilities.revocable,
-        )
-        if status == "completed":
-            raise Conflict(f"task {task.id!r} is completed; start a new task for new credentials")
-        if status == "deadline":
-            raise Conflict(
-                f"task {task.id!r} has reached its deadline; start a new task for new credentials"
+        for _ in range(3):  # a fresh suffix the task already has: draw another
+            lease = Lease(
+                id=lease_id or new_lease_id(tkey),
+                task_id=task.id,
+                owner=principal.id,
+                principal=principal,
+                scope=scope,
+                issued_at=now,
+                not_after=not_after,
+                state=LeaseState.MINTING,
+                purpose=task.purpose,
+                cnf=dict(cnf) if cnf else None,
+                grant=grant,
+                origin=origin,
             )
+            status = await self.store.create(
+                lease,
+                due_ms=to_ms(min(now + s.mint_grace, not_after)),
+                deadline_ms=to_ms(deadline or self.max_deadline(now)),
+                bounded=not issuer.capabilities.revocable,
+                retention_ms=self._retention_ms,
+            )
+            if status != "exists" or lease_id is not None:
+                break
+        decided = [decision] if decision is not None else []
         if status != "ok":
+            if decided:
+                await self._commit(decided, [], [])
+            if status == "completed":
+                raise Conflict(
+                    f"task {task.id!r} is completed; start a new task for new credentials"
+                )
+            if status == "deadline":
+                raise Conflict(
+                    f"task {task.id!r} has reached its deadline; start a new task for new "
+                    "credentials"
+                )
             raise Conflict(f"task {task.id!r} cannot take new leases ({status})")
         common: dict[str, Any] = {
             "principal": principal.id,
@@ -222,9 +247,10 @@ class LeaseManager:
             _check_credential(credential, not_after)
         except Exception as exc:
             self._backend_failed(scope.issuer, exc)
-            await self.audit.emit(
+            failed = self.audit.record(
                 "lease.mint_failed", outcome="error", reasons=[_describe(exc)], **common
             )
+            await self._commit([*decided, failed], [], [])
             await self._revoke(lease.id, "mint_failed")  # removes what the issuer may have made
             if isinstance(exc, BrokerError):
                 raise
@@ -232,15 +258,7 @@ class LeaseManager:
                 raise IssuerUnavailable(f"issuer {scope.issuer!r} did not answer in time") from None
             log.error("issuer %s failed to mint: %s", scope.issuer, type(exc).__name__)
             raise IssuerError(f"issuer {scope.issuer!r} failed to mint") from None
-        result = await self.store.activate(lease.id, credential.handle, due_ms=to_ms(not_after))
-        if result != "ok":
-            # Revocation began while the issuer was minting (task completed, TTL ran out).
-            await self.store.schedule(lease.id, to_ms(self.clock.now()))
-            await self._revoke(lease.id, "task_completed")
-            raise Conflict(
-                f"task {task.id!r} was completed while the credential was minted; it was revoked"
-            )
-        await self.audit.emit(
+        minted = self.audit.record(
             "lease.minted",
             detail={
                 **dict(detail or {}),
@@ -251,6 +269,21 @@ class LeaseManager:
             },
             **common,
         )
+        results = await self._commit(
+            [*decided, minted],
+            [
+                self.store.activate_op(lease.id, credential.handle),
+                *self.store.due_ops(lease.id, to_ms(not_after)),
+            ],
+            [self.store.clear_marker_op(lease.id, "m")],
+        )
+        if _text(results[0]) != "ok":
+            # Revocation began while the issuer was minting (task completed, TTL ran out).
+            await self.store.schedule(lease.id, to_ms(self.clock.now()))
+            await self._revoke(lease.id, "task_completed")
+            raise Conflict(
+                f"task {task.id!r} was completed while the credential was minted; it was revoked"
+            )
         active = msgspec.structs.replace(
             lease, state=LeaseState.ACTIVE, handle=dict(credential.handle)
         )
@@ -283,7 +316,7 @@ class LeaseManager:
 
     async def get(self, lease_id: str, *, owner: str | None = None) -> Lease:
         """The lease; NotFound if it does not exist or (with ``owner``) is not the owner's."""
-        task_key_of(lease_id)  # NotFound for a malformed id
+        split_lease_id(lease_id)  # NotFound for a malformed id
         rec = await self.store.load(lease_id)
         if rec is None or (owner is not None and rec.lease.owner != owner):
             raise NotFound("no such lease")
@@ -294,28 +327,28 @@ class LeaseManager:
     ) -> builtins.list[Lease]:
         """The owner's leases, newest first: live ones, and with ``include_inactive`` those
         finished within the retention window."""
-        ids = await self.store.owner_lease_ids(
-            owner, include_done=include_inactive, limit=min(limit, _MAX_LIST)
-        )
         out: builtins.list[Lease] = []
-        seen: set[str] = set()
-        for lid, rec in zip(ids, await self.store.load_many(ids), strict=True):
-            if rec is None:  # its record expired after the retention window
-                await self.store.forget_owner_entry(owner, lid)
+        for tkey, task in await self._owner_tasks(owner):
+            if task is None:  # its record expired after the retention window
+                await self.store.forget_owner_task(owner, tkey)
                 continue
-            if lid in seen or rec.lease.owner != owner:
-                continue
-            seen.add(lid)
-            if include_inactive or rec.lease.state.live:
-                out.append(rec.lease)
-        return out
+            out.extend(r.lease for r in task.leases if include_inactive or r.lease.state.live)
+        out.sort(key=lambda le: le.issued_at, reverse=True)
+        return out[: min(limit, _MAX_LIST)]
+
+    async def _owner_tasks(self, owner: str) -> builtins.list[tuple[str, TaskRecord | None]]:
+        tkeys = await self.store.owner_tasks(owner, limit=_MAX_TASKS)
+        tasks = await self.store.load_tasks(tkeys)
+        return [
+            (k, t if t is None or t.owner == owner else None)
+            for k, t in zip(tkeys, tasks, strict=True)
+        ]
 
     async def get_task(self, owner: str, task_id: str) -> TaskView:
         validate_task_id(task_id)
         task = await self.store.load_task(owner, task_key(owner, task_id))
         if task is None:
             raise NotFound("no such task")
-        records = await self.store.load_many(task.lease_ids)
         return TaskView(
             task_id=task.task_id,
             owner=owner,
@@ -323,7 +356,7 @@ class LeaseManager:
             created_at=task.created_at,
             completed_at=task.completed_at,
             deadline=task.deadline,
-            leases=sorted((r.lease for r in records if r), key=lambda le: le.issued_at),
+            leases=sorted((r.lease for r in task.leases), key=lambda le: le.issued_at),
         )
 
     async def overdue(self, limit: int = 100) -> builtins.list[Lease]:
@@ -343,17 +376,18 @@ class LeaseManager:
     async def complete_task(self, owner: str, task_id: str) -> TaskView:
         """Close the task to new credentials and revoke every lease of it. Idempotent."""
         validate_task_id(task_id)
-        s = self.settings
         now = self.clock.now()
         ids = await self.store.complete_task(
             owner,
             task_key(owner, task_id),
             now_ms=to_ms(now),
-            expire_ms=to_ms(now + s.retention),
+            retention_ms=self._retention_ms,
         )
         if ids is None:
             raise NotFound("no such task")
-        await self._revoke_all(ids, "task_completed")
+        records = await self.store.load_many(ids)
+        live = [r.lease.id for r in records if r is not None and r.lease.state.live]
+        await self._revoke_all(live, "task_completed")
         await self.audit.emit(
             "task.completed", principal=owner, task_id=task_id, detail={"leases": len(ids)}
         )
@@ -361,9 +395,13 @@ class LeaseManager:
 
     async def revoke_workload(self, owner: str, trigger: str = "workload") -> int:
         """Revoke every live lease of ``owner`` (cascade). Returns how many were live."""
-        ids = await self.store.owner_lease_ids(owner, include_done=False, limit=1_000_000)
-        records = await self.store.load_many(ids)
-        live = [r.lease.id for r in records if r and r.lease.owner == owner and r.lease.state.live]
+        live = [
+            r.lease.id
+            for _, task in await self._owner_tasks(owner)
+            if task is not None
+            for r in task.leases
+            if r.lease.state.live
+        ]
         await self._revoke_all(live, trigger)
         await self.audit.emit(
             "workload.revoked", principal=owner, detail={"leases": len(live), "trigger": trigger}
@@ -389,12 +427,16 @@ class LeaseManager:
             return "gone"
         lease = rec.lease
         if not lease.state.live:
-            await self.store.drop_due(lease_id)
+            await self._recover_record(rec)
+            await self._commit(
+                [], self.store.settle_ops(lease, overdue=False, retried=False)[:1], []
+            )
             return "done"
         now = self.clock.now()
         now_ms = to_ms(now)
         not_after_ms = to_ms(lease.not_after)
         if lease.state is LeaseState.ACTIVE and not_after_ms > now_ms:
+            await self._recover_record(rec)
             await self.store.schedule(lease_id, not_after_ms)
             return "rescheduled"
         if lease.state is LeaseState.MINTING:
@@ -423,14 +465,46 @@ class LeaseManager:
         await self.store.schedule(lease_id, now_ms + slots.defer_ms)
         return "deferred"
 
+    async def _recover_record(self, rec: LeaseRecord) -> None:
+        """Write the audit record a state change may have lost (the process died between the
+        change and its record): ``lease.minted`` or ``lease.revoked``, marked ``recovered``.
+        Rarely, the record was written and only its marker was not cleared: the copy is marked
+        as such, so a reader can tell."""
+        marker = rec.audit_pending
+        lease = rec.lease
+        if marker not in ("m", "r"):
+            return
+        if marker == "r" and lease.state is LeaseState.FAILED:
+            kind = "lease.mint_cleaned"
+        else:
+            kind = "lease.minted" if marker == "m" else "lease.revoked"
+        event = self.audit.record(
+            kind,
+            principal=lease.owner,
+            lease_id=lease.id,
+            task_id=lease.task_id,
+            issuer=lease.scope.issuer,
+            detail={
+                "recovered": True,
+                "resource": lease.scope.resource,
+                "actions": list(lease.scope.actions),
+                "not_after": lease.not_after.isoformat(),
+                "trigger": lease.revoke_trigger or "",
+            },
+        )
+        log.warning("lease %s: writing a %s record that may have been lost", lease.id, kind)
+        ops = [self.store.clear_marker_op(lease.id, marker)]
+        if marker == "r":  # its indexes were not settled either (the owner's count is
+            # recounted by reconciliation, should this repeat a settlement that did happen)
+            ops += self.store.settle_ops(lease, overdue=lease.overdue, retried=lease.attempts > 0)
+        await self._commit([event], ops, [])
+
     async def retry_now(self, issuer: str) -> int:
         """Put every revocation waiting in backoff for ``issuer`` back on the due index now
         (the issuer answers again). Returns how many."""
         ids = await self.store.waiting_revocations(issuer)
-        now_ms = to_ms(self.clock.now())
-        for lease_id in ids:
-            await self.store.schedule(lease_id, now_ms)
         if ids:
+            await self.store.schedule_many(ids, to_ms(self.clock.now()))
             log.info("issuer %s answers again: retrying %d revocations now", issuer, len(ids))
         return len(ids)
 
@@ -459,6 +533,8 @@ class LeaseManager:
             if rec is None:
                 return "gone"
             lease = rec.lease
+            if rec.audit_pending == "m":
+                await self._recover_record(rec)  # its lease.minted first, then the revocation
             issuer = self.issuers.get(lease.scope.issuer)
             try:
                 if issuer is None:
@@ -476,39 +552,39 @@ class LeaseManager:
                 if rec.trigger == "mint_failed" and rec.prev_state == LeaseState.MINTING.value
                 else LeaseState.REVOKED
             )
-            result = await self.store.finish_revoke(
-                lease_id,
-                me=self.replica_id,
-                rev=rev,
-                now_ms=to_ms(done),
-                final=final,
-                retention_ms=int(s.retention.total_seconds() * 1000),
+            (result,) = await run_one(
+                self.store,
+                self.store.finish_op(
+                    lease_id,
+                    me=self.replica_id,
+                    rev=rev,
+                    now_ms=to_ms(done),
+                    final=final,
+                    retention_ms=self._retention_ms,
+                ),
             )
+            result = _text(result)
             if result == "again":
                 continue
             if result != "ok":
                 return "busy"  # our lock expired and another replica took over
-            await self.store.settle(
-                lease_id,
-                lease.owner,
-                issuer=lease.scope.issuer,
-                done_ms=to_ms(done),
-                retention_ms=int(s.retention.total_seconds() * 1000),
-                overdue=lease.overdue,
-                retried=lease.attempts > 0,
-            )
             used_trigger = rec.trigger or trigger
             lag = (done - lease.not_after).total_seconds()
             detail: dict[str, Any] = {"trigger": used_trigger, "attempts": lease.attempts + 1}
             if used_trigger == "ttl":
                 detail["lag_ms"] = int(lag * 1000)  # the metrics read it from this record
-            await self.audit.emit(
+            record = self.audit.record(
                 "lease.revoked" if final is LeaseState.REVOKED else "lease.mint_cleaned",
                 principal=lease.owner,
                 lease_id=lease_id,
                 task_id=lease.task_id,
                 issuer=lease.scope.issuer,
                 detail=detail,
+            )
+            await self._commit(
+                [record],
+                self.store.settle_ops(lease, overdue=lease.overdue, retried=lease.attempts > 0),
+                [self.store.clear_marker_op(lease_id, "r")],
             )
             return final.value
         await self.store.schedule(lease_id, to_ms(self.clock.now()))
@@ -562,6 +638,14 @@ class LeaseManager:
                 detail={"attempts": attempts},
                 **common,
             )
+
+
+async def run_one(store: LeaseStore, op: Any) -> list[Any]:
+    return await run(store.redis, [op])
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _check_credential(credential: Credential, not_after: datetime) -> None:

@@ -29,6 +29,9 @@ __all__ = ["Reaper"]
 
 log = logging.getLogger("jit.reaper")
 
+#: Seconds between two full reads of the due shards' earliest entries (the index's safety net).
+_REFRESH_EVERY = 60.0
+
 
 class Reaper:
     def __init__(
@@ -51,6 +54,7 @@ class Reaper:
         )
         self._inflight: dict[str, asyncio.Task[str | None]] = {}
         self._wake = asyncio.Event()
+        self._refreshed = 0.0  # monotonic time of the last full index refresh
 
     @property
     def in_flight(self) -> int:
@@ -101,6 +105,10 @@ class Reaper:
             while not stop.is_set():
                 wait = poll
                 try:
+                    if self.clock.monotonic() - self._refreshed > _REFRESH_EVERY:
+                        # The safety net for a writer that died between a shard and the index.
+                        await self.manager.store.refresh_index()
+                        self._refreshed = self.clock.monotonic()
                     room = min(s.batch_size, self.max_in_flight - len(self._inflight))
                     ids = await self._claim(room) if room > 0 else []
                     for lease_id in ids:

@@ -1,19 +1,20 @@
-"""Leases and tasks in Redis: the Lua scripts that move a lease through its states atomically.
+"""Leases and tasks in Redis: the Lua scripts that move a lease through its states atomically,
+and the ops the manager sends with them (see :mod:`broker.leases.keys` for the layout).
 
-Each script touches the keys of one task only (one hash slot, see :mod:`broker.leases.keys`).
-Expiry is always set relative (PEXPIRE), so a clock difference between the broker and Redis
-cannot make a record vanish early. The indexes in other slots (``{due}``, ``{o:…}``,
-``{overdue}``) are written by the manager in an order that never leaves a live lease without a
-due entry. This module holds no policy: it
-stores, loads and transitions; :mod:`broker.leases.manager` decides.
+Every script touches one task hash (one slot). The indexes in other slots — the due shards and
+their index, the owner's hash, the overdue and retry sets — are written by ops sent in the same
+round trip, in an order that never leaves a live lease without a due entry. Expiry is always
+relative (PEXPIRE), so a clock difference between the broker and Redis cannot make a record
+vanish early: a task never expires while it has a live lease, and expires ``retention`` after
+its last lease finished (or it was completed with none live).
 
-A lease hash holds the immutable part of the lease as JSON (``doc``) and the mutable fields
-(``state``, ``handle``, ``attempts``, the revocation lock …) as plain fields, so scripts can
-change state without parsing JSON.
+This module holds no policy: it stores, loads and transitions; :mod:`broker.leases.manager`
+decides.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -21,25 +22,21 @@ import msgspec
 import redis.asyncio as aioredis
 
 from broker.clock import from_ms, to_ms
-from broker.leases.keys import Keys, task_key_of
-from broker.state import opt_text
+from broker.leases.keys import DEFAULT_DUE_SHARDS, Keys, split_lease_id, task_key_of
+from broker.state import opt_text, text
+from broker.state.scripts import Op, Script, run
 from broker.types import Lease, LeaseState, Principal, Scope
 
 __all__ = ["LeaseRecord", "LeaseStore", "TaskRecord"]
 
-
-class _Doc(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
-    task_id: str
-    owner: str
-    principal: Principal
-    scope: Scope
-    issued_at: datetime
-    not_after: datetime
-    purpose: str = ""
-    cnf: dict[str, str] | None = None
-    grant: str | None = None
-    origin: str | None = None
+_STATE = {
+    "m": LeaseState.MINTING,
+    "a": LeaseState.ACTIVE,
+    "r": LeaseState.REVOKING,
+    "R": LeaseState.REVOKED,
+    "F": LeaseState.FAILED,
+}
+_CODE = {v: k for k, v in _STATE.items()}
 
 
 class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,6 +49,8 @@ class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
     prev_state: str | None
     locker: str | None
     lock_until_ms: int
+    first_fail_ms: int | None = None
+    audit_pending: str | None = None  # "m" (lease.minted) or "r" (lease.revoked) maybe unwritten
 
 
 class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,147 +60,273 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     completed_at: datetime | None
     deadline: datetime | None
-    lease_ids: list[str]
+    leases: list[LeaseRecord]
+
+
+# The immutable facts of a lease, packed (msgpack) into one small field.
+class _Facts(msgspec.Struct, array_like=True, frozen=True):
+    created_ms: int
+    not_after_ms: int
+    issuer: str
+    actions: tuple[str, ...]
+    grant: str | None = None
+    origin: str | None = None
 
 
 _enc = msgspec.json.Encoder()
-_doc_dec = msgspec.json.Decoder(_Doc)
+_pack = msgspec.msgpack.Encoder()
+_facts = msgspec.msgpack.Decoder(_Facts)
 _handle_dec = msgspec.json.Decoder(dict[str, str])
 
-# KEYS: task, task_leases, lease
-# ARGV: owner, task_id, now_ms, lease_id, doc, not_after_ms, task_expire_ms, deadline_ms,
-#       bounded ("1": not_after must not pass the task's deadline)
-_CREATE = """
-local st = redis.call('HGET', KEYS[1], 'state')
-if st == 'completed' then return 'completed' end
+# KEYS: task. ARGV: owner, task_id, purpose, now_ms, suffix, facts, resource, cnf ('' = none),
+#       deadline_ms, bounded ('1': not_after must not pass the deadline), not_after_ms,
+#       retention_ms
+_CREATE = Script("""
+local st = redis.call('HGET', KEYS[1], 's')
+if st == 'c' then return 'completed' end
 if not st then
-  redis.call('HSET', KEYS[1], 'task_id', ARGV[2], 'owner', ARGV[1], 'state', 'open',
-             'created_ms', ARGV[3], 'deadline_ms', ARGV[8])
-elseif redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
+  redis.call('HSET', KEYS[1], 'o', ARGV[1], 't', ARGV[2], 's', 'o', 'c', ARGV[4],
+             'd', ARGV[9], 'n', 0)
+  if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'p', ARGV[3]) end
+  redis.call('PEXPIRE', KEYS[1], ARGV[12])
+elseif redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then
   return 'conflict'
 end
-local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline_ms') or ARGV[8])
-if tonumber(ARGV[3]) >= deadline then return 'deadline' end
-if ARGV[9] == '1' and tonumber(ARGV[6]) > deadline then return 'deadline' end
-redis.call('SADD', KEYS[2], ARGV[4])
-redis.call('HSET', KEYS[3], 'doc', ARGV[5], 'state', 'minting', 'created_ms', ARGV[3],
-           'not_after_ms', ARGV[6], 'attempts', 0, 'rev', 0)
-local exp = tonumber(redis.call('HGET', KEYS[1], 'expire_ms') or '0')
-if tonumber(ARGV[7]) > exp then
-  redis.call('HSET', KEYS[1], 'expire_ms', ARGV[7])
-  redis.call('PEXPIRE', KEYS[1], ARGV[7] - ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], ARGV[7] - ARGV[3])
-end
+local deadline = tonumber(redis.call('HGET', KEYS[1], 'd'))
+if tonumber(ARGV[4]) >= deadline then return 'deadline' end
+if ARGV[10] == '1' and tonumber(ARGV[11]) > deadline then return 'deadline' end
+local s = ARGV[5]
+if redis.call('HEXISTS', KEYS[1], s) == 1 then return 'exists' end
+redis.call('HSET', KEYS[1], s, 'm', s .. 'm', ARGV[6], s .. 'r', ARGV[7])
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], s .. 'k', ARGV[8]) end
+redis.call('HINCRBY', KEYS[1], 'n', 1)
+redis.call('PERSIST', KEYS[1])
 return 'ok'
-"""
+""")
 
-# KEYS: lease. ARGV: handle_json
-# minting → active. Otherwise (revocation began while the issuer was minting) the handle is
-# recorded, the revision bumped so a revoker that began without it revokes again, and a
-# finished lease is reopened.
-_ACTIVATE = """
-local st = redis.call('HGET', KEYS[1], 'state')
+# KEYS: task. ARGV: suffix, handle_json ('' = none)
+# minting → active, with an audit record pending. Otherwise (revocation began while the issuer
+# was minting) the handle is recorded, the revision bumped so a revoker that began without it
+# revokes again, and a finished lease is reopened (live again).
+_ACTIVATE = Script("""
+local s = ARGV[1]
+local st = redis.call('HGET', KEYS[1], s)
 if not st then return 'missing' end
-redis.call('HSET', KEYS[1], 'handle', ARGV[1])
-if st == 'minting' then
-  redis.call('HSET', KEYS[1], 'state', 'active')
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], s .. 'h', ARGV[2]) end
+redis.call('HSET', KEYS[1], s .. 'q', 'm')
+if st == 'm' then
+  redis.call('HSET', KEYS[1], s, 'a')
   return 'ok'
 end
-redis.call('HINCRBY', KEYS[1], 'rev', 1)
-if st == 'revoked' or st == 'failed' then
-  redis.call('HSET', KEYS[1], 'state', 'revoking')
-  redis.call('HDEL', KEYS[1], 'revoked_at_ms')
+redis.call('HINCRBY', KEYS[1], s .. 'v', 1)
+if st == 'R' or st == 'F' then
+  redis.call('HSET', KEYS[1], s, 'r')
+  redis.call('HDEL', KEYS[1], s .. 'X')
+  redis.call('HINCRBY', KEYS[1], 'n', 1)
   redis.call('PERSIST', KEYS[1])
 end
 return st
-"""
+""")
 
-# KEYS: lease. ARGV: me, now_ms, lock_until_ms, trigger
-# Take the revocation lock. Returns {status, rev}: ok | busy | revoked | failed | missing.
-_BEGIN = """
-local h = redis.call('HMGET', KEYS[1], 'state', 'locker', 'lock_until_ms', 'rev')
+# KEYS: task. ARGV: suffix, me, now_ms, lock_until_ms, trigger
+# Take the revocation lock. Returns {status, rev}: ok | busy | R | F | missing.
+_BEGIN = Script("""
+local s = ARGV[1]
+local h = redis.call('HMGET', KEYS[1], s, s .. 'l', s .. 'u', s .. 'v')
 local st = h[1]
 if not st then return {'missing', 0} end
-if st == 'revoked' or st == 'failed' then return {st, 0} end
-if h[2] and h[2] ~= ARGV[1] and tonumber(h[3]) > tonumber(ARGV[2]) then
+if st == 'R' or st == 'F' then return {st, 0} end
+if h[2] and h[2] ~= ARGV[2] and tonumber(h[3]) > tonumber(ARGV[3]) then
   return {'busy', tonumber(h[3])}
 end
-if st ~= 'revoking' then
-  redis.call('HSET', KEYS[1], 'state', 'revoking', 'trigger', ARGV[4], 'prev_state', st)
+if st ~= 'r' then
+  redis.call('HSET', KEYS[1], s, 'r', s .. 'T', ARGV[5], s .. 'P', st)
 end
-redis.call('HSET', KEYS[1], 'locker', ARGV[1], 'lock_until_ms', ARGV[3])
+redis.call('HSET', KEYS[1], s .. 'l', ARGV[2], s .. 'u', ARGV[4])
 return {'ok', tonumber(h[4] or '0')}
-"""
+""")
 
-# KEYS: lease. ARGV: me, rev, now_ms, final_state, retention_ms
-_FINISH = """
-local h = redis.call('HMGET', KEYS[1], 'state', 'locker', 'rev')
-if h[1] ~= 'revoking' or h[2] ~= ARGV[1] then return 'lost' end
-redis.call('HDEL', KEYS[1], 'locker', 'lock_until_ms')
-if tonumber(h[3] or '0') ~= tonumber(ARGV[2]) then return 'again' end
-redis.call('HSET', KEYS[1], 'state', ARGV[4], 'revoked_at_ms', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+# KEYS: task. ARGV: suffix, me, rev, now_ms, final ('R' | 'F'), retention_ms
+# The lease reached its final state: an audit record pending; the task expires `retention`
+# after its last live lease.
+_FINISH = Script("""
+local s = ARGV[1]
+local h = redis.call('HMGET', KEYS[1], s, s .. 'l', s .. 'v')
+if h[1] ~= 'r' or h[2] ~= ARGV[2] then return 'lost' end
+redis.call('HDEL', KEYS[1], s .. 'l', s .. 'u')
+if tonumber(h[3] or '0') ~= tonumber(ARGV[3]) then return 'again' end
+redis.call('HSET', KEYS[1], s, ARGV[5], s .. 'X', ARGV[4], s .. 'q', 'r')
+if redis.call('HINCRBY', KEYS[1], 'n', -1) <= 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+end
 return 'ok'
-"""
+""")
 
-# KEYS: lease. ARGV: me, error, overdue_after (attempts), now_ms, overdue_after_ms
+# KEYS: task. ARGV: suffix, me, error, overdue_after (attempts), now_ms, overdue_after_ms
 # Overdue after that many failed attempts or that long since the first failure, whichever first.
 # Returns {attempts, newly_overdue} or {-1, 0} when the lock was lost.
-_FAIL = """
-local h = redis.call('HMGET', KEYS[1], 'locker', 'overdue', 'first_fail_ms')
-if h[1] ~= ARGV[1] then return {-1, 0} end
-local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-local first = tonumber(h[3] or ARGV[4])
-if not h[3] then redis.call('HSET', KEYS[1], 'first_fail_ms', ARGV[4]) end
-redis.call('HSET', KEYS[1], 'last_error', ARGV[2])
-redis.call('HDEL', KEYS[1], 'locker', 'lock_until_ms')
-local late = tonumber(ARGV[4]) - first >= tonumber(ARGV[5])
-if (n >= tonumber(ARGV[3]) or late) and h[2] ~= '1' then
-  redis.call('HSET', KEYS[1], 'overdue', '1')
+_FAIL = Script("""
+local s = ARGV[1]
+local h = redis.call('HMGET', KEYS[1], s .. 'l', s .. 'O', s .. 'F')
+if h[1] ~= ARGV[2] then return {-1, 0} end
+local n = redis.call('HINCRBY', KEYS[1], s .. 'A', 1)
+local first = tonumber(h[3] or ARGV[5])
+if not h[3] then redis.call('HSET', KEYS[1], s .. 'F', ARGV[5]) end
+redis.call('HSET', KEYS[1], s .. 'E', ARGV[3])
+redis.call('HDEL', KEYS[1], s .. 'l', s .. 'u')
+local late = tonumber(ARGV[5]) - first >= tonumber(ARGV[6])
+if (n >= tonumber(ARGV[4]) or late) and h[2] ~= '1' then
+  redis.call('HSET', KEYS[1], s .. 'O', '1')
   return {n, 1}
 end
 return {n, 0}
-"""
+""")
 
-# KEYS: task, task_leases. ARGV: owner, now_ms, expire_at_ms
-_COMPLETE = """
-local h = redis.call('HMGET', KEYS[1], 'state', 'owner', 'expire_ms')
+# KEYS: task. ARGV: owner, now_ms, retention_ms
+# Close the task to new leases. Returns every lease suffix of it (false: no such task).
+_COMPLETE = Script("""
+local h = redis.call('HMGET', KEYS[1], 's', 'o', 'n')
 if not h[1] or h[2] ~= ARGV[1] then return false end
-if h[1] ~= 'completed' then
-  redis.call('HSET', KEYS[1], 'state', 'completed', 'completed_ms', ARGV[2])
+if h[1] ~= 'c' then
+  redis.call('HSET', KEYS[1], 's', 'c', 'x', ARGV[2])
 end
-if tonumber(ARGV[3]) > tonumber(h[3] or '0') then
-  redis.call('HSET', KEYS[1], 'expire_ms', ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3] - ARGV[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[3] - ARGV[2])
+if tonumber(h[3] or '0') <= 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+local out = {}
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.len(f) == 8 then out[#out + 1] = f end
 end
-return redis.call('SMEMBERS', KEYS[2])
-"""
+return out
+""")
 
-# KEYS: due. ARGV: now_ms, until_ms, limit
-# Claim what is due by pushing it a visibility timeout into the future: a replica that dies
-# holding a claim leaves the lease due again when the timeout passes.
-_CLAIM = """
+# KEYS: due shard. ARGV: now_ms, until_ms, limit
+# Claim what is due by pushing it a visibility timeout into the future (a replica that dies
+# holding a claim leaves the lease due again when the timeout passes). Returns
+# {earliest score left in the shard or -1, id, id, ...}.
+_CLAIM = Script("""
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
-return ids
-"""
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local out = {first[2] or '-1'}
+for _, id in ipairs(ids) do out[#out + 1] = id end
+return out
+""")
+
+# KEYS: task. ARGV: suffix, marker — clear an audit marker once its record is in the chain.
+_CLEAR = Script("""
+if redis.call('HGET', KEYS[1], ARGV[1] .. 'q') == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1] .. 'q')
+end
+return 1
+""")
+
+SCRIPTS = (_CREATE, _ACTIVATE, _BEGIN, _FINISH, _FAIL, _COMPLETE, _CLAIM, _CLEAR)
+
+
+def _principal(owner: str) -> Principal:
+    """The lease's principal as kept after the mint: its id (claims are not stored)."""
+    issuer, _, subject = owner.partition(":")
+    return Principal(id=owner, issuer=issuer, subject=subject or owner)
 
 
 class LeaseStore:
     """Lease and task records in Redis under ``prefix``. Works with a standalone Redis, a
     Redis Cluster client or fakeredis; values may come back as bytes or str."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, prefix: str, *, due_shards: int = DEFAULT_DUE_SHARDS
+    ) -> None:
         self.redis = redis
-        self.keys = Keys(prefix)
-        self._create = redis.register_script(_CREATE)
-        self._activate = redis.register_script(_ACTIVATE)
-        self._begin = redis.register_script(_BEGIN)
-        self._finish = redis.register_script(_FINISH)
-        self._fail = redis.register_script(_FAIL)
-        self._complete = redis.register_script(_COMPLETE)
-        self._claim = redis.register_script(_CLAIM)
+        self.keys = Keys(prefix, due_shards)
+
+    # -- ops (sent alone or in a commit with audit records) --------------------------------
+
+    def create_op(
+        self,
+        lease: Lease,
+        *,
+        deadline_ms: int,
+        bounded: bool,
+        retention_ms: int,
+    ) -> Op:
+        tkey, suffix = split_lease_id(lease.id)
+        facts = _pack.encode(
+            _Facts(
+                created_ms=to_ms(lease.issued_at),
+                not_after_ms=to_ms(lease.not_after),
+                issuer=lease.scope.issuer,
+                actions=lease.scope.actions,
+                grant=lease.grant,
+                origin=lease.origin,
+            )
+        )
+        return _CREATE.op(
+            [self.keys.task(tkey)],
+            [
+                lease.owner,
+                lease.task_id,
+                lease.purpose,
+                to_ms(lease.issued_at),
+                suffix,
+                facts,
+                lease.scope.resource,
+                _enc.encode(lease.cnf) if lease.cnf else "",
+                deadline_ms,
+                "1" if bounded else "0",
+                to_ms(lease.not_after),
+                retention_ms,
+            ],
+        )
+
+    def due_ops(self, lease_id: str, at_ms: int) -> list[Op]:
+        """Put the lease on its due shard at ``at_ms``; the shard index learns the time if it
+        is earlier than what it knew (``LT``: it never moves a shard later)."""
+        n = self.keys.shard_of(lease_id)
+        return [
+            Op(command=("ZADD", self.keys.due_shard(n), at_ms, lease_id)),
+            Op(command=("ZADD", self.keys.due, "LT", at_ms, n)),
+        ]
+
+    def undue_op(self, lease_id: str) -> Op:
+        return Op(command=("ZREM", self.keys.due_shard(self.keys.shard_of(lease_id)), lease_id))
+
+    def owner_ops(self, lease: Lease) -> list[Op]:
+        """The task in its owner's hash, and one more live lease for the owner."""
+        owner = self.keys.owner(lease.owner)
+        return [
+            Op(command=("HSET", owner, task_key_of(lease.id), to_ms(lease.issued_at))),
+            Op(command=("HINCRBY", owner, "#", 1)),
+        ]
+
+    def activate_op(self, lease_id: str, handle: Mapping[str, str]) -> Op:
+        tkey, suffix = split_lease_id(lease_id)
+        return _ACTIVATE.op(
+            [self.keys.task(tkey)], [suffix, _enc.encode(dict(handle)) if handle else ""]
+        )
+
+    def finish_op(
+        self, lease_id: str, *, me: str, rev: int, now_ms: int, final: LeaseState, retention_ms: int
+    ) -> Op:
+        tkey, suffix = split_lease_id(lease_id)
+        return _FINISH.op(
+            [self.keys.task(tkey)], [suffix, me, rev, now_ms, _CODE[final], retention_ms]
+        )
+
+    def settle_ops(self, lease: Lease, *, overdue: bool, retried: bool) -> list[Op]:
+        """After a lease reached its final state: off the due index, one live lease less for
+        its owner, off the overdue and retry sets."""
+        ops = [
+            self.undue_op(lease.id),
+            Op(command=("HINCRBY", self.keys.owner(lease.owner), "#", -1)),
+        ]
+        if overdue:
+            ops.append(Op(command=("SREM", self.keys.overdue, lease.id)))
+        if retried:
+            ops.append(Op(command=("SREM", self.keys.retry(lease.scope.issuer), lease.id)))
+        return ops
+
+    def clear_marker_op(self, lease_id: str, marker: str) -> Op:
+        tkey, suffix = split_lease_id(lease_id)
+        return _CLEAR.op([self.keys.task(tkey)], [suffix, marker])
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -210,84 +335,42 @@ class LeaseStore:
         lease: Lease,
         *,
         due_ms: int,
-        task_expire_ms: int,
         deadline_ms: int,
         bounded: bool,
+        retention_ms: int,
     ) -> str:
-        """Write-ahead: the due entry first, then the lease (state ``minting``) in its task,
-        then the owner index. Returns ``ok``, ``completed`` (the task is closed) or
-        ``conflict``; on anything but ``ok`` the index entries are removed again."""
-        k = self.keys
-        tkey = task_key_of(lease.id)
-        doc = _enc.encode(
-            _Doc(
-                id=lease.id,
-                task_id=lease.task_id,
-                owner=lease.owner,
-                principal=lease.principal,
-                scope=lease.scope,
-                issued_at=lease.issued_at,
-                not_after=lease.not_after,
-                purpose=lease.purpose,
-                cnf=lease.cnf,
-                grant=lease.grant,
-                origin=lease.origin,
-            )
-        )
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(k.due, {lease.id: due_ms})
-            await self._create(
-                keys=[k.task(tkey), k.task_leases(tkey), k.lease(lease.id)],
-                args=[
-                    lease.owner,
-                    lease.task_id,
-                    to_ms(lease.issued_at),
-                    lease.id,
-                    doc,
-                    to_ms(lease.not_after),
-                    max(task_expire_ms, deadline_ms),
-                    deadline_ms,
-                    "1" if bounded else "0",
+        """Write-ahead, one round trip: the lease (state ``minting``) in its task, its due
+        entry and the owner's index. Returns ``ok``, ``completed`` (the task is closed),
+        ``deadline``, ``conflict`` or ``exists``; on anything but ``ok`` the index entries are
+        removed again."""
+        ops = [
+            *self.due_ops(lease.id, due_ms),
+            self.create_op(
+                lease, deadline_ms=deadline_ms, bounded=bounded, retention_ms=retention_ms
+            ),
+            *self.owner_ops(lease),
+        ]
+        results = await run(self.redis, ops)
+        status = opt_text(results[2]) or "missing"
+        if status != "ok":
+            await run(
+                self.redis,
+                [
+                    self.undue_op(lease.id),
+                    Op(command=("HINCRBY", self.keys.owner(lease.owner), "#", -1)),
                 ],
-                client=pipe,
             )
-            pipe.zadd(k.owner_live(lease.owner), {lease.id: to_ms(lease.issued_at)})
-            _, status, _ = await pipe.execute()
-        result = opt_text(status) or "missing"
-        if result != "ok":
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zrem(k.owner_live(lease.owner), lease.id)
-                pipe.zrem(k.due, lease.id)
-                await pipe.execute()
-        return result
-
-    async def activate(self, lease_id: str, handle: dict[str, str], *, due_ms: int) -> str:
-        """minting -> active with the handle, and the due entry moved to ``due_ms`` (not_after),
-        in one round trip. If the lease was not ``minting`` any more, the caller reschedules it
-        at once and revokes."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await self._activate(
-                keys=[self.keys.lease(lease_id)], args=[_enc.encode(handle)], client=pipe
-            )
-            pipe.zadd(self.keys.due, {lease_id: due_ms})
-            r, _ = await pipe.execute()
-        return opt_text(r) or "missing"
+        return status
 
     async def begin_revoke(
         self, lease_id: str, *, me: str, now_ms: int, lock_until_ms: int, trigger: str
     ) -> tuple[str, int]:
-        r = await self._begin(
-            keys=[self.keys.lease(lease_id)], args=[me, now_ms, lock_until_ms, trigger]
+        tkey, suffix = split_lease_id(lease_id)
+        r = await _BEGIN(
+            self.redis, [self.keys.task(tkey)], [suffix, me, now_ms, lock_until_ms, trigger]
         )
-        return opt_text(r[0]) or "missing", int(r[1])
-
-    async def finish_revoke(
-        self, lease_id: str, *, me: str, rev: int, now_ms: int, final: LeaseState, retention_ms: int
-    ) -> str:
-        r = await self._finish(
-            keys=[self.keys.lease(lease_id)], args=[me, rev, now_ms, final.value, retention_ms]
-        )
-        return opt_text(r) or "lost"
+        status = text(r[0])
+        return {"R": "revoked", "F": "failed"}.get(status, status), int(r[1])
 
     async def fail_revoke(
         self,
@@ -303,14 +386,14 @@ class LeaseStore:
         """Record a failed revocation (unlocking the lease) and remember it among the
         issuer's waiting revocations. Returns (attempts, newly overdue); (-1, False) when
         another replica holds the lease now."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await self._fail(
-                keys=[self.keys.lease(lease_id)],
-                args=[me, error, overdue_after, now_ms, overdue_after_ms],
-                client=pipe,
-            )
-            pipe.sadd(self.keys.retry(issuer), lease_id)
-            r, _ = await pipe.execute()
+        tkey, suffix = split_lease_id(lease_id)
+        fail = _FAIL.op(
+            [self.keys.task(tkey)],
+            [suffix, me, error, overdue_after, now_ms, overdue_after_ms],
+        )
+        r, _ = await run(
+            self.redis, [fail, Op(command=("SADD", self.keys.retry(issuer), lease_id))]
+        )
         return int(r[0]), bool(int(r[1]))
 
     async def waiting_revocations(self, issuer: str, limit: int = 10_000) -> list[str]:
@@ -319,173 +402,220 @@ class LeaseStore:
         return [x for x in (opt_text(i) for i in ids or []) if x]
 
     async def complete_task(
-        self, owner: str, tkey: str, *, now_ms: int, expire_ms: int
+        self, owner: str, tkey: str, *, now_ms: int, retention_ms: int
     ) -> list[str] | None:
-        k = self.keys
-        r = await self._complete(
-            keys=[k.task(tkey), k.task_leases(tkey)], args=[owner, now_ms, expire_ms]
-        )
+        r = await _COMPLETE(self.redis, [self.keys.task(tkey)], [owner, now_ms, retention_ms])
         if r is None:
             return None
-        return sorted(s for s in (opt_text(x) for x in r) if s)
+        return sorted(f"{tkey}.{s}" for s in (opt_text(x) for x in r) if s)
 
     async def task_deadline_ms(self, tkey: str, owner: str) -> int | None:
         """The deadline of an existing task of ``owner``; None for a task not yet created."""
-        owner_raw, deadline = await self.redis.hmget(self.keys.task(tkey), ["owner", "deadline_ms"])
+        owner_raw, deadline = await self.redis.hmget(self.keys.task(tkey), ["o", "d"])
         if opt_text(owner_raw) != owner or deadline is None:
             return None
-        return int(opt_text(deadline) or 0)
+        return int(text(deadline))
 
     async def schedule(self, lease_id: str, at_ms: int) -> None:
-        await self.redis.zadd(self.keys.due, {lease_id: at_ms})
+        await run(self.redis, self.due_ops(lease_id, at_ms))
+
+    async def schedule_many(self, lease_ids: Iterable[str], at_ms: int) -> None:
+        await run(self.redis, [op for lid in lease_ids for op in self.due_ops(lid, at_ms)])
+
+    async def drop_due(self, lease_id: str) -> None:
+        """Remove the due entry of a lease that needs nothing more."""
+        await run(self.redis, [self.undue_op(lease_id)])
+
+    async def mark_overdue(self, lease_id: str) -> None:
+        await self.redis.sadd(self.keys.overdue, lease_id)
+
+    async def forget_owner_task(self, owner: str, tkey: str) -> None:
+        await self.redis.hdel(self.keys.owner(owner), tkey)
+
+    # -- the due index -----------------------------------------------------------------------
+
+    async def due_shards(self, now_ms: int, limit: int) -> list[int]:
+        """Shards that may hold something due now (earliest first)."""
+        rows = await self.redis.zrangebyscore(self.keys.due, "-inf", now_ms, start=0, num=limit)
+        return [int(text(x)) for x in rows]
 
     async def claim_due(self, *, now_ms: int, until_ms: int, limit: int) -> list[str]:
-        r = await self._claim(keys=[self.keys.due], args=[now_ms, until_ms, limit])
-        return [s for s in (opt_text(x) for x in r) if s]
+        """Claim up to about ``limit`` due lease ids from the shards the index says are due
+        (one script per shard, sent in one round trip), then keep the index right."""
+        shards = await self.due_shards(now_ms, limit)
+        if not shards:
+            return []
+        each = max(1, -(-limit // len(shards)))
+        replies = await run(
+            self.redis,
+            [_CLAIM.op([self.keys.due_shard(n)], [now_ms, until_ms, each]) for n in shards],
+        )
+        claimed: list[str] = []
+        earliest: dict[int, int] = {}
+        for n, reply in zip(shards, replies, strict=True):
+            earliest[n] = int(float(text(reply[0])))
+            claimed.extend(text(x) for x in reply[1:])
+        await self._reindex(earliest)
+        return claimed
+
+    async def _reindex(self, earliest: Mapping[int, int]) -> None:
+        """Move each claimed shard's index entry to its new earliest time (or drop it), then
+        read the shard again: a writer that added an earlier entry meanwhile has lowered the
+        index already, or its entry is seen now and the index lowered again (``LT``)."""
+        if not earliest:
+            return
+        move = [
+            Op(command=("ZADD", self.keys.due, "XX", t, n))
+            if t >= 0
+            else Op(command=("ZREM", self.keys.due, n))
+            for n, t in earliest.items()
+        ]
+        await run(self.redis, move)
+        await self.refresh_index(list(earliest))
+
+    async def refresh_index(self, shards: list[int] | None = None) -> None:
+        """Lower each shard's index entry to its earliest due time (all shards: a safety net
+        run now and then, for a writer that died between the shard and the index)."""
+        shards = list(range(self.keys.due_shards)) if shards is None else shards
+        firsts = await run(
+            self.redis,
+            [Op(command=("ZRANGE", self.keys.due_shard(n), 0, 0, "WITHSCORES")) for n in shards],
+        )
+        fix = [
+            Op(command=("ZADD", self.keys.due, "LT", int(first[0][1]), n))
+            for n, first in zip(shards, firsts, strict=True)
+            if first
+        ]
+        await run(self.redis, fix)
 
     async def next_due_ms(self) -> int | None:
         r = await self.redis.zrange(self.keys.due, 0, 0, withscores=True)
         return int(r[0][1]) if r else None
 
-    async def settle(
-        self,
-        lease_id: str,
-        owner: str,
-        *,
-        issuer: str,
-        done_ms: int,
-        retention_ms: int,
-        overdue: bool,
-        retried: bool,
-    ) -> None:
-        """After a lease reached a final state: drop its due entry, move it from the owner's
-        live index to the done index (trimmed to the retention window), clear the overdue
-        flag. If the lease was reopened meanwhile (a mint that finished after revocation
-        began), it is put back on the due index at once."""
-        k = self.keys
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrem(k.due, lease_id)
-            pipe.zrem(k.owner_live(owner), lease_id)
-            pipe.zadd(k.owner_done(owner), {lease_id: done_ms})
-            pipe.zremrangebyscore(k.owner_done(owner), "-inf", done_ms - retention_ms)
-            pipe.pexpire(k.owner_done(owner), retention_ms)
-            if overdue:
-                pipe.srem(k.overdue, lease_id)
-            if retried:
-                pipe.srem(k.retry(issuer), lease_id)
-            pipe.hget(k.lease(lease_id), "state")
-            results = await pipe.execute()
-        state = opt_text(results[-1])
-        if state is not None and LeaseState(state).live:
-            await self.schedule(lease_id, done_ms)
-
-    async def drop_due(self, lease_id: str) -> None:
-        """Remove a due entry for a lease that needs nothing more (same re-check as settle)."""
-        k = self.keys
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrem(k.due, lease_id)
-            pipe.hget(k.lease(lease_id), "state")
-            _, state = await pipe.execute()
-        st = opt_text(state)
-        if st is not None and LeaseState(st).live:
-            await self.schedule(lease_id, 0)
-
-    async def mark_overdue(self, lease_id: str) -> None:
-        await self.redis.sadd(self.keys.overdue, lease_id)
-
-    async def forget_owner_entry(self, owner: str, lease_id: str) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrem(self.keys.owner_live(owner), lease_id)
-            pipe.zrem(self.keys.owner_done(owner), lease_id)
-            await pipe.execute()
+    async def live_count(self) -> int:
+        """Live leases (every live lease has one due entry), summed over the shards."""
+        sizes = await run(
+            self.redis,
+            [Op(command=("ZCARD", self.keys.due_shard(n))) for n in range(self.keys.due_shards)],
+        )
+        return sum(int(x) for x in sizes)
 
     # -- reads -----------------------------------------------------------------------------
 
     async def load(self, lease_id: str) -> LeaseRecord | None:
-        return _record(await self.redis.hgetall(self.keys.lease(lease_id)))
+        task = await self.load_task_by_key(task_key_of(lease_id))
+        if task is None:
+            return None
+        for rec in task.leases:
+            if rec.lease.id == lease_id:
+                return rec
+        return None
 
     async def load_many(self, lease_ids: list[str]) -> list[LeaseRecord | None]:
         if not lease_ids:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for lid in lease_ids:
-                pipe.hgetall(self.keys.lease(lid))
-            rows = await pipe.execute()
-        return [_record(r) for r in rows]
+        tkeys = sorted({task_key_of(lid) for lid in lease_ids})
+        rows = await run(self.redis, [Op(command=("HGETALL", self.keys.task(t))) for t in tkeys])
+        found: dict[str, LeaseRecord] = {}
+        for tkey, raw in zip(tkeys, rows, strict=True):
+            task = _task(tkey, raw)
+            if task is not None:
+                found.update((r.lease.id, r) for r in task.leases)
+        return [found.get(lid) for lid in lease_ids]
 
-    async def owner_lease_ids(self, owner: str, *, include_done: bool, limit: int) -> list[str]:
-        ids = [
-            opt_text(x)
-            for x in await self.redis.zrevrange(self.keys.owner_live(owner), 0, limit - 1)
-        ]
-        if include_done and len(ids) < limit:
-            done = await self.redis.zrevrange(self.keys.owner_done(owner), 0, limit - len(ids) - 1)
-            ids.extend(opt_text(x) for x in done)
-        return [i for i in ids if i]
+    async def load_task_by_key(self, tkey: str) -> TaskRecord | None:
+        return _task(tkey, await self.redis.hgetall(self.keys.task(tkey)))
+
+    async def load_task(self, owner: str, tkey: str) -> TaskRecord | None:
+        task = await self.load_task_by_key(tkey)
+        if task is None or task.owner != owner:
+            return None
+        return task
+
+    async def owner_tasks(self, owner: str, *, limit: int) -> list[str]:
+        """The owner's task keys, newest first (at most ``limit``)."""
+        raw = await self.redis.hgetall(self.keys.owner(owner))
+        pairs = [(text(k), int(text(v))) for k, v in raw.items() if text(k) != "#"]
+        pairs.sort(key=lambda kv: kv[1], reverse=True)
+        return [k for k, _ in pairs[:limit]]
+
+    async def owner_live(self, owner: str) -> int:
+        return int(text(await self.redis.hget(self.keys.owner(owner), "#") or 0))
+
+    async def load_tasks(self, tkeys: list[str]) -> list[TaskRecord | None]:
+        rows = await run(self.redis, [Op(command=("HGETALL", self.keys.task(t))) for t in tkeys])
+        return [_task(t, raw) for t, raw in zip(tkeys, rows, strict=True)]
 
     async def overdue_ids(self, limit: int) -> list[str]:
         _, ids = await self.redis.sscan(self.keys.overdue, 0, count=limit)
         return sorted(s for s in (opt_text(x) for x in ids) if s)[:limit]
 
-    async def load_task(self, owner: str, tkey: str) -> TaskRecord | None:
-        k = self.keys
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(k.task(tkey))
-            pipe.smembers(k.task_leases(tkey))
-            raw, members = await pipe.execute()
-        if not raw:
-            return None
-        h = {opt_text(a): opt_text(b) for a, b in raw.items()}
-        if h.get("owner") != owner:
-            return None
-        completed = h.get("completed_ms")
-        deadline = h.get("deadline_ms")
-        return TaskRecord(
-            task_id=h.get("task_id") or "",
-            owner=owner,
-            state=h.get("state") or "open",
-            created_at=from_ms(int(h.get("created_ms") or 0)),
-            completed_at=from_ms(int(completed)) if completed else None,
-            deadline=from_ms(int(deadline)) if deadline else None,
-            lease_ids=sorted(s for s in (opt_text(x) for x in members) if s),
-        )
 
-
-def _record(raw: dict[Any, Any]) -> LeaseRecord | None:
+def _task(tkey: str, raw: Mapping[Any, Any]) -> TaskRecord | None:
     if not raw:
         return None
-    h = {opt_text(a): opt_text(b) for a, b in raw.items()}
-    doc = _doc_dec.decode(h.get("doc") or b"")
-    raw_handle = h.get("handle")
-    handle = _handle_dec.decode(raw_handle) if raw_handle else {}
-    revoked = h.get("revoked_at_ms")
-    trigger = h.get("trigger")
+    h: dict[str, Any] = {text(k): v for k, v in raw.items()}
+    owner = text(h.get("o", b""))
+    if not owner:
+        return None
+    suffixes = [k for k in h if len(k) == 8]
+    leases = [r for r in (_lease(tkey, s, owner, h) for s in suffixes) if r is not None]
+    completed = h.get("x")
+    return TaskRecord(
+        task_id=text(h.get("t", b"")),
+        owner=owner,
+        state="completed" if text(h.get("s", b"o")) == "c" else "open",
+        created_at=from_ms(int(text(h.get("c", b"0")))),
+        completed_at=from_ms(int(text(completed))) if completed is not None else None,
+        deadline=from_ms(int(text(h["d"]))) if "d" in h else None,
+        leases=sorted(leases, key=lambda r: r.created_ms),
+    )
+
+
+def _lease(tkey: str, s: str, owner: str, h: Mapping[str, Any]) -> LeaseRecord | None:
+    state = _STATE.get(text(h[s]))
+    packed = h.get(s + "m")
+    if state is None or packed is None:
+        return None
+    facts = _facts.decode(packed if isinstance(packed, bytes) else packed.encode("latin-1"))
+    handle_raw = h.get(s + "h")
+    cnf_raw = h.get(s + "k")
+    revoked = h.get(s + "X")
+    trigger = opt_text(h.get(s + "T"))
+    first_fail = h.get(s + "F")
     lease = Lease(
-        id=doc.id,
-        task_id=doc.task_id,
-        owner=doc.owner,
-        principal=doc.principal,
-        scope=doc.scope,
-        issued_at=doc.issued_at,
-        not_after=doc.not_after,
-        state=LeaseState(h.get("state") or "revoked"),
-        handle=handle,
-        purpose=doc.purpose,
-        revoked_at=from_ms(int(revoked)) if revoked else None,
+        id=f"{tkey}.{s}",
+        task_id=text(h.get("t", b"")),
+        owner=owner,
+        principal=_principal(owner),
+        scope=Scope(issuer=facts.issuer, resource=text(h.get(s + "r", b"")), actions=facts.actions),
+        issued_at=from_ms(facts.created_ms),
+        not_after=from_ms(facts.not_after_ms),
+        state=state,
+        handle=_handle_dec.decode(handle_raw) if handle_raw else {},
+        purpose=text(h.get("p", b"")),
+        revoked_at=from_ms(int(text(revoked))) if revoked is not None else None,
         revoke_trigger=trigger,
-        attempts=int(h.get("attempts") or 0),
-        overdue=h.get("overdue") == "1",
-        last_error=h.get("last_error"),
-        cnf=doc.cnf,
-        grant=doc.grant,
-        origin=doc.origin,
+        attempts=int(text(h.get(s + "A", b"0"))),
+        overdue=opt_text(h.get(s + "O")) == "1",
+        last_error=opt_text(h.get(s + "E")),
+        cnf=msgspec.json.decode(cnf_raw, type=dict[str, str]) if cnf_raw else None,
+        grant=facts.grant,
+        origin=facts.origin,
     )
     return LeaseRecord(
         lease=lease,
-        created_ms=int(h.get("created_ms") or 0),
-        rev=int(h.get("rev") or 0),
+        created_ms=facts.created_ms,
+        rev=int(text(h.get(s + "v", b"0"))),
         trigger=trigger,
-        prev_state=h.get("prev_state"),
-        locker=h.get("locker"),
-        lock_until_ms=int(h.get("lock_until_ms") or 0),
+        prev_state=_prev(h.get(s + "P")),
+        locker=opt_text(h.get(s + "l")),
+        lock_until_ms=int(text(h.get(s + "u", b"0"))),
+        first_fail_ms=int(text(first_fail)) if first_fail is not None else None,
+        audit_pending=opt_text(h.get(s + "q")),
     )
+
+
+def _prev(raw: Any) -> str | None:
+    code = opt_text(raw)
+    return _STATE[code].value if code in _STATE else None

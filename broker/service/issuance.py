@@ -131,7 +131,8 @@ class Issuance:
                     return issued
             return view
         assert isinstance(decision, Allow)
-        await self.audit.emit(
+        # Recorded with the mint, in the same round trip (or alone if the mint fails).
+        decided = self.audit.record(
             "decision", outcome="ok", reasons=list(decision.reasons), detail=detail, **common
         )
         lease, credential = await self.manager.issue(
@@ -146,6 +147,7 @@ class Issuance:
             origin=origin,
             request_id=request_id,
             detail={"grant": decision.grant, "policy_version": decision.policy_version},
+            decision=decided,
         )
         return Issued(
             lease=lease,

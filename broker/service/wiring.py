@@ -139,7 +139,7 @@ async def build_broker(
         )
         audit.add_sink(ssf.sink())  # every lease.revoked event becomes a Security Event Token
 
-    store = LeaseStore(redis, settings.key_prefix)
+    store = LeaseStore(redis, settings.key_prefix, due_shards=settings.reaper.due_shards)
     manager = LeaseManager(
         store, issuers, audit, clock, settings.reaper, replica_id=replica_id, health=health
     )
@@ -273,7 +273,7 @@ def _gauges(
     """The scrape-time gauges: live and overdue leases, and how far each sink is behind."""
 
     async def leases_active() -> int:
-        return int(await redis.zcard(store.keys.due))
+        return await store.live_count()
 
     async def leases_overdue() -> int:
         return int(await redis.scard(store.keys.overdue))

@@ -43,7 +43,7 @@ class Api:
 
     async def lease_keys(self) -> list[bytes]:
         prefix = self.broker.settings.key_prefix
-        return [k async for k in self.redis.scan_iter(match=f"{prefix}:*lease:*")]
+        return [k async for k in self.redis.scan_iter(match=f"{prefix}:{{t:*")]
 
 
 @pytest.fixture

@@ -310,7 +310,7 @@ async def test_discovery_documents_and_health(api: Api) -> None:
     assert (await api.client.get("/healthz")).json() == {"status": "ok"}
     ready = await api.client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"redis": "ok", "issuer:jwt": "ok"}
+    assert ready.json()["checks"] == {"redis": "ok", "issuer:jwt": "ok", "state": "ok"}
 
 
 async def test_no_secret_reaches_audit_or_redis(api: Api) -> None:

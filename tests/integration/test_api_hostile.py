@@ -151,7 +151,7 @@ async def test_a_usage_report_by_lease_id_cannot_touch_another_workloads_lease(a
     r = await api.client.post("/v1/usage", json=report, headers=api.auth("bob"))
     unknown = await api.client.post(
         "/v1/usage",
-        json={"lease_id": "0" * 16 + "." + "0" * 32, "resource": "https://evil.example"},
+        json={"lease_id": "0" * 16 + "." + "0" * 8, "resource": "https://evil.example"},
         headers=api.auth("bob"),
     )
     assert r.status_code == unknown.status_code == 404

@@ -20,11 +20,11 @@ from broker.config import ApprovalSettings, IssuerInstanceSettings, PersonSettin
 from broker.identity import DevIdentityIssuer
 from broker.leases import LeaseManager, LeaseStore, Reaper
 from broker.leases.keys import new_lease_id, task_key
-from broker.leases.store import _CREATE, _Doc, _enc
 from broker.service import build_broker
 from broker.state.connect import redis_client
+from broker.state.scripts import run
 from broker.testing import FakeClock
-from broker.types import Credential, LeaseState, MintRequest, Task
+from broker.types import Credential, Lease, LeaseState, MintRequest, Task
 from issuers.jwt.keys import generate_key
 from tests.auditkeys import audit_settings
 from tests.conftest import REDIS_URL
@@ -152,44 +152,31 @@ class CountingConnection(Connection):
 async def _fill(redis: aioredis.Redis, prefix: str, n: int, clock: FakeClock) -> None:
     """Write ``n`` live leases the way LeaseStore.create does, in large pipelines."""
     store = LeaseStore(redis, prefix)
-    script = redis.register_script(_CREATE)
     now = clock.now()
     not_after = now + timedelta(hours=1)
-    k = store.keys
+    day_ms = 24 * 3600 * 1000
     for start in range(0, n, 2000):
-        async with redis.pipeline(transaction=False) as pipe:
-            for i in range(start, min(n, start + 2000)):
-                task = f"task-{i // 4}"
-                tkey = task_key(ALICE.id, task)
-                lid = new_lease_id(tkey)
-                doc = _enc.encode(
-                    _Doc(
-                        id=lid,
-                        task_id=task,
-                        owner=ALICE.id,
-                        principal=ALICE,
-                        scope=SCOPE,
-                        issued_at=now,
-                        not_after=not_after,
-                    )
-                )
-                pipe.zadd(k.due, {lid: to_ms(not_after)})
-                await script(
-                    keys=[k.task(tkey), k.task_leases(tkey), k.lease(lid)],
-                    args=[
-                        ALICE.id,
-                        task,
-                        to_ms(now),
-                        lid,
-                        doc,
-                        to_ms(not_after),
-                        to_ms(not_after),
-                        to_ms(not_after),
-                        "0",
-                    ],
-                    client=pipe,
-                )
-            await pipe.execute()
+        ops = []
+        for i in range(start, min(n, start + 2000)):
+            task = f"task-{i // 4}"
+            lease = Lease(
+                id=new_lease_id(task_key(ALICE.id, task)),
+                task_id=task,
+                owner=ALICE.id,
+                principal=ALICE,
+                scope=SCOPE,
+                issued_at=now,
+                not_after=not_after,
+                state=LeaseState.MINTING,
+            )
+            ops += [
+                *store.due_ops(lease.id, to_ms(not_after)),
+                store.create_op(
+                    lease, deadline_ms=to_ms(not_after), bounded=False, retention_ms=day_ms
+                ),
+                *store.owner_ops(lease),
+            ]
+        await run(redis, ops)
 
 
 async def _start_and_stop(prefix: str, clock: FakeClock, keys: Path) -> Counter[str]:
@@ -238,7 +225,7 @@ async def test_start_up_sends_the_same_commands_with_100k_live_leases_as_with_no
     generate_key(tmp_path, "EdDSA", clock.now())
     empty = await _start_and_stop(key_prefix, clock, tmp_path)
     await _fill(real_redis, big_prefix, 100_000, clock)
-    assert await real_redis.zcard(f"{big_prefix}:{{due}}") == 100_000
+    assert await LeaseStore(real_redis, big_prefix).live_count() == 100_000
     full = await _start_and_stop(big_prefix, clock, tmp_path)
     assert full == empty
     assert sum(full.values()) < 20, full

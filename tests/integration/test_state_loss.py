@@ -63,8 +63,8 @@ class Env:
         )
 
     async def forget(self, lease_id: str) -> None:
-        """Lose one lease's record, as a Redis that lost its data would."""
-        await self.redis.delete(self.store.keys.lease(lease_id))
+        """Lose one lease's task record, as a Redis that lost its data would."""
+        await self.redis.delete(self.store.keys.lease_task(lease_id))
 
 
 @pytest.fixture

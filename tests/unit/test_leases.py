@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from broker.errors import Conflict, InvalidRequest, IssuerError, IssuerUnavailable, NotFound
+from broker.state.scripts import run
 from broker.testing import FakeClock
 from broker.types import Credential, LeaseState, MintRequest, Secret, Task
 from tests.leasekit import ALICE, BOB, SCOPE, SETTINGS, Kit, make_kit
@@ -26,7 +27,10 @@ async def test_issue_writes_an_active_lease_with_the_handle_and_a_due_entry(kit:
     assert lease.state is LeaseState.ACTIVE
     assert lease.handle == {"name": f"fake_{lease.id}"}
     stored = await kit.manager.get(lease.id)
-    assert stored == lease
+    # The store keeps the principal's id, not its claims (they served the decision and mint).
+    assert stored.principal.id == lease.principal.id
+    assert stored.principal.claims == {}
+    assert stored == msgspec.structs.replace(lease, principal=stored.principal)
     assert (await kit.due())[lease.id] == lease.not_after.timestamp() * 1000
     assert kit.issuer.is_valid(cred.secret)
     [minted] = kit.events("lease.minted")
@@ -333,7 +337,8 @@ async def test_a_revocation_lock_left_by_a_dead_replica_expires(kit: Kit) -> Non
 async def test_revoked_records_expire_after_the_retention_window(kit: Kit) -> None:
     lease, _ = await kit.issue()
     await kit.manager.revoke(lease.id, "explicit")
-    ttl_ms = await kit.redis.pttl(kit.store.keys.lease(lease.id))
+    # The task (holding the lease's record) expires `retention` after its last live lease.
+    ttl_ms = await kit.redis.pttl(kit.store.keys.lease_task(lease.id))
     assert 0 < ttl_ms <= SETTINGS.retention.total_seconds() * 1000
     live = await kit.manager.get(lease.id)
     assert live.state is LeaseState.REVOKED
@@ -341,7 +346,7 @@ async def test_revoked_records_expire_after_the_retention_window(kit: Kit) -> No
 
 async def test_a_live_lease_record_never_expires(kit: Kit) -> None:
     lease, _ = await kit.issue()
-    assert await kit.redis.pttl(kit.store.keys.lease(lease.id)) == -1
+    assert await kit.redis.pttl(kit.store.keys.lease_task(lease.id)) == -1
 
 
 # -- task deadlines and expiry-only issuers -----------------------------------------------------
@@ -380,3 +385,50 @@ async def test_an_expiry_only_credential_may_not_outlive_its_task(kit: Kit) -> N
         ALICE, Task("t1"), SCOPE, timedelta(minutes=10), deadline=deadline
     )
     assert lease.not_after == deadline
+
+
+# -- a state change whose audit record was lost -------------------------------------------
+
+
+async def test_a_mint_whose_record_was_lost_gets_it_written_when_the_lease_is_next_touched(
+    kit: Kit,
+) -> None:
+    """The process died after activating the lease and before its lease.minted record was
+    appended: the marker left on the lease makes the reaper write it (marked recovered)."""
+    lease, _ = await kit.issue(ttl=60)
+    # Put the marker back as a crash between the activation and its record would leave it.
+    await kit.redis.hset(kit.store.keys.lease_task(lease.id), lease.id[-8:] + "q", "m")
+    kit.sink.events.clear()
+    kit.clock.advance(61)
+    assert await kit.reaper.run_once() == 1
+    types = [(e.type, e.detail.get("recovered")) for e in kit.sink.events]
+    assert types[0] == ("lease.minted", True)
+    assert ("lease.revoked", None) in types
+    rec = await kit.store.load(lease.id)
+    assert rec is not None
+    assert rec.audit_pending is None
+
+
+async def test_a_revocation_whose_record_was_lost_is_recorded_by_the_reaper(kit: Kit) -> None:
+    """The process died after the lease was marked revoked and before lease.revoked was
+    appended and its indexes settled: the due entry is still there, so the reaper finds it."""
+    lease, _ = await kit.issue(ttl=3600)
+    status, rev = await kit.store.begin_revoke(
+        lease.id, me="r1", now_ms=0, lock_until_ms=2**40, trigger="explicit"
+    )
+    assert status == "ok"
+    await run(
+        kit.redis,
+        [
+            kit.store.finish_op(
+                lease.id, me="r1", rev=rev, now_ms=1, final=LeaseState.REVOKED, retention_ms=1000
+            )
+        ],
+    )
+    await kit.issuer.revoke(await kit.manager.get(lease.id))
+    kit.sink.events.clear()
+    await kit.store.schedule(lease.id, 0)  # the claim's visibility timeout has passed
+    assert await kit.reaper.run_once() == 1
+    [recovered] = [e for e in kit.sink.events if e.type == "lease.revoked"]
+    assert recovered.detail["recovered"] is True
+    assert await kit.due() == {}

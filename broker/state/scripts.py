@@ -1,0 +1,97 @@
+"""Lua scripts and batches of commands, the way the broker sends them to Redis.
+
+redis-py's ``register_script`` checks ``SCRIPT EXISTS`` before every pipeline that holds a
+script (a round trip each time) and, on a Redis Cluster client, cannot load a script inside a
+pipeline at all (``NOSCRIPT``). Here a script is sent as ``EVALSHA`` — in a pipeline or alone —
+and only when Redis answers ``NOSCRIPT`` (after a restart or a failover the script cache is
+empty) is it loaded (``SCRIPT LOAD``, on every primary of a cluster) and the command sent again.
+
+:class:`Op` is one command or script call; :func:`run` sends a list of them in one round trip
+(one pipeline; on a cluster, one per node, in parallel) and returns one result per op, or raises
+the first Redis error. Every script touches the keys of one hash slot only, and ops are
+independent of each other: none relies on another's result inside the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import NoScriptError, RedisError
+
+__all__ = ["Op", "Script", "run"]
+
+
+class Script:
+    """A Lua script known by its SHA-1; call it with :meth:`__call__` or queue it as an Op."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    def op(self, keys: Sequence[Any], args: Sequence[Any] = ()) -> Op:
+        return Op(script=self, keys=tuple(keys), args=tuple(args))
+
+    async def __call__(self, client: Any, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
+        """EVALSHA; on NOSCRIPT, load and try once more."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await load(client, [self])
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One command (``command``) or one script call (``script`` with ``keys`` and ``args``)."""
+
+    script: Script | None = None
+    keys: tuple[Any, ...] = ()
+    args: tuple[Any, ...] = ()
+    command: tuple[Any, ...] = field(default=())
+
+    def queue(self, pipe: Any) -> None:
+        if self.script is not None:
+            pipe.execute_command("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+        else:
+            pipe.execute_command(*self.command)
+
+
+async def load(client: Any, scripts: Sequence[Script]) -> None:
+    """SCRIPT LOAD each script (a cluster client sends it to every primary)."""
+    for script in scripts:
+        await client.script_load(script.source)
+
+
+async def run(client: Any, ops: Sequence[Op]) -> list[Any]:
+    """Send ``ops`` in one pipeline; a script Redis did not know is loaded and its op sent
+    again (the others are not repeated). Returns one result per op; raises the first error."""
+    if not ops:
+        return []
+    results = await _send(client, ops)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing:
+        scripts: dict[str, Script] = {}
+        for i in missing:
+            script = ops[i].script
+            if script is not None:
+                scripts[script.sha] = script
+        await load(client, list(scripts.values()))
+        again = await _send(client, [ops[i] for i in missing])
+        for i, result in zip(missing, again, strict=True):
+            results[i] = result
+    for result in results:
+        if isinstance(result, RedisError):
+            raise result
+    return results
+
+
+async def _send(client: Any, ops: Sequence[Op]) -> list[Any]:
+    async with client.pipeline(transaction=False) as pipe:
+        for op in ops:
+            op.queue(pipe)
+        return list(await pipe.execute(raise_on_error=False))
