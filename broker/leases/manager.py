@@ -110,6 +110,8 @@ class LeaseManager:
         origin: str | None = None,
         request_id: str | None = None,
         detail: Mapping[str, str] | None = None,
+        parent: str | None = None,
+        actors: tuple[Principal, ...] = (),
     ) -> tuple[Lease, Credential]:
         """Mint a credential for exactly ``scope`` until now + ``ttl``, as a lease of ``task``.
 
@@ -118,7 +120,11 @@ class LeaseManager:
         Raises Conflict if the task is completed or past its deadline, InvalidRequest for an
         unknown issuer,
         ScopeNotSupported from the issuer, IssuerUnavailable/IssuerError if the mint fails
-        (anything it may have created is revoked)."""
+        (anything it may have created is revoked).
+
+        Delegation (ADR 0040): ``parent`` is the lease this one is delegated from (it must be
+        active and of the same task: Conflict otherwise) and ``actors`` the chain, newest
+        first; both are recorded on the lease and the chain goes to the issuer."""
         validate_task_id(task.id)
         issuer = self.issuers.get(scope.issuer)
         if issuer is None:
@@ -143,6 +149,8 @@ class LeaseManager:
             cnf=dict(cnf) if cnf else None,
             grant=grant,
             origin=origin,
+            parent=parent,
+            actors=actors,
         )
         due = min(now + s.mint_grace, not_after)
         status = await self.store.create(
@@ -158,6 +166,8 @@ class LeaseManager:
             raise Conflict(
                 f"task {task.id!r} has reached its deadline; start a new task for new credentials"
             )
+        if status == "parent":
+            raise Conflict("the credential this one is delegated from is no longer active")
         if status != "ok":
             raise Conflict(f"task {task.id!r} cannot take new leases ({status})")
         common: dict[str, Any] = {
@@ -176,6 +186,7 @@ class LeaseManager:
             not_after=not_after,
             params=dict(params or {}),
             cnf=dict(cnf) if cnf else None,
+            actors=actors,
         )
         try:
             credential = await asyncio.wait_for(
@@ -201,10 +212,14 @@ class LeaseManager:
             raise Conflict(
                 f"task {task.id!r} was completed while the credential was minted; it was revoked"
             )
+        delegation: dict[str, Any] = {}
+        if actors:  # every hop named in the record (ADR 0040)
+            delegation = {"act": [a.id for a in actors], "parent_lease_id": parent}
         await self.audit.emit(
             "lease.minted",
             detail={
                 **dict(detail or {}),
+                **delegation,
                 "resource": scope.resource,
                 "actions": list(scope.actions),
                 "not_after": not_after.isoformat(),
@@ -249,6 +264,14 @@ class LeaseManager:
         if rec is None or (owner is not None and rec.lease.owner != owner):
             raise NotFound("no such lease")
         return rec.lease
+
+    async def get_visible(self, lease_id: str, caller: str) -> Lease:
+        """The lease, for its owner or for an actor of its delegation chain (who holds it, or
+        delegated it on); NotFound for anyone else, exactly like a lease that does not exist."""
+        lease = await self.get(lease_id)
+        if lease.owner != caller and caller not in {a.id for a in lease.actors}:
+            raise NotFound("no such lease")
+        return lease
 
     async def list(
         self, owner: str, *, include_inactive: bool = False, limit: int = _MAX_LIST
@@ -299,7 +322,29 @@ class LeaseManager:
         lease = await self.get(lease_id, owner=owner)
         if lease.state.live:
             await self._revoke(lease_id, trigger)
+        await self._revoke_descendants(lease)
         return await self.get(lease_id)
+
+    async def _revoke_descendants(self, lease: Lease) -> None:
+        """Revoke every lease delegated from ``lease``, at any depth (ADR 0040). They all live
+        in its task, so this walks the task's lease set: one slot, no extra index. A child
+        created concurrently is either in the set already or refused by the create script,
+        which requires an active parent."""
+        task = await self.store.load_task(lease.owner, task_key_of(lease.id))
+        if task is None or len(task.lease_ids) < 2:
+            return
+        children: dict[str, builtins.list[Lease]] = {}
+        for rec in await self.store.load_many(task.lease_ids):
+            if rec is not None and rec.lease.parent is not None:
+                children.setdefault(rec.lease.parent, []).append(rec.lease)
+        found: builtins.list[str] = []
+        todo = [lease.id]
+        while todo:
+            for child in children.pop(todo.pop(), []):
+                todo.append(child.id)
+                if child.state.live:
+                    found.append(child.id)
+        await self._revoke_all(found, "parent_revoked")
 
     async def complete_task(self, owner: str, task_id: str) -> TaskView:
         """Close the task to new credentials and revoke every lease of it. Idempotent."""

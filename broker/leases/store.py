@@ -40,6 +40,9 @@ class _Doc(msgspec.Struct, frozen=True, kw_only=True):
     cnf: dict[str, str] | None = None
     grant: str | None = None
     origin: str | None = None
+    # Delegation (ADR 0040): additive, absent from records written before it.
+    parent: str | None = None
+    actors: tuple[Principal, ...] = ()
 
 
 class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,17 +71,24 @@ _enc = msgspec.json.Encoder()
 _doc_dec = msgspec.json.Decoder(_Doc)
 _handle_dec = msgspec.json.Decoder(dict[str, str])
 
-# KEYS: task, task_leases, lease
+# KEYS: task, task_leases, lease, parent lease (the lease itself when there is none)
 # ARGV: owner, task_id, now_ms, lease_id, doc, not_after_ms, task_expire_ms, deadline_ms,
-#       bounded ("1": not_after must not pass the task's deadline)
+#       bounded ("1": not_after must not pass the task's deadline), parent lease id or ""
+# Delegation (ADR 0040): a delegated lease is created in its parent's task (same slot) only
+# while the parent is active, checked in this script so that revoking the parent and then
+# walking the task's leases for its descendants cannot miss a child created meanwhile.
 _CREATE = """
 local st = redis.call('HGET', KEYS[1], 'state')
 if st == 'completed' then return 'completed' end
 if not st then
+  if ARGV[10] ~= '' then return 'parent' end
   redis.call('HSET', KEYS[1], 'task_id', ARGV[2], 'owner', ARGV[1], 'state', 'open',
              'created_ms', ARGV[3], 'deadline_ms', ARGV[8])
 elseif redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
   return 'conflict'
+end
+if ARGV[10] ~= '' and redis.call('HGET', KEYS[4], 'state') ~= 'active' then
+  return 'parent'
 end
 local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline_ms') or ARGV[8])
 if tonumber(ARGV[3]) >= deadline then return 'deadline' end
@@ -228,12 +238,21 @@ class LeaseStore:
                 cnf=lease.cnf,
                 grant=lease.grant,
                 origin=lease.origin,
+                parent=lease.parent,
+                actors=lease.actors,
             )
         )
+        if lease.parent is not None and task_key_of(lease.parent) != tkey:
+            return "parent"  # a delegated lease lives in its parent's task (ADR 0040)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(k.due, {lease.id: due_ms})
             await self._create(
-                keys=[k.task(tkey), k.task_leases(tkey), k.lease(lease.id)],
+                keys=[
+                    k.task(tkey),
+                    k.task_leases(tkey),
+                    k.lease(lease.id),
+                    k.lease(lease.parent or lease.id),
+                ],
                 args=[
                     lease.owner,
                     lease.task_id,
@@ -244,6 +263,7 @@ class LeaseStore:
                     max(task_expire_ms, deadline_ms),
                     deadline_ms,
                     "1" if bounded else "0",
+                    lease.parent or "",
                 ],
                 client=pipe,
             )
@@ -442,6 +462,8 @@ def _record(raw: dict[Any, Any]) -> LeaseRecord | None:
         cnf=doc.cnf,
         grant=doc.grant,
         origin=doc.origin,
+        parent=doc.parent,
+        actors=doc.actors,
     )
     return LeaseRecord(
         lease=lease,

@@ -32,8 +32,9 @@ from broker.issuer import Issuer
 from broker.leases import LeaseManager
 from broker.leases.ttl import TtlDecision, resolve_ttl
 from broker.policy import Allow, Deny, NeedsApproval, PolicySet, decide
+from broker.service.delegation import Hop
 from broker.service.policy import LivePolicy
-from broker.types import Credential, Intent, Lease, Principal
+from broker.types import Credential, Intent, Lease, Principal, Task
 
 __all__ = ["Issuance", "Issued"]
 
@@ -75,10 +76,12 @@ class Issuance:
         on_behalf_of: str | None = None,
         origin: str | None = None,
         request_id: str | None = None,
+        parent: Lease | None = None,
     ) -> Issued | ApprovalView:
         """Decide and mint. For a grant that needs approval: open (or join the identical)
         approval request and return it — or, once it is approved and not yet collected, the
-        credential minted for it."""
+        credential minted for it. A delegated request (``intent.actors``; see
+        :meth:`delegate`) never waits for approval and is capped to ``parent``."""
         policy = self.policy.current
         now = self.clock.now()
         decision = decide(policy, principal, intent, now)
@@ -96,6 +99,9 @@ class Issuance:
         }
         if intent.ttl is not None:
             detail["ttl_seconds"] = int(intent.ttl.total_seconds())
+        if intent.actors:  # every hop named in the record (ADR 0040)
+            detail["act"] = [a.id for a in intent.actors]
+            detail["parent_lease_id"] = parent.id if parent else None
         if isinstance(decision, Deny):
             await self.audit.emit(
                 "decision", outcome="deny", reasons=list(decision.reasons), detail=detail, **common
@@ -111,7 +117,13 @@ class Issuance:
         ):
             raise ScopeNotSupported(f"issuer {scope.issuer!r} cannot bind a credential to a key")
         deadline, ttl = await self._ttl(principal, intent, decision.ttl, issuer)
+        if parent is not None and ttl.ttl > parent.not_after - self.clock.now():
+            # A default TTL longer than the parent's remaining time is capped to it (an
+            # explicit one was refused by delegate()).
+            ttl = TtlDecision(ttl=parent.not_after - self.clock.now(), capped_by="parent")
         detail["ttl_seconds"] = int(ttl.ttl.total_seconds())
+        if isinstance(decision, NeedsApproval) and intent.actors:
+            raise PermissionDenied("a delegated request cannot wait for approval", decision.reasons)
         if isinstance(decision, NeedsApproval):
             await self.audit.emit(
                 "decision",
@@ -146,6 +158,8 @@ class Issuance:
             origin=origin,
             request_id=request_id,
             detail={"grant": decision.grant, "policy_version": decision.policy_version},
+            parent=parent.id if parent else None,
+            actors=intent.actors,
         )
         return Issued(
             lease=lease,
@@ -154,6 +168,96 @@ class Issuance:
             policy_version=decision.policy_version,
             ttl_capped_by=ttl.capped_by,
         )
+
+    async def delegate(
+        self,
+        hop: Hop,
+        intent: Intent,
+        *,
+        origin: str | None = None,
+        request_id: str | None = None,
+    ) -> Issued:
+        """An RFC 8693 delegation: mint for ``hop.subject`` with ``hop.actors`` acting, as the
+        policy allows (``delegation:`` on the grant) and never wider than the parent: the same
+        issuer and resource, a subset of its actions, a TTL within its remaining time, a task
+        deadline no later than its task's. A delegated credential lives in its parent's task
+        (ADR 0040); the first hop names its task like any request."""
+        parent = hop.parent
+        task = intent.task
+        if parent is not None:
+            if not task.auto and task.id != parent.task_id:
+                raise InvalidRequest(
+                    f"a delegated credential lives in its parent's task ({parent.task_id}): "
+                    "omit task_id or pass that one"
+                )
+            task = Task(id=parent.task_id, purpose=task.purpose or parent.purpose, ttl=task.ttl)
+        intent = msgspec.structs.replace(intent, task=task, actors=hop.actors)
+        if parent is not None:
+            refusal = await self._widening(hop.subject, parent, intent)
+            if refusal is not None:
+                reason, oauth_error = refusal
+                await self.audit.emit(
+                    "decision",
+                    outcome="deny",
+                    reasons=[reason],
+                    principal=hop.subject.id,
+                    task_id=task.id,
+                    issuer=intent.scope.issuer,
+                    request_id=request_id,
+                    detail={
+                        "resource": intent.scope.resource,
+                        "actions": list(intent.scope.actions),
+                        "act": [a.id for a in hop.actors],
+                        "parent_lease_id": parent.id,
+                    },
+                )
+                denied = PermissionDenied(f"a delegation may only narrow: {reason}", [reason])
+                denied.oauth_error = oauth_error
+                raise denied
+        result = await self.request(
+            hop.subject, intent, origin=origin, request_id=request_id, parent=parent
+        )
+        if not isinstance(result, Issued):  # compile refuses delegation with approval
+            raise PermissionDenied("a delegated request cannot wait for approval")
+        return result
+
+    async def _widening(
+        self, subject: Principal, parent: Lease, intent: Intent
+    ) -> tuple[str, str] | None:
+        """(why, OAuth error) when ``intent`` asks for more than ``parent`` holds."""
+        scope, held = intent.scope, parent.scope
+        if scope.issuer != held.issuer or scope.resource != held.resource:
+            return (
+                f"the parent credential is for {held.resource} on issuer {held.issuer}, "
+                f"not {scope.resource} on {scope.issuer}",
+                "invalid_target",
+            )
+        extra = set(scope.actions) - set(held.actions)
+        if extra:
+            return (
+                f"actions {', '.join(sorted(extra))} are not in the parent credential "
+                f"({', '.join(held.actions)})",
+                "invalid_scope",
+            )
+        now = self.clock.now()
+        remaining = parent.not_after - now
+        if intent.ttl is not None and intent.ttl > remaining:
+            return (
+                f"ttl {int(intent.ttl.total_seconds())}s is longer than the parent "
+                f"credential's remaining {int(remaining.total_seconds())}s",
+                "invalid_scope",
+            )
+        if intent.task.ttl is not None:
+            deadline = await self.manager.task_deadline(
+                subject.id, intent.task, default=self.limits.default_task_ttl
+            )
+            if now + intent.task.ttl > deadline:
+                return (
+                    f"task_ttl {int(intent.task.ttl.total_seconds())}s would end after the "
+                    f"parent's task deadline ({deadline.isoformat()})",
+                    "invalid_scope",
+                )
+        return None
 
     async def _open_approval(
         self,
