@@ -90,6 +90,7 @@ class IntrospectionResponse(msgspec.Struct, frozen=True, omit_defaults=True):
     task_id: str | None = None
     authorization_details: list[dict[str, Any]] | None = None
     cnf: dict[str, str] | None = None
+    act: dict[str, Any] | None = None  # RFC 8693 §4.1: a delegated credential's actors
 
 
 def _oauth_errors(*statuses: int) -> dict[int, ResponseSpec]:
@@ -539,7 +540,12 @@ class WellKnownOAuth(Controller):
             "introspection_endpoint_auth_methods_supported": auth_methods,
             "revocation_endpoint_auth_methods_supported": auth_methods,
             "authorization_details_types_supported": sorted(broker.issuers),
-            "subject_token_types_supported": [TT_JWT, TT_ID_TOKEN],
+            # Extensions (RFC 8693 names no metadata): what /oauth/token takes as subject and
+            # actor tokens, so an agent runtime can discover delegation (docs/agents.md).
+            # There is deliberately no authorization_endpoint: the broker offers no browser
+            # flow (RFC 8414 §2 makes it optional then); agents exchange identity tokens.
+            "subject_token_types_supported": [TT_JWT, TT_ID_TOKEN, TT_ACCESS_TOKEN],
+            "actor_token_types_supported": [TT_JWT, TT_ID_TOKEN],
             "service_documentation": f"{base}/schema",
         }
 
