@@ -36,7 +36,19 @@ from broker.service.delegation import Hop
 from broker.service.policy import LivePolicy
 from broker.types import Credential, Intent, Lease, Principal, Task
 
-__all__ = ["Issuance", "Issued"]
+__all__ = ["ExplainOut", "Issuance", "Issued"]
+
+
+class ExplainOut(msgspec.Struct, frozen=True, kw_only=True):
+    """The policy's answer for a caller's own request (``POST /v1/explain``); nothing minted."""
+
+    decision: str  # allow | approval_required | deny
+    reasons: list[str]
+    policy_version: str
+    grant: str | None = None
+    ttl: int | None = None  # seconds the credential would live (before issuer caps)
+    reveal_to_model: bool = False  # the grant's delivery.reveal_to_model
+    delegation_max_depth: int | None = None  # the grant's delegation.max_depth, if any
 
 
 class Issued(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,6 +89,7 @@ class Issuance:
         origin: str | None = None,
         request_id: str | None = None,
         parent: Lease | None = None,
+        delivery: str | None = None,
     ) -> Issued | ApprovalView:
         """Decide and mint. For a grant that needs approval: open (or join the identical)
         approval request and return it — or, once it is approved and not yet collected, the
@@ -108,6 +121,18 @@ class Issuance:
             )
             raise PermissionDenied("no grant allows this request", decision.reasons)
         detail["grant"] = decision.grant
+        if delivery is not None:
+            detail["delivery"] = delivery
+            grant = policy.grant(decision.grant)
+            if delivery == "model" and not (grant and grant.reveal_to_model):
+                reason = (
+                    f"grant {decision.grant} does not let the credential be shown to a model "
+                    "(delivery.reveal_to_model)"
+                )
+                await self.audit.emit(
+                    "decision", outcome="deny", reasons=[reason], detail=detail, **common
+                )
+                raise PermissionDenied(reason, [reason])
         issuer = self.issuers.get(scope.issuer)
         if issuer is None:  # policy lint checks this at load; kept as a guard
             raise InvalidRequest(f"unknown issuer {scope.issuer!r}")
@@ -157,7 +182,11 @@ class Issuance:
             grant=decision.grant,
             origin=origin,
             request_id=request_id,
-            detail={"grant": decision.grant, "policy_version": decision.policy_version},
+            detail={
+                "grant": decision.grant,
+                "policy_version": decision.policy_version,
+                **({"delivery": delivery} if delivery else {}),
+            },
             parent=parent.id if parent else None,
             actors=intent.actors,
         )
@@ -167,6 +196,29 @@ class Issuance:
             grant=decision.grant,
             policy_version=decision.policy_version,
             ttl_capped_by=ttl.capped_by,
+        )
+
+    def explain(self, principal: Principal, intent: Intent) -> ExplainOut:
+        """What the policy would answer ``principal`` for ``intent``, without minting or
+        recording anything: the decision, its reasons (as a refused request gets them) and the
+        covering grant's terms. Only ever the caller's own access."""
+        policy = self.policy.current
+        decision = decide(policy, principal, intent, self.clock.now())
+        if isinstance(decision, Deny):
+            return ExplainOut(
+                decision="deny",
+                reasons=list(decision.reasons),
+                policy_version=decision.policy_version,
+            )
+        grant = policy.grant(decision.grant)
+        return ExplainOut(
+            decision="allow" if isinstance(decision, Allow) else "approval_required",
+            reasons=list(decision.reasons),
+            policy_version=decision.policy_version,
+            grant=decision.grant,
+            ttl=int(decision.ttl.total_seconds()),
+            reveal_to_model=bool(grant and grant.reveal_to_model),
+            delegation_max_depth=grant.delegation.max_depth if grant and grant.delegation else None,
         )
 
     async def delegate(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from broker.clock import SystemClock
 from broker.config import ClientSettings, IssuerInstanceSettings, Settings
 from broker.identity import DevIdentityIssuer
 from broker.service import Broker, build_broker
+from broker.types import Secret
 from issuers.jwt.keys import generate_key
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import free_port
@@ -29,6 +31,7 @@ class LiveBroker:
     url: str
     broker: Broker
     dev: DevIdentityIssuer
+    approver_key: str  # the development approver's key (approves `approval: required`)
 
     def token(self, sub: str, **claims: Any) -> str:
         return self.dev.issue(sub, claims)
@@ -98,8 +101,14 @@ async def live_broker(
         clients=client_settings,
     )
     dev = DevIdentityIssuer(f"{url}/dev/oidc", clock, audience=settings.broker_audience)
+    approver_key = "jitdev-approver-" + secrets.token_urlsafe(32)
     broker = await build_broker(
-        settings, clock=clock, redis=aioredis.Redis.from_url(REDIS_URL), dev=True, dev_identity=dev
+        settings,
+        clock=clock,
+        redis=aioredis.Redis.from_url(REDIS_URL),
+        dev=True,
+        dev_identity=dev,
+        dev_approver_key=Secret(approver_key),
     )
     async with serve(create_app(broker), port):
-        yield LiveBroker(url=url, broker=broker, dev=dev)
+        yield LiveBroker(url=url, broker=broker, dev=dev, approver_key=approver_key)
