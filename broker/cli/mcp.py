@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import sys
 from pathlib import Path
 
 import click
@@ -63,7 +65,7 @@ def mcp_command(
     revoke_credential, explain_access and complete_task (docs/agents.md)."""
     try:
         from broker.mcp.http_adapter import HttpBroker
-        from broker.mcp.server import build_server
+        from broker.mcp.server import Session, build_server
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] == "mcp":
             raise click.ClickException(MISSING_EXTRA) from None
@@ -81,19 +83,41 @@ def mcp_command(
 
     async def main() -> None:
         broker = HttpBroker(url, identity)
-        server = build_server(broker, purpose=purpose, task_ttl=task_ttl, files_dir=files_dir)
-        current = asyncio.current_task()
-        assert current is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGHUP):  # end the session cleanly: revoke
-            loop.add_signal_handler(sig, current.cancel)
+        sessions: list[Session] = []
+        server = build_server(
+            broker, purpose=purpose, task_ttl=task_ttl, files_dir=files_dir, sessions=sessions
+        )
         try:
             if http_port is not None:
+                # uvicorn turns SIGTERM and SIGINT into a graceful shutdown, which ends the
+                # session (the server's lifespan): the task is completed.
                 await server.run_streamable_http_async(host="127.0.0.1", port=http_port)
             else:
+                loop = asyncio.get_running_loop()
+
+                async def end_and_exit() -> None:
+                    # End every open session (complete its tasks, delete its files), then
+                    # leave: cancelling would wait forever for the SDK's stdin reader thread,
+                    # blocked in a read that nothing interrupts.
+                    try:
+                        for session in list(sessions):
+                            await session.end(broker)
+                    finally:
+                        sys.stdout.flush()
+                        sys.stderr.flush()
+                        os._exit(0)
+
+                def stop() -> None:
+                    if not stopping:
+                        stopping.append(loop.create_task(end_and_exit()))
+
+                for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                    loop.add_signal_handler(sig, stop)
                 await server.run_stdio_async()
         finally:
             await broker.aclose()
+
+    stopping: list[asyncio.Task[None]] = []
 
     with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
         asyncio.run(main())

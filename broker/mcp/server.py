@@ -158,17 +158,22 @@ def build_server(
     purpose: str = "AI agent session (jit mcp)",
     task_ttl: int | None = None,
     files_dir: Path | None = None,
+    sessions: list[Session] | None = None,
 ) -> MCPServer[Session]:
     """The ``jit mcp`` server over ``broker``. ``files_dir``: where session directories are
-    made (default: the system's temporary directory)."""
+    made (default: the system's temporary directory). ``sessions``, if given, holds the open
+    sessions, so that a signal handler can end them."""
+    open_sessions = sessions if sessions is not None else []
 
     @contextlib.asynccontextmanager
     async def lifespan(_: MCPServer[Session]) -> AsyncIterator[Session]:
         session = Session.open(purpose, files_dir)
+        open_sessions.append(session)
         try:
             yield session
         finally:
-            with anyio.CancelScope(shield=True):  # runs on cancellation (SIGTERM) too
+            open_sessions.remove(session)
+            with anyio.CancelScope(shield=True):  # runs on cancellation too
                 await session.end(broker)
 
     server: MCPServer[Session] = MCPServer(

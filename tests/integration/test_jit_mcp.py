@@ -6,7 +6,9 @@ delivery, explain, revoke and complete; and the real `jit mcp` process over stdi
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import stat
 import sys
 from collections.abc import AsyncIterator
@@ -213,6 +215,8 @@ async def test_a_request_that_needs_approval_returns_at_once_and_is_collected_af
         assert approval_id in pending["message"]
         still = await call(agent, "wait_for_approval", approval_id=approval_id, timeout_seconds=0)
         assert still["status"] == "approval_pending"
+        again = await call(agent, "request_credential", resource=env.orders, actions=["write"])
+        assert again["approval_id"] == approval_id  # the same request finds the same approval
 
         async with httpx.AsyncClient() as http:
             r = await http.post(
@@ -247,6 +251,11 @@ async def test_explain_access_answers_for_the_agent_itself_without_minting(env: 
         assert notes["may_reveal_to_model"] is True
         listed = await call(agent, "list_credentials")
         assert listed["credentials"] == []
+        refused = await error_of(
+            agent, "request_credential", resource=env.orders, actions=["admin"]
+        )
+        assert "no grant allows this request. Reasons: " in refused
+        assert "actions not allowed: admin" in refused
 
 
 async def test_the_explain_endpoint_explains_only_the_callers_own_access(env: Env) -> None:
@@ -304,5 +313,112 @@ async def test_jit_mcp_over_stdio_revokes_when_the_client_goes_away(
         issued = await call(agent, "request_credential", resource=env.orders, actions=["read"])
         token = Path(issued["file"]).read_text()
         assert (await env.introspect(token))["active"] is True
+    assert (await env.introspect(token))["active"] is False
+    assert list(env.files.iterdir()) == []
+
+
+async def test_jit_mcp_over_http_revokes_when_it_is_stopped(env: Env, tmp_path: Path) -> None:
+    token_file = tmp_path / "identity"
+    token_file.write_text(env.agent)
+    port = free_port()
+    jit = str(Path(sys.executable).parent / "jit")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("JIT_")}
+    environ.update({"JIT_URL": env.live.url, "JIT_TOKEN_FILE": str(token_file)})
+    proc = await asyncio.create_subprocess_exec(
+        jit,
+        "mcp",
+        "--http",
+        str(port),
+        "--files-dir",
+        str(env.files),
+        env=environ,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        for _ in range(300):
+            try:
+                async with httpx.AsyncClient() as http:
+                    await http.get(url, timeout=1)
+                break
+            except httpx.HTTPError:
+                await asyncio.sleep(0.05)
+        async with (
+            httpx2.AsyncClient(timeout=10) as http,
+            Client(streamable_http_client(url, http_client=http)) as agent,
+        ):
+            issued = await call(agent, "request_credential", resource=env.orders, actions=["read"])
+            token = Path(issued["file"]).read_text()
+            assert (await env.introspect(token))["active"] is True
+        assert (await env.introspect(token))["active"] is True  # the process is the session
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully (the session ends), then re-raises the signal.
+        assert await asyncio.wait_for(proc.wait(), 30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert (await env.introspect(token))["active"] is False
+    assert list(env.files.iterdir()) == []
+
+
+async def test_jit_mcp_over_stdio_revokes_when_it_is_stopped_with_sigterm(
+    env: Env, tmp_path: Path
+) -> None:
+    """The client is still connected (stdin open); SIGTERM ends the session all the same."""
+    token_file = tmp_path / "identity"
+    token_file.write_text(env.agent)
+    jit = str(Path(sys.executable).parent / "jit")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("JIT_")}
+    environ.update({"JIT_URL": env.live.url, "JIT_TOKEN_FILE": str(token_file)})
+    proc = await asyncio.create_subprocess_exec(
+        jit,
+        "mcp",
+        "--files-dir",
+        str(env.files),
+        env=environ,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    messages = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "test", "version": "1"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {
+                "name": "request_credential",
+                "arguments": {"resource": env.orders, "actions": ["read"]},
+            },
+        },
+    ]
+    try:
+        for message in messages:
+            proc.stdin.write(msgspec.json.encode(message) + b"\n")
+        await proc.stdin.drain()
+        answer: dict[str, Any] = {}
+        while answer.get("id") != 2:
+            answer = msgspec.json.decode(await asyncio.wait_for(proc.stdout.readline(), 30))
+        issued = answer["result"]["structuredContent"]
+        token = Path(issued["file"]).read_text()
+        assert (await env.introspect(token))["active"] is True
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     assert (await env.introspect(token))["active"] is False
     assert list(env.files.iterdir()) == []

@@ -186,6 +186,7 @@ async def test_without_a_token_the_server_points_at_its_metadata_and_that_at_the
     assert meta["issuer"] == as_url
     assert meta["token_endpoint"] == f"{as_url}/oauth/token"
     assert meta["introspection_endpoint"] == f"{as_url}/oauth/introspect"
+    assert meta["revocation_endpoint"] == f"{as_url}/oauth/revoke"
     assert meta["jwks_uri"] == f"{as_url}/.well-known/jwks.json"
     assert TOKEN_EXCHANGE in meta["grant_types_supported"]
     assert "authorization_endpoint" not in meta  # no browser flow: token exchange only
