@@ -30,6 +30,7 @@ __all__ = [
     "Secret",
     "Task",
     "TaskId",
+    "act_claim",
     "valid_task_id",
 ]
 
@@ -141,6 +142,9 @@ class Intent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ttl: timedelta | None = None
     params: dict[str, str] = msgspec.field(default_factory=dict)  # see MintRequest.params
     cnf: dict[str, str] | None = None  # a verified DPoP key to bind to (see MintRequest.cnf)
+    # RFC 8693 delegation: who acts for ``principal``, newest first (empty: the principal asks
+    # for itself). A policy input: the grant must allow each actor and the chain's length.
+    actors: tuple[Principal, ...] = ()
 
 
 class MintRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -162,6 +166,10 @@ class MintRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # can bind (the JWT issuer: the ``cnf`` claim) must; others refuse a bound request with
     # ScopeNotSupported.
     cnf: dict[str, str] | None = None
+    # RFC 8693 delegation: the actors of a delegated credential, newest first (the JWT issuer
+    # writes them as the nested ``act`` claim). Empty for a credential the principal asked
+    # for itself. Optional: an issuer that cannot express delegation may ignore it.
+    actors: tuple[Principal, ...] = ()
 
 
 class Credential(msgspec.Struct, frozen=True, kw_only=True):
@@ -213,7 +221,22 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
     cnf: dict[str, str] | None = None  # the key the credential is bound to (DPoP), if any
     grant: str | None = None  # the policy grant that allowed it ("<owner>/<name>")
     origin: str | None = None  # the client address the request came from, as the broker saw it
+    # Delegation (RFC 8693, ADR 0040): the lease this one was delegated from (None: from an
+    # identity token), and the actors, newest first. ``owner``/``principal`` stay the subject
+    # whose authority it is; a delegated lease lives in its parent's task.
+    parent: str | None = None
+    actors: tuple[Principal, ...] = ()
 
     @property
     def ttl(self) -> timedelta:
         return self.not_after - self.issued_at
+
+
+def act_claim(actors: tuple[Principal, ...]) -> dict[str, Any] | None:
+    """The RFC 8693 §4.1 ``act`` claim for a chain of actors given newest first: the current
+    actor outermost, each earlier one nested in the ``act`` of the one after it. None for no
+    actors. Each actor is named by its stable id (``Principal.id``), like the token's ``sub``."""
+    claim: dict[str, Any] | None = None
+    for actor in reversed(actors):
+        claim = {"sub": actor.id} if claim is None else {"sub": actor.id, "act": claim}
+    return claim

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -31,6 +32,7 @@ from broker.errors import (
     StoreUnavailable,
 )
 from broker.service import Broker, Issued
+from broker.service.delegation import Hop, authenticate_hop
 from broker.types import TASK_ID_RULE, Intent, Scope, Task, valid_task_id
 
 __all__ = ["OAuthController", "WellKnownOAuth", "oauth_error", "use_params"]
@@ -88,6 +90,7 @@ class IntrospectionResponse(msgspec.Struct, frozen=True, omit_defaults=True):
     task_id: str | None = None
     authorization_details: list[dict[str, Any]] | None = None
     cnf: dict[str, str] | None = None
+    act: dict[str, Any] | None = None  # RFC 8693 §4.1: a delegated credential's actors
 
 
 def _oauth_errors(*statuses: int) -> dict[int, ResponseSpec]:
@@ -125,8 +128,9 @@ def _form_body(fields: dict[str, str], required: list[str]) -> type[Operation]:
 _TOKEN_FORM = _form_body(
     {
         "grant_type": GRANT_TOKEN_EXCHANGE,
-        "subject_token": "the workload's identity token",
-        "subject_token_type": f"{TT_JWT} or {TT_ID_TOKEN}",
+        "subject_token": "the workload's identity token (with actor_token: or a broker-issued "
+        "access token to delegate further)",
+        "subject_token_type": f"{TT_JWT} or {TT_ID_TOKEN} ({TT_ACCESS_TOKEN} with actor_token)",
         "requested_token_type": f"{TT_ACCESS_TOKEN} (default) or {TT_JWT}",
         "resource": "the resource (one)",
         "audience": "alternative to resource",
@@ -135,7 +139,10 @@ _TOKEN_FORM = _form_body(
         "issuer": "the issuer instance (default jwt)",
         "task_id": "the task (default: a new one)",
         "ttl": "seconds (ASCII digits)",
+        "task_ttl": "how long the task may run, seconds (its first request only)",
         "purpose": "free text shown to approvers",
+        "actor_token": "delegation (RFC 8693): the acting party's identity token",
+        "actor_token_type": f"{TT_JWT} or {TT_ID_TOKEN} (required with actor_token)",
     },
     ["grant_type", "subject_token", "subject_token_type"],
 )
@@ -224,17 +231,26 @@ def _target_error(message: str) -> BrokerError:
 
 def check_exchange(form: dict[str, str]) -> str:
     """The token-exchange parameters that come before authentication; returns the subject
-    token. Nothing here looks at the intent, so an unauthenticated caller learns nothing."""
+    token. Nothing here looks at the intent, so an unauthenticated caller learns nothing.
+    With an ``actor_token`` (delegation, RFC 8693 §2.1) the subject token may also be an
+    access token this broker issued (``subject_token_type`` access_token or jwt)."""
     if form.get("grant_type") != GRANT_TOKEN_EXCHANGE:
         raise InvalidRequest(
             f"grant_type must be {GRANT_TOKEN_EXCHANGE}", oauth_error="unsupported_grant_type"
         )
     if not form.get("subject_token"):
         raise InvalidRequest("subject_token is required")
-    if form.get("subject_token_type") not in (TT_JWT, TT_ID_TOKEN):
-        raise InvalidRequest(f"subject_token_type must be {TT_JWT} or {TT_ID_TOKEN}")
-    if "actor_token" in form:
-        raise InvalidRequest("actor_token (delegation) is not supported")
+    delegated = "actor_token" in form or "actor_token_type" in form
+    subject_types = (TT_JWT, TT_ID_TOKEN, TT_ACCESS_TOKEN) if delegated else (TT_JWT, TT_ID_TOKEN)
+    if form.get("subject_token_type") not in subject_types:
+        raise InvalidRequest(f"subject_token_type must be one of {', '.join(subject_types)}")
+    if delegated:
+        if not form.get("actor_token"):
+            raise InvalidRequest("actor_token is required with actor_token_type")
+        if form.get("actor_token_type") not in (TT_JWT, TT_ID_TOKEN):
+            raise InvalidRequest(
+                f"actor_token_type is required with actor_token: {TT_JWT} or {TT_ID_TOKEN}"
+            )
     return form["subject_token"]
 
 
@@ -282,12 +298,8 @@ def intent_from_form(form: dict[str, str], default_issuer: str | None) -> Intent
         raise _target_error("resource (or audience) is required")
     if not actions:
         raise InvalidRequest("scope (the actions) is required", oauth_error="invalid_scope")
-    ttl_raw = form.get("ttl")
-    ttl = None
-    if ttl_raw:
-        if not _SECONDS.fullmatch(ttl_raw):
-            raise InvalidRequest("ttl must be a number of seconds (ASCII digits)")
-        ttl = parse_ttl(int(ttl_raw))
+    ttl = _seconds_param(form, "ttl")
+    task_ttl = _seconds_param(form, "task_ttl")
     auto = not form.get("task_id")
     task_id = form.get("task_id") or new_task_id()
     if not valid_task_id(task_id):
@@ -296,10 +308,19 @@ def intent_from_form(form: dict[str, str], default_issuer: str | None) -> Intent
     if len(purpose) > 1000:
         raise InvalidRequest("purpose: at most 1000 characters")
     return Intent(
-        task=Task(id=task_id, purpose=purpose, auto=auto),
+        task=Task(id=task_id, purpose=purpose, auto=auto, ttl=task_ttl),
         scope=Scope.of(issuer, resource, actions),
         ttl=ttl,
     )
+
+
+def _seconds_param(form: dict[str, str], name: str) -> timedelta | None:
+    raw = form.get(name)
+    if not raw:
+        return None
+    if not _SECONDS.fullmatch(raw):
+        raise InvalidRequest(f"{name} must be a number of seconds (ASCII digits)")
+    return parse_ttl(int(raw))
 
 
 def use_params(fields: dict[str, str]) -> dict[str, str | None]:
@@ -358,7 +379,20 @@ class OAuthController(Controller):
         try:
             form = await read_form(request)
             subject_token = check_exchange(form)
-            principal = await broker.callers.workload(subject_token, request_id=rid)
+            hop: Hop | None = None
+            if form.get("actor_token"):
+                hop = await authenticate_hop(
+                    broker.callers,
+                    broker.tokens,
+                    broker.clock,
+                    subject_token=subject_token,
+                    actor_token=form["actor_token"],
+                    subject_is_access_token=form["subject_token_type"] == TT_ACCESS_TOKEN,
+                    request_id=rid,
+                )
+                principal = hop.subject
+            else:
+                principal = await broker.callers.workload(subject_token, request_id=rid)
             intent = intent_from_form(form, "jwt" if "jwt" in broker.issuers else None)
             # After authentication, so an unauthenticated caller cannot fill the replay cache.
             cnf = await broker.callers.dpop_binding(
@@ -366,9 +400,15 @@ class OAuthController(Controller):
             )
             if cnf is not None:
                 intent = msgspec.structs.replace(intent, cnf=cnf)
-            result = await broker.issuance.request(
-                principal, intent, origin=client_address(request), request_id=rid
-            )
+            result: Issued | ApprovalView
+            if hop is not None:
+                result = await broker.issuance.delegate(
+                    hop, intent, origin=client_address(request), request_id=rid
+                )
+            else:
+                result = await broker.issuance.request(
+                    principal, intent, origin=client_address(request), request_id=rid
+                )
         except BrokerError as exc:
             return from_broker_error(exc)
         if not isinstance(result, Issued):
@@ -500,7 +540,12 @@ class WellKnownOAuth(Controller):
             "introspection_endpoint_auth_methods_supported": auth_methods,
             "revocation_endpoint_auth_methods_supported": auth_methods,
             "authorization_details_types_supported": sorted(broker.issuers),
-            "subject_token_types_supported": [TT_JWT, TT_ID_TOKEN],
+            # Extensions (RFC 8693 names no metadata): what /oauth/token takes as subject and
+            # actor tokens, so an agent runtime can discover delegation (docs/agents.md).
+            # There is deliberately no authorization_endpoint: the broker offers no browser
+            # flow (RFC 8414 §2 makes it optional then); agents exchange identity tokens.
+            "subject_token_types_supported": [TT_JWT, TT_ID_TOKEN, TT_ACCESS_TOKEN],
+            "actor_token_types_supported": [TT_JWT, TT_ID_TOKEN],
             "service_documentation": f"{base}/schema",
         }
 

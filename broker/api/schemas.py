@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -21,10 +21,12 @@ __all__ = [
     "ApprovalOut",
     "CredentialRequest",
     "CredentialResponse",
+    "ExplainRequest",
     "LeaseView",
     "TaskIn",
     "TaskOut",
     "approval_out",
+    "explain_intent",
     "intent_from_request",
     "issued_response",
     "lease_view",
@@ -69,6 +71,19 @@ class CredentialRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     # An agent acting for a person names them (a configured person, Slack id or identity): that
     # person cannot approve the request (separation of duties) and is shown to approvers.
     on_behalf_of: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    # How the client hands the secret on (recorded in the audit; docs/agents.md): "file" (a
+    # 0600 file), "env" (a process's environment) or "model" (shown to an AI model, allowed
+    # only by a grant with delivery.reveal_to_model). None: returned to the caller, as ever.
+    delivery: Literal["file", "env", "model"] | None = None
+
+
+class ExplainRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the caller would ask for; nothing is minted."""
+
+    issuer: Identifier
+    resource: Resource
+    actions: Annotated[list[Action], msgspec.Meta(min_length=1, max_length=32)]
+    ttl: Ttl | None = None
 
 
 class CredentialOut(msgspec.Struct, frozen=True):
@@ -205,6 +220,14 @@ def parse_ttl(value: int | str | None) -> timedelta | None:
     if ttl <= timedelta(0):
         raise InvalidRequest("ttl must be positive")
     return ttl
+
+
+def explain_intent(data: ExplainRequest) -> Intent:
+    return Intent(
+        task=Task(new_task_id(), auto=True),
+        scope=Scope.of(data.issuer, data.resource, data.actions),
+        ttl=parse_ttl(data.ttl),
+    )
 
 
 def intent_from_request(data: CredentialRequest) -> Intent:

@@ -19,9 +19,11 @@ from broker.api.schemas import (
     ApprovalOut,
     CredentialRequest,
     CredentialResponse,
+    ExplainRequest,
     LeaseView,
     TaskOut,
     approval_out,
+    explain_intent,
     intent_from_request,
     issued_response,
     lease_view,
@@ -31,6 +33,7 @@ from broker.approvals import ApprovalState
 from broker.errors import Conflict, PermissionDenied
 from broker.service import Issued
 from broker.service.idempotency import Replay
+from broker.service.issuance import ExplainOut
 from broker.types import TASK_ID_PATTERN, LeaseState, Principal
 
 __all__ = ["IssuerDocuments", "V1Controller"]
@@ -110,6 +113,7 @@ class V1Controller(Controller):
                 on_behalf_of=data.on_behalf_of,
                 origin=client_address(request),
                 request_id=rid,
+                delivery=data.delivery,
             )
         except BaseException:
             if claim is not None:
@@ -136,6 +140,22 @@ class V1Controller(Controller):
             status_code=202,
             headers={"Location": f"/v1/approvals/{view.id}"},
         )
+
+    @post(
+        "/explain",
+        status_code=200,
+        summary="What the policy would answer the caller for a request, without minting",
+        responses=problems(*_AUTH),
+    )
+    async def explain(
+        self,
+        request: Request[Any, Any, State],
+        caller: NamedDependency[Principal],
+        data: JSONBody[ExplainRequest],
+    ) -> ExplainOut:
+        """The decision (allow, approval_required, deny), its reasons and the grant's terms
+        for the caller's own identity only: the same facts a real request would reveal."""
+        return broker_of(request).issuance.explain(caller, explain_intent(data))
 
     @get("/leases", summary="The caller's leases", responses=problems(*_AUTH))
     async def list_leases(

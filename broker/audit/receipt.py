@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["Receipt", "Step", "build_receipt"]
+__all__ = ["Hop", "Receipt", "Step", "build_receipt"]
 
 _MINT = {"lease.minted", "lease.mint_failed"}
 _USE = {"lease.introspected", "lease.used"}
@@ -38,12 +38,22 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
     record: dict[str, Any] | None = None
 
 
+class Hop(msgspec.Struct, frozen=True, kw_only=True):
+    """One link of a delegation chain (ADR 0040): the subject, then each actor in order, with
+    the lease minted at that hop when the records hold it."""
+
+    who: str
+    role: str  # subject | actor
+    lease_id: str | None = None
+
+
 class Receipt(msgspec.Struct, frozen=True, kw_only=True):
     lease_id: str | None
     task_id: str | None
     principal: str | None
     leases: list[str]
     steps: list[Step]
+    chain: list[Hop] = msgspec.field(default_factory=list)  # a delegated lease's whole chain
 
 
 def _d(r: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -57,6 +67,15 @@ def _names(value: Any) -> str:
     return str(value) if value else "none"
 
 
+def _acting(d: Mapping[str, Any]) -> str:
+    """`` acting: B <- A (from lease L)`` for a delegated request's record, else empty."""
+    act = d.get("act")
+    if not isinstance(act, list) or not act:
+        return ""
+    parent = f", delegated from lease {d['parent_lease_id']}" if d.get("parent_lease_id") else ""
+    return f"; acting: {' <- '.join(map(str, act))}{parent}"
+
+
 def _summary(r: Mapping[str, Any]) -> str:
     t = str(r.get("type", ""))
     d = _d(r)
@@ -68,7 +87,8 @@ def _summary(r: Mapping[str, Any]) -> str:
         ttl = f", ttl {d['ttl_seconds']}s" if d.get("ttl_seconds") is not None else ""
         return (
             f"{r.get('outcome', 'ok')}: {d.get('resource', '?')} [{actions}] on "
-            f"{r.get('issuer', '?')}{grant}{ttl} (policy {d.get('policy_version', '?')}){why}"
+            f"{r.get('issuer', '?')}{grant}{ttl} (policy {d.get('policy_version', '?')})"
+            f"{_acting(d)}{why}"
         )
     if t.startswith("approval."):
         tag = f" [approval {d.get('approval_id')}]"
@@ -86,6 +106,7 @@ def _summary(r: Mapping[str, Any]) -> str:
         return (
             f"minted {d.get('resource', '?')} [{actions}] until {d.get('not_after', '?')} "
             f"(grant {d.get('grant', '?')}, policy {d.get('policy_version', '?')})"
+            f"{_acting(d)}"
         )
     if t in _USE:
         by = d.get("caller") or d.get("reporter")
@@ -211,6 +232,37 @@ def _stage(r: Mapping[str, Any]) -> str:
     return "task"
 
 
+def _chain(records: list[Mapping[str, Any]], lease_id: str) -> list[Hop]:
+    """The delegation chain of ``lease_id`` from the ``lease.minted`` records of it and its
+    ancestors (``parent_lease_id``): empty for a lease that was not delegated."""
+    minted = {
+        str(r.get("lease_id")): r
+        for r in records
+        if r.get("type") == "lease.minted" and r.get("lease_id") is not None
+    }
+    mine = minted.get(lease_id)
+    if mine is None or not _d(mine).get("act"):
+        return []
+    lineage: list[tuple[str, list[Any]]] = []  # newest first
+    current: str | None = lease_id
+    seen: set[str] = set()
+    while current is not None and current not in seen and current in minted:
+        seen.add(current)
+        detail = _d(minted[current])
+        act = detail.get("act")
+        lineage.append((current, act if isinstance(act, list) else []))
+        parent = detail.get("parent_lease_id")
+        current = str(parent) if parent else None
+    act = _d(mine)["act"]
+    chain = [Hop(who=str(mine.get("principal", "?")), role="subject")]
+    by_depth = {len(a): lid for lid, a in lineage}
+    if 0 in by_depth:  # the subject's own credential, delegated on
+        chain[0] = Hop(who=chain[0].who, role="subject", lease_id=by_depth[0])
+    for depth, actor in enumerate(reversed(act), start=1):
+        chain.append(Hop(who=str(actor), role="actor", lease_id=by_depth.get(depth)))
+    return chain
+
+
 def build_receipt(
     records: Iterable[Mapping[str, Any]],
     *,
@@ -264,4 +316,5 @@ def build_receipt(
         principal=str(principal) if principal else None,
         leases=leases,
         steps=steps,
+        chain=_chain(recs, lease_id) if lease_id is not None else [],
     )

@@ -254,6 +254,12 @@ def _render(receipt: Receipt) -> None:
     line = " · ".join(f for f in facts if f)
     if line:
         console.print(escape(line))
+    if receipt.chain:  # a delegated credential: every hop, from the subject to its holder
+        hops = [
+            f"{hop.who} ({hop.role}{', lease ' + hop.lease_id if hop.lease_id else ''})"
+            for hop in receipt.chain
+        ]
+        console.print("delegation chain: " + escape(" -> ".join(hops)), soft_wrap=True)
     for n, step in enumerate(receipt.steps, start=1):
         style = _STAGE_STYLE.get(step.stage, "white")
         outcome = "green" if step.outcome == "ok" else "red"

@@ -24,6 +24,7 @@ from broker.cli.client import (
     resolve_token,
     resolve_url,
 )
+from broker.cli.mcp import mcp_command
 from broker.cli.ops import reconcile as reconcile_command
 from broker.cli.ops import state as state_group
 from broker.config import load_settings, parse_duration
@@ -272,6 +273,7 @@ def _approver_client(url: str | None, approver_token: str | None) -> ApiClient:
 main.add_command(audit_group)
 main.add_command(reconcile_command)
 main.add_command(state_group)
+main.add_command(mcp_command)  # jit mcp: broker/cli/mcp.py
 
 
 @main.group()

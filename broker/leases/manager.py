@@ -161,8 +161,11 @@ class LeaseManager:
         grant: str | None = None,
         origin: str | None = None,
         request_id: str | None = None,
-        detail: Mapping[str, str] | None = None,
+        detail: Mapping[str, Any] | None = None,
         decision: AuditEvent | None = None,
+        parent: str | None = None,
+        actors: tuple[Principal, ...] = (),
+        delegable: bool = False,
     ) -> tuple[Lease, Credential]:
         """Mint a credential for exactly ``scope`` until now + ``ttl``, as a lease of ``task``.
 
@@ -171,7 +174,12 @@ class LeaseManager:
         ``decision`` (the policy decision's audit record) is committed with the mint's.
         Raises Conflict if the task is completed or past its deadline, InvalidRequest for an
         unknown issuer, ScopeNotSupported from the issuer, IssuerUnavailable/IssuerError if the
-        mint fails (anything it may have created is revoked)."""
+        mint fails (anything it may have created is revoked).
+
+        Delegation (ADR 0040): ``parent`` is the lease this one is delegated from (it must be
+        active and of the same task: Conflict otherwise) and ``actors`` the chain, newest
+        first; both are recorded on the lease and the chain goes to the issuer. ``delegable``
+        keeps the principal's claims, for a lease that may itself be delegated on."""
         validate_task_id(task.id)
         issuer = self.issuers.get(scope.issuer)
         if issuer is None:
@@ -199,13 +207,18 @@ class LeaseManager:
                 cnf=dict(cnf) if cnf else None,
                 grant=grant,
                 origin=origin,
+                parent=parent,
+                actors=actors,
             )
+            if parent is not None and split_lease_id(parent)[0] != tkey:
+                raise Conflict("a delegated credential belongs to its parent's task")
             status = await self.store.create(
                 lease,
                 due_ms=to_ms(min(now + s.mint_grace, not_after)),
                 deadline_ms=to_ms(deadline or self.max_deadline(now)),
                 bounded=not issuer.capabilities.revocable,
                 retention_ms=self._retention_ms,
+                keep_principal=delegable or bool(actors),
             )
             if status != "exists" or lease_id is not None:
                 break
@@ -222,6 +235,8 @@ class LeaseManager:
                     f"task {task.id!r} has reached its deadline; start a new task for new "
                     "credentials"
                 )
+            if status == "parent":
+                raise Conflict("the credential this one is delegated from is no longer active")
             raise Conflict(f"task {task.id!r} cannot take new leases ({status})")
         common: dict[str, Any] = {
             "principal": principal.id,
@@ -239,6 +254,7 @@ class LeaseManager:
             not_after=not_after,
             params=dict(params or {}),
             cnf=dict(cnf) if cnf else None,
+            actors=actors,
         )
         try:
             credential = await asyncio.wait_for(
@@ -258,10 +274,14 @@ class LeaseManager:
                 raise IssuerUnavailable(f"issuer {scope.issuer!r} did not answer in time") from None
             log.error("issuer %s failed to mint: %s", scope.issuer, type(exc).__name__)
             raise IssuerError(f"issuer {scope.issuer!r} failed to mint") from None
+        delegation: dict[str, Any] = {}
+        if actors:  # every hop named in the record (ADR 0040)
+            delegation = {"act": [a.id for a in actors], "parent_lease_id": parent}
         minted = self.audit.record(
             "lease.minted",
             detail={
                 **dict(detail or {}),
+                **delegation,
                 "resource": scope.resource,
                 "actions": list(scope.actions),
                 "not_after": not_after.isoformat(),
@@ -322,6 +342,14 @@ class LeaseManager:
             raise NotFound("no such lease")
         return rec.lease
 
+    async def get_visible(self, lease_id: str, caller: str) -> Lease:
+        """The lease, for its owner or for an actor of its delegation chain (who holds it, or
+        delegated it on); NotFound for anyone else, exactly like a lease that does not exist."""
+        lease = await self.get(lease_id)
+        if lease.owner != caller and caller not in {a.id for a in lease.actors}:
+            raise NotFound("no such lease")
+        return lease
+
     async def list(
         self, owner: str, *, include_inactive: bool = False, limit: int = _MAX_LIST
     ) -> builtins.list[Lease]:
@@ -371,7 +399,29 @@ class LeaseManager:
         lease = await self.get(lease_id, owner=owner)
         if lease.state.live:
             await self._revoke(lease_id, trigger)
+        await self._revoke_descendants(lease)
         return await self.get(lease_id)
+
+    async def _revoke_descendants(self, lease: Lease) -> None:
+        """Revoke every lease delegated from ``lease``, at any depth (ADR 0040). They all live
+        in its task (one hash, one slot, no extra index). A child created concurrently is
+        either in the task already or refused by the create script, which requires an active
+        parent."""
+        task = await self.store.load_task_by_key(split_lease_id(lease.id)[0])
+        if task is None or len(task.leases) < 2:
+            return
+        children: dict[str, builtins.list[Lease]] = {}
+        for rec in task.leases:
+            if rec.lease.parent is not None:
+                children.setdefault(rec.lease.parent, []).append(rec.lease)
+        found: builtins.list[str] = []
+        todo = [lease.id]
+        while todo:
+            for child in children.pop(todo.pop(), []):
+                todo.append(child.id)
+                if child.state.live:
+                    found.append(child.id)
+        await self._revoke_all(found, "parent_revoked")
 
     async def complete_task(self, owner: str, task_id: str) -> TaskView:
         """Close the task to new credentials and revoke every lease of it. Idempotent."""

@@ -73,17 +73,33 @@ class _Facts(msgspec.Struct, array_like=True, frozen=True):
     origin: str | None = None
 
 
+class _Delegation(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What a delegated (or delegable) lease keeps beyond the id: its parent, the subject with
+    its claims and the actors, newest first (ADR 0040)."""
+
+    principal: Principal
+    parent: str | None = None
+    actors: tuple[Principal, ...] = ()
+
+
 _enc = msgspec.json.Encoder()
 _pack = msgspec.msgpack.Encoder()
 _facts = msgspec.msgpack.Decoder(_Facts)
 _handle_dec = msgspec.json.Decoder(dict[str, str])
+_delegation_dec = msgspec.json.Decoder(_Delegation)
 
 # KEYS: task. ARGV: owner, task_id, purpose, now_ms, suffix, facts, resource, cnf ('' = none),
 #       deadline_ms, bounded ('1': not_after must not pass the deadline), not_after_ms,
-#       retention_ms
+#       retention_ms, parent suffix ('' = none), delegation ('' = none)
+# A delegated lease (ADR 0040) lives in its parent's task and is created only while the parent
+# is active, checked here, so revoking the parent and then walking the task for its
+# descendants cannot miss a child created meanwhile.
 _CREATE = Script("""
 local st = redis.call('HGET', KEYS[1], 's')
 if st == 'c' then return 'completed' end
+if ARGV[13] ~= '' and (not st or redis.call('HGET', KEYS[1], ARGV[13]) ~= 'a') then
+  return 'parent'
+end
 if not st then
   redis.call('HSET', KEYS[1], 'o', ARGV[1], 't', ARGV[2], 's', 'o', 'c', ARGV[4],
              'd', ARGV[9], 'n', 0)
@@ -99,6 +115,7 @@ local s = ARGV[5]
 if redis.call('HEXISTS', KEYS[1], s) == 1 then return 'exists' end
 redis.call('HSET', KEYS[1], s, 'm', s .. 'm', ARGV[6], s .. 'r', ARGV[7])
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], s .. 'k', ARGV[8]) end
+if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], s .. 'd', ARGV[14]) end
 redis.call('HINCRBY', KEYS[1], 'n', 1)
 redis.call('PERSIST', KEYS[1])
 return 'ok'
@@ -247,8 +264,21 @@ class LeaseStore:
         deadline_ms: int,
         bounded: bool,
         retention_ms: int,
+        keep_principal: bool = False,
     ) -> Op:
+        """``keep_principal``: keep the principal's claims (a lease that may be delegated on
+        must give the next hop's decision its subject; others keep only the id)."""
         tkey, suffix = split_lease_id(lease.id)
+        parent_suffix = ""
+        if lease.parent is not None:
+            parent_task, parent_suffix = split_lease_id(lease.parent)
+            if parent_task != tkey:
+                raise ValueError("a delegated lease lives in its parent's task")
+        delegation = ""
+        if keep_principal or lease.parent is not None or lease.actors:
+            delegation = _enc.encode(
+                _Delegation(parent=lease.parent, principal=lease.principal, actors=lease.actors)
+            ).decode()
         facts = _pack.encode(
             _Facts(
                 created_ms=to_ms(lease.issued_at),
@@ -274,6 +304,8 @@ class LeaseStore:
                 "1" if bounded else "0",
                 to_ms(lease.not_after),
                 retention_ms,
+                parent_suffix,
+                delegation,
             ],
         )
 
@@ -338,15 +370,21 @@ class LeaseStore:
         deadline_ms: int,
         bounded: bool,
         retention_ms: int,
+        keep_principal: bool = False,
     ) -> str:
         """Write-ahead, one round trip: the lease (state ``minting``) in its task, its due
         entry and the owner's index. Returns ``ok``, ``completed`` (the task is closed),
-        ``deadline``, ``conflict`` or ``exists``; on anything but ``ok`` the index entries are
+        ``deadline``, ``conflict``, ``exists`` or ``parent`` (the lease it is delegated from
+        is not active in this task); on anything but ``ok`` the index entries are
         removed again."""
         ops = [
             *self.due_ops(lease.id, due_ms),
             self.create_op(
-                lease, deadline_ms=deadline_ms, bounded=bounded, retention_ms=retention_ms
+                lease,
+                deadline_ms=deadline_ms,
+                bounded=bounded,
+                retention_ms=retention_ms,
+                keep_principal=keep_principal,
             ),
             *self.owner_ops(lease),
         ]
@@ -583,11 +621,13 @@ def _lease(tkey: str, s: str, owner: str, h: Mapping[str, Any]) -> LeaseRecord |
     revoked = h.get(s + "X")
     trigger = opt_text(h.get(s + "T"))
     first_fail = h.get(s + "F")
+    delegated = h.get(s + "d")
+    dl = _delegation_dec.decode(delegated) if delegated else None
     lease = Lease(
         id=f"{tkey}.{s}",
         task_id=text(h.get("t", b"")),
         owner=owner,
-        principal=_principal(owner),
+        principal=dl.principal if dl is not None else _principal(owner),
         scope=Scope(issuer=facts.issuer, resource=text(h.get(s + "r", b"")), actions=facts.actions),
         issued_at=from_ms(facts.created_ms),
         not_after=from_ms(facts.not_after_ms),
@@ -602,6 +642,8 @@ def _lease(tkey: str, s: str, owner: str, h: Mapping[str, Any]) -> LeaseRecord |
         cnf=msgspec.json.decode(cnf_raw, type=dict[str, str]) if cnf_raw else None,
         grant=facts.grant,
         origin=facts.origin,
+        parent=dl.parent if dl is not None else None,
+        actors=dl.actors if dl is not None else (),
     )
     return LeaseRecord(
         lease=lease,

@@ -30,6 +30,7 @@ from broker.policy.model import (
     DEFAULT_TTL_CAP,
     ApprovalSpec,
     ClaimPattern,
+    DelegationSpec,
     DocumentSpec,
     GovernanceSpec,
     GrantSpec,
@@ -43,6 +44,7 @@ __all__ = [
     "ClaimMatcher",
     "CompileOptions",
     "Condition",
+    "Delegation",
     "GovernanceRule",
     "Grant",
     "PolicyDocument",
@@ -137,6 +139,15 @@ DEFAULT_GOVERNANCE = GovernanceRule()
 
 
 @dataclass(frozen=True, slots=True)
+class Delegation:
+    """A compiled ``delegation:`` setting: every actor of a chain must match one of ``actors``
+    (matched like a trusted workload), and the chain holds at most ``max_depth`` actors."""
+
+    actors: tuple[Workload, ...]
+    max_depth: int
+
+
+@dataclass(frozen=True, slots=True)
 class Grant:
     """A compiled grant. ``id`` is ``<owner>/<name>``."""
 
@@ -154,6 +165,8 @@ class Grant:
     governance: GovernanceRule
     file: str
     line: int
+    delegation: Delegation | None = None  # None: nobody may act for the workload
+    reveal_to_model: bool = False  # delivery.reveal_to_model: a tool result may hold the secret
 
     @property
     def approval_required(self) -> bool:
@@ -430,9 +443,20 @@ class _Compiler:
             pattern = re.compile(fnmatch.translate(spec.resource))
         approval_ok, approval = self.approval(spec.approval, (*path, "approval"))
         governance = self.governance(spec.governance, (*path, "governance"))
+        delegation_ok, delegation = self.delegation(spec.delegation, (*path, "delegation"))
+        if delegation is not None and approval is not None:
+            # A delegated request cannot wait for a human: the approval would be collected by
+            # whoever repeats the request, without the chain (ADR 0040).
+            self.error(
+                (*path, "delegation"),
+                "delegation: a grant that needs approval cannot be delegated "
+                "(use a separate grant without approval for delegated requests)",
+            )
+            delegation_ok = False
         if (
             not ok
             or not approval_ok
+            or not delegation_ok
             or governance is None
             or max_ttl is None
             or default_ttl is None
@@ -453,6 +477,21 @@ class _Compiler:
             condition=condition,
             file=self.file,
             line=self.source.line_of(path),
+            delegation=delegation,
+            reveal_to_model=spec.delivery.reveal_to_model if spec.delivery else False,
+        )
+
+    def delegation(
+        self, spec: DelegationSpec | None, path: YamlPath
+    ) -> tuple[bool, Delegation | None]:
+        """(ok, the compiled setting); None without a ``delegation:`` section."""
+        if spec is None:
+            return True, None
+        actors = [self.workload(raw, (*path, "actors", i)) for i, raw in enumerate(spec.actors)]
+        if any(a is None for a in actors):
+            return False, None
+        return True, Delegation(
+            actors=tuple(a for a in actors if a is not None), max_depth=spec.max_depth
         )
 
     def governance(self, spec: GovernanceSpec | None, path: YamlPath) -> GovernanceRule | None:

@@ -233,9 +233,18 @@ class _Evaluator:
         scope = self.intent.scope
         ttl = self.intent.ttl if self.intent.ttl is not None else grant.default_ttl
         approval = "approval required" if grant.approval_required else "no approval needed"
+        acting = ""
+        if self.intent.actors and grant.delegation is not None:
+            chain = " <- ".join(a.id for a in self.intent.actors)
+            acting = (
+                f", delegated to {chain} ({len(self.intent.actors)} of at most "
+                f"{grant.delegation.max_depth} hops)"
+            )
+        elif self.verbose and grant.delegation is not None:
+            acting = f"; may be delegated, up to {grant.delegation.max_depth} hops"
         return (
             f"{name}: covers {', '.join(scope.actions)} on {scope.resource} "
-            f"for {_seconds(ttl)} ({approval})"
+            f"for {_seconds(ttl)} ({approval}{acting})"
         )
 
     def grant_miss(self, grant: Grant) -> str | None:
@@ -257,11 +266,43 @@ class _Evaluator:
         ttl = self.intent.ttl
         if ttl is not None and ttl > grant.max_ttl:
             misses.append(f"ttl too long: asked {_seconds(ttl)}, max {_seconds(grant.max_ttl)}")
+        delegation_miss = self.delegation_miss(grant)
+        if delegation_miss is not None:
+            misses.append(delegation_miss)
         if misses:
             return "; ".join(misses)
         if grant.condition is not None:
             effective = ttl if ttl is not None else grant.default_ttl
             return self.condition_miss(grant.condition, effective)
+        return None
+
+    def delegation_miss(self, grant: Grant) -> str | None:
+        """Why the grant does not allow this request's chain of actors (RFC 8693), or None.
+        Every actor must match one of the grant's ``delegation.actors`` entries."""
+        actors = self.intent.actors
+        if not actors:
+            return None
+        rule = grant.delegation
+        if rule is None:
+            return "grant does not allow delegation"
+        if len(actors) > rule.max_depth:
+            return (
+                f"delegation too deep: {len(actors)} actors in the chain, "
+                f"max_depth {rule.max_depth}"
+            )
+        for actor in actors:
+            misses: list[str] = []
+            for entry in rule.actors:
+                if entry.issuer != actor.issuer:
+                    misses.append(f"not from identity issuer {entry.issuer!r}")
+                    continue
+                miss = _claims_miss(entry, actor, self.verbose)
+                if miss is None:
+                    break
+                misses.append(miss)
+            else:
+                why = f" ({'; '.join(misses)})" if self.verbose and misses else ""
+                return f"actor {actor.id!r} may not act for this grant{why}"
         return None
 
     def condition_miss(self, condition: Condition, ttl: timedelta) -> str | None:

@@ -19,10 +19,13 @@ __all__ = [
     "CEL_VARIABLES",
     "DEFAULT_TTL_CAP",
     "GRANT_NAME_PATTERN",
+    "MAX_DELEGATION_DEPTH",
     "OWNER_PATTERN",
     "PERMISSIONS",
     "ApprovalSpec",
     "ClaimPattern",
+    "DelegationSpec",
+    "DeliverySpec",
     "DocumentSpec",
     "GovernanceSpec",
     "GrantSpec",
@@ -40,6 +43,8 @@ Permission = Literal["introspect"]
 PERMISSIONS: Final[frozenset[str]] = frozenset(get_args(Permission))
 #: The variables a ``when`` condition may use.
 CEL_VARIABLES: Final = frozenset({"claims", "principal", "request", "now"})
+#: The longest delegation chain a policy may allow (``delegation.max_depth``).
+MAX_DELEGATION_DEPTH: Final = 8
 #: ``default_ttl`` when a grant gives none: min(max_ttl, this many seconds).
 DEFAULT_TTL_CAP: Final = 15 * 60
 
@@ -88,6 +93,22 @@ class GovernanceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     on_violation: Literal["revoke_task", "revoke_lease", "alert"] = "revoke_task"
 
 
+class DelegationSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Who may act for the grant's workloads (RFC 8693 ``actor_token``) and how long a chain of
+    delegations may grow. Each actor entry is written like a ``workloads`` entry (an identity
+    issuer and claim matchers) and converted on its own."""
+
+    actors: Annotated[list[Any], msgspec.Meta(min_length=1)]  # each a WorkloadSpec
+    max_depth: Annotated[int, msgspec.Meta(ge=1, le=MAX_DELEGATION_DEPTH)] = 1
+
+
+class DeliverySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How an agent's tool (``jit mcp``) may hand the grant's credential on. By default the
+    secret goes to a file only; ``reveal_to_model: true`` lets it appear in a tool result."""
+
+    reveal_to_model: bool = False
+
+
 class GrantSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One grant: what the document's workloads may ask for, and on which terms."""
 
@@ -101,6 +122,8 @@ class GrantSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     approval: Literal["none", "required"] | ApprovalSpec
     governance: GovernanceSpec | None = None
     when: str | None = None  # a CEL condition over claims, principal, request, now
+    delegation: DelegationSpec | None = None  # None: nobody may act for the workload
+    delivery: DeliverySpec | None = None  # None: the defaults (never revealed to a model)
 
 
 class DocumentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

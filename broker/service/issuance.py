@@ -32,10 +32,23 @@ from broker.issuer import Issuer
 from broker.leases import LeaseManager
 from broker.leases.ttl import TtlDecision, resolve_ttl
 from broker.policy import Allow, Deny, NeedsApproval, PolicySet, decide
+from broker.service.delegation import Hop
 from broker.service.policy import LivePolicy
-from broker.types import Credential, Intent, Lease, Principal
+from broker.types import Credential, Intent, Lease, Principal, Task
 
-__all__ = ["Issuance", "Issued"]
+__all__ = ["ExplainOut", "Issuance", "Issued"]
+
+
+class ExplainOut(msgspec.Struct, frozen=True, kw_only=True):
+    """The policy's answer for a caller's own request (``POST /v1/explain``); nothing minted."""
+
+    decision: str  # allow | approval_required | deny
+    reasons: list[str]
+    policy_version: str
+    grant: str | None = None
+    ttl: int | None = None  # seconds the credential would live (before issuer caps)
+    reveal_to_model: bool = False  # the grant's delivery.reveal_to_model
+    delegation_max_depth: int | None = None  # the grant's delegation.max_depth, if any
 
 
 class Issued(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,10 +88,13 @@ class Issuance:
         on_behalf_of: str | None = None,
         origin: str | None = None,
         request_id: str | None = None,
+        parent: Lease | None = None,
+        delivery: str | None = None,
     ) -> Issued | ApprovalView:
         """Decide and mint. For a grant that needs approval: open (or join the identical)
         approval request and return it — or, once it is approved and not yet collected, the
-        credential minted for it."""
+        credential minted for it. A delegated request (``intent.actors``; see
+        :meth:`delegate`) never waits for approval and is capped to ``parent``."""
         policy = self.policy.current
         now = self.clock.now()
         decision = decide(policy, principal, intent, now)
@@ -96,12 +112,27 @@ class Issuance:
         }
         if intent.ttl is not None:
             detail["ttl_seconds"] = int(intent.ttl.total_seconds())
+        if intent.actors:  # every hop named in the record (ADR 0040)
+            detail["act"] = [a.id for a in intent.actors]
+            detail["parent_lease_id"] = parent.id if parent else None
         if isinstance(decision, Deny):
             await self.audit.emit(
                 "decision", outcome="deny", reasons=list(decision.reasons), detail=detail, **common
             )
             raise PermissionDenied("no grant allows this request", decision.reasons)
         detail["grant"] = decision.grant
+        if delivery is not None:
+            detail["delivery"] = delivery
+            grant = policy.grant(decision.grant)
+            if delivery == "model" and not (grant and grant.reveal_to_model):
+                reason = (
+                    f"grant {decision.grant} does not let the credential be shown to a model "
+                    "(delivery.reveal_to_model)"
+                )
+                await self.audit.emit(
+                    "decision", outcome="deny", reasons=[reason], detail=detail, **common
+                )
+                raise PermissionDenied(reason, [reason])
         issuer = self.issuers.get(scope.issuer)
         if issuer is None:  # policy lint checks this at load; kept as a guard
             raise InvalidRequest(f"unknown issuer {scope.issuer!r}")
@@ -111,7 +142,13 @@ class Issuance:
         ):
             raise ScopeNotSupported(f"issuer {scope.issuer!r} cannot bind a credential to a key")
         deadline, ttl = await self._ttl(principal, intent, decision.ttl, issuer)
+        if parent is not None and ttl.ttl > parent.not_after - self.clock.now():
+            # A default TTL longer than the parent's remaining time is capped to it (an
+            # explicit one was refused by delegate()).
+            ttl = TtlDecision(ttl=parent.not_after - self.clock.now(), capped_by="parent")
         detail["ttl_seconds"] = int(ttl.ttl.total_seconds())
+        if isinstance(decision, NeedsApproval) and intent.actors:
+            raise PermissionDenied("a delegated request cannot wait for approval", decision.reasons)
         if isinstance(decision, NeedsApproval):
             await self.audit.emit(
                 "decision",
@@ -146,8 +183,15 @@ class Issuance:
             grant=decision.grant,
             origin=origin,
             request_id=request_id,
-            detail={"grant": decision.grant, "policy_version": decision.policy_version},
+            detail={
+                "grant": decision.grant,
+                "policy_version": decision.policy_version,
+                **({"delivery": delivery} if delivery else {}),
+            },
+            parent=parent.id if parent else None,
+            actors=intent.actors,
             decision=decided,
+            delegable=_delegable(policy, decision.grant),
         )
         return Issued(
             lease=lease,
@@ -156,6 +200,119 @@ class Issuance:
             policy_version=decision.policy_version,
             ttl_capped_by=ttl.capped_by,
         )
+
+    def explain(self, principal: Principal, intent: Intent) -> ExplainOut:
+        """What the policy would answer ``principal`` for ``intent``, without minting or
+        recording anything: the decision, its reasons (as a refused request gets them) and the
+        covering grant's terms. Only ever the caller's own access."""
+        policy = self.policy.current
+        decision = decide(policy, principal, intent, self.clock.now())
+        if isinstance(decision, Deny):
+            return ExplainOut(
+                decision="deny",
+                reasons=list(decision.reasons),
+                policy_version=decision.policy_version,
+            )
+        grant = policy.grant(decision.grant)
+        return ExplainOut(
+            decision="allow" if isinstance(decision, Allow) else "approval_required",
+            reasons=list(decision.reasons),
+            policy_version=decision.policy_version,
+            grant=decision.grant,
+            ttl=int(decision.ttl.total_seconds()),
+            reveal_to_model=bool(grant and grant.reveal_to_model),
+            delegation_max_depth=grant.delegation.max_depth if grant and grant.delegation else None,
+        )
+
+    async def delegate(
+        self,
+        hop: Hop,
+        intent: Intent,
+        *,
+        origin: str | None = None,
+        request_id: str | None = None,
+    ) -> Issued:
+        """An RFC 8693 delegation: mint for ``hop.subject`` with ``hop.actors`` acting, as the
+        policy allows (``delegation:`` on the grant) and never wider than the parent: the same
+        issuer and resource, a subset of its actions, a TTL within its remaining time, a task
+        deadline no later than its task's. A delegated credential lives in its parent's task
+        (ADR 0040); the first hop names its task like any request."""
+        parent = hop.parent
+        task = intent.task
+        if parent is not None:
+            if not task.auto and task.id != parent.task_id:
+                raise InvalidRequest(
+                    f"a delegated credential lives in its parent's task ({parent.task_id}): "
+                    "omit task_id or pass that one"
+                )
+            task = Task(id=parent.task_id, purpose=task.purpose or parent.purpose, ttl=task.ttl)
+        intent = msgspec.structs.replace(intent, task=task, actors=hop.actors)
+        if parent is not None:
+            refusal = await self._widening(hop.subject, parent, intent)
+            if refusal is not None:
+                reason, oauth_error = refusal
+                await self.audit.emit(
+                    "decision",
+                    outcome="deny",
+                    reasons=[reason],
+                    principal=hop.subject.id,
+                    task_id=task.id,
+                    issuer=intent.scope.issuer,
+                    request_id=request_id,
+                    detail={
+                        "resource": intent.scope.resource,
+                        "actions": list(intent.scope.actions),
+                        "act": [a.id for a in hop.actors],
+                        "parent_lease_id": parent.id,
+                    },
+                )
+                denied = PermissionDenied(f"a delegation may only narrow: {reason}", [reason])
+                denied.oauth_error = oauth_error
+                raise denied
+        result = await self.request(
+            hop.subject, intent, origin=origin, request_id=request_id, parent=parent
+        )
+        if not isinstance(result, Issued):  # compile refuses delegation with approval
+            raise PermissionDenied("a delegated request cannot wait for approval")
+        return result
+
+    async def _widening(
+        self, subject: Principal, parent: Lease, intent: Intent
+    ) -> tuple[str, str] | None:
+        """(why, OAuth error) when ``intent`` asks for more than ``parent`` holds."""
+        scope, held = intent.scope, parent.scope
+        if scope.issuer != held.issuer or scope.resource != held.resource:
+            return (
+                f"the parent credential is for {held.resource} on issuer {held.issuer}, "
+                f"not {scope.resource} on {scope.issuer}",
+                "invalid_target",
+            )
+        extra = set(scope.actions) - set(held.actions)
+        if extra:
+            return (
+                f"actions {', '.join(sorted(extra))} are not in the parent credential "
+                f"({', '.join(held.actions)})",
+                "invalid_scope",
+            )
+        now = self.clock.now()
+        remaining = parent.not_after - now
+        if intent.ttl is not None and intent.ttl > remaining:
+            return (
+                f"ttl {int(intent.ttl.total_seconds())}s is longer than the parent "
+                f"credential's remaining {int(remaining.total_seconds())}s",
+                "invalid_scope",
+            )
+        if intent.task.ttl is not None:
+            deadline = await self.manager.task_deadline(
+                subject.id, intent.task, default=self.limits.default_task_ttl
+            )
+            if now + intent.task.ttl > deadline:
+                return (
+                    f"task_ttl {int(intent.task.ttl.total_seconds())}s would end after the "
+                    f"parent's task deadline ({deadline.isoformat()})",
+                    "invalid_scope",
+                )
+        return None
 
     async def _open_approval(
         self,
@@ -273,3 +430,10 @@ class Issuance:
             ttl_capped_by="approval" if approved_ttl < view.ttl else None,
         )
         return await self.approvals.get(approval_id), issued
+
+
+def _delegable(policy: PolicySet, grant_name: str) -> bool:
+    """A lease of a grant that allows delegation may become a parent: its subject (with its
+    claims) must be kept for the next hop's decision."""
+    grant = policy.grant(grant_name)
+    return grant is not None and grant.delegation is not None

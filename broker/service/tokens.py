@@ -21,7 +21,7 @@ from broker.leases import LeaseManager
 from broker.policy import can
 from broker.service.callers import Client
 from broker.service.policy import LivePolicy
-from broker.types import Lease, LeaseState, Principal
+from broker.types import Lease, LeaseState, Principal, act_claim
 
 __all__ = ["Tokens"]
 
@@ -123,6 +123,8 @@ class Tokens:
                 }
             ],
         }
+        if lease.actors:  # RFC 8693 §4.1: the delegation chain, current actor outermost
+            answer["act"] = act_claim(lease.actors)
         if lease.cnf:
             answer["cnf"] = dict(lease.cnf)  # RFC 9449 §6.2: the resource server checks it
         return answer
@@ -188,8 +190,11 @@ class Tokens:
             return
         if client is not None and "revoke" in client.permissions:
             await self.manager.revoke(lease.id, "explicit")
-        elif principal is not None and lease.owner == principal.id:
-            await self.manager.revoke(lease.id, "explicit", owner=principal.id)
+        elif principal is not None and (
+            lease.owner == principal.id or principal.id in {a.id for a in lease.actors}
+        ):
+            # The owner, or an actor of a delegated credential's chain (ADR 0040).
+            await self.manager.revoke(lease.id, "explicit")
         else:
             caller = f"client:{client.client_id}" if client else principal.id if principal else "?"
             await self.audit.emit(

@@ -20,10 +20,14 @@ class Workloads:
         return await self.manager.list(caller.id, include_inactive=include_inactive)
 
     async def lease(self, caller: Principal, lease_id: str) -> Lease:
-        return await self.manager.get(lease_id, owner=caller.id)
+        """The caller's lease, or one delegated to it (or through it): ADR 0040."""
+        return await self.manager.get_visible(lease_id, caller.id)
 
     async def revoke(self, caller: Principal, lease_id: str) -> Lease:
-        return await self.manager.revoke(lease_id, "explicit", owner=caller.id)
+        """The owner, and every actor of a delegated lease's chain, may revoke it (and so
+        everything delegated from it)."""
+        await self.manager.get_visible(lease_id, caller.id)
+        return await self.manager.revoke(lease_id, "explicit")
 
     async def revoke_all(self, caller: Principal) -> int:
         return await self.manager.revoke_workload(caller.id, "workload")

@@ -5,8 +5,9 @@ introspection, and the public keys it publishes. Keys live in :mod:`issuers.jwt.
 
 - A token is a JWS with header ``alg`` (``EdDSA`` or ``ES256``), ``kid`` and ``typ: at+jwt``,
   and the claims ``iss sub aud iat nbf exp jti task_id scope client_id authorization_details``
-  (RFC 9396). ``jti`` is the lease id and ``exp`` is ``not_after`` rounded down to the second,
-  so a token never outlives its lease.
+  (RFC 9396), plus ``act`` (RFC 8693 §4.1) for a delegated credential. ``jti`` is the lease
+  id and ``exp`` is ``not_after`` rounded down to the second, so a token never outlives its
+  lease.
 - Revocation is enforced by the broker's lease state at introspection (ADR 0003): ``revoke()``
   has nothing to call. The token itself stays cryptographically valid until ``exp``, so a
   resource server that needs revocation to bite must introspect; everyone else relies on short
@@ -37,7 +38,7 @@ from broker.decoding import check_ttls, decode
 from broker.errors import ConfigError, InvalidRequest, IssuerUnavailable, ScopeNotSupported
 from broker.issuer import Capabilities, IssuerContext
 from broker.jws import JWSAllowList
-from broker.types import Credential, Lease, MintRequest, Scope, Secret
+from broker.types import Credential, Lease, MintRequest, Scope, Secret, act_claim
 from issuers.jwt.keys import KeyRing
 
 __all__ = ["JWTConfig", "JWTIssuer", "parse_duration"]
@@ -240,6 +241,9 @@ class JWTIssuer:
                 {"type": scope.issuer, "locations": [scope.resource], "actions": actions}
             ],
         }
+        act = act_claim(request.actors)
+        if act is not None:
+            claims["act"] = act  # RFC 8693 §4.1: who acts for sub, current actor outermost
         if cnf is not None:
             claims["cnf"] = cnf  # RFC 7800 / RFC 9449 §6.1: usable only with that key's proofs
         header = {"alg": key.algorithm, "kid": key.kid, "typ": AT_JWT_TYP}

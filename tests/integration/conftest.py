@@ -47,8 +47,18 @@ class Api:
 
 
 @pytest.fixture
+def policy_dir() -> Path:
+    """The policy directory the ``api`` broker loads (a test module may override it)."""
+    return dev_policy_dir()
+
+
+@pytest.fixture
 async def api(
-    real_redis: aioredis.Redis, key_prefix: str, clock: FakeClock, tmp_path: Path
+    real_redis: aioredis.Redis,
+    key_prefix: str,
+    clock: FakeClock,
+    tmp_path: Path,
+    policy_dir: Path,
 ) -> AsyncIterator[Api]:
     keys = tmp_path / "keys"
     keys.mkdir()
@@ -58,7 +68,7 @@ async def api(
     settings = Settings(
         public_url=BASE,
         key_prefix=key_prefix,
-        policy_dir=str(dev_policy_dir()),
+        policy_dir=str(policy_dir),
         issuers={
             "jwt": IssuerInstanceSettings(
                 type="jwt", config={"keys_dir": str(keys), "max_ttl": "1h", "default_ttl": "15m"}

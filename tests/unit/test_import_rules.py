@@ -64,3 +64,29 @@ def test_issuers_import_only_the_contract_modules_from_broker() -> None:
     for path in files:
         bad = {m for m in imports_of(path) if m.startswith("broker") and m not in CONTRACT}
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_broker_mcp_imports_only_the_contract_modules_the_sdk_and_itself() -> None:
+    """`jit mcp` is a workload-side program: it never imports the server side of the broker
+    (it talks to the broker over the SDK's calls, ARCHITECTURE.md)."""
+    files = py_files("broker", "mcp")
+    assert files
+    allowed = {"broker.types", "broker.errors", "broker.clock", "broker"}
+    for path in files:
+        bad = {
+            m
+            for m in imports_of(path)
+            if m.startswith("broker")
+            and m not in allowed
+            and not m.startswith(("broker.mcp", "broker.client"))
+        }
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_the_cli_imports_broker_mcp_only_inside_jit_mcp() -> None:
+    """The MCP SDK is an optional extra: `jit` must start without it (broker.mcp.server and
+    the adapter are imported inside the command only)."""
+    tree = ast.parse((ROOT / "broker" / "cli" / "mcp.py").read_text())
+    top = {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module is not None}
+    assert "broker.mcp.server" not in top
+    assert not any(m.split(".")[0] == "mcp" for m in top)

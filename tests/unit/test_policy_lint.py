@@ -61,8 +61,8 @@ CASES = [
             approval: none
             approvers: [alice]   # <-
         """,
-        "grants[0].approvers: unknown key (allowed: actions, approval, default_ttl, governance, "
-        "issuer, max_ttl, name, resource, when)",
+        "grants[0].approvers: unknown key (allowed: actions, approval, default_ttl, delegation, "
+        "delivery, governance, issuer, max_ttl, name, resource, when)",
         id="an unknown key in a grant points at that key",
     ),
     pytest.param(

@@ -1,0 +1,39 @@
+"""`jit mcp` without the optional extra says what to install; without a token it says how to
+give one. (The server itself: tests/integration/test_jit_mcp.py.)"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from broker.cli.main import main
+
+
+def test_without_the_mcp_extra_jit_mcp_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in [m for m in sys.modules if m == "mcp" or m.startswith(("mcp.", "broker.mcp."))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "mcp", None)  # what a missing package looks like
+    result = CliRunner().invoke(main, ["mcp", "--token", "x"])
+    assert result.exit_code == 1
+    assert "pip install 'jit-broker[mcp]'" in result.output
+
+
+def test_jit_starts_without_the_mcp_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [m for m in sys.modules if m == "mcp" or m.startswith(("mcp.", "broker.mcp."))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "mcp", None)
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "mcp" in result.output
+
+
+def test_without_a_token_jit_mcp_says_how_to_give_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JIT_TOKEN", raising=False)
+    monkeypatch.delenv("JIT_TOKEN_FILE", raising=False)
+    result = CliRunner().invoke(main, ["mcp"])
+    assert result.exit_code == 2
+    assert "JIT_TOKEN" in result.output
