@@ -202,6 +202,82 @@ async def test_token_exchange_errors_use_the_oauth_shape(
     assert await api.lease_keys() == []
 
 
+@pytest.mark.parametrize(
+    ("over", "error", "says"),
+    [
+        pytest.param(
+            {"actor_token": "x", "actor_token_type": JWT_TYPE},
+            "invalid_request",
+            "actor_token (delegation) is not supported",
+            id="an actor token (delegation)",
+        ),
+        pytest.param(
+            {"audience": "https://other.local"},
+            "invalid_target",
+            "resource and audience name different targets",
+            id="a resource and an audience that disagree",
+        ),
+        pytest.param(
+            {
+                "authorization_details": json.dumps(
+                    [{"type": "jwt", "locations": ["https://other.local"], "actions": ["read"]}]
+                )
+            },
+            "invalid_target",
+            "resource and authorization_details.locations differ",
+            id="a resource that disagrees with authorization_details",
+        ),
+        pytest.param(
+            {
+                "authorization_details": json.dumps(
+                    [{"type": "jwt", "locations": ["https://demo.local"], "actions": ["write"]}]
+                )
+            },
+            "invalid_scope",
+            "scope and authorization_details.actions differ",
+            id="a scope that disagrees with authorization_details",
+        ),
+        pytest.param(
+            {
+                "authorization_details": json.dumps(
+                    [{"type": "jwt", "locations": ["https://demo.local", "https://b.local"]}]
+                )
+            },
+            "invalid_target",
+            "one location per request",
+            id="two locations",
+        ),
+        pytest.param(
+            {"authorization_details": json.dumps([{"type": "jwt"}, {"type": "jwt"}])},
+            "invalid_authorization_details",
+            "exactly one entry",
+            id="two authorization_details entries",
+        ),
+        pytest.param(
+            {"requested_token_type": "urn:ietf:params:oauth:token-type:refresh_token"},
+            "invalid_target",
+            "requested_token_type",
+            id="a token type it does not issue",
+        ),
+        pytest.param(
+            {"task_id": "a b"}, "invalid_request", "task_id", id="a task id with a space"
+        ),
+        pytest.param(
+            {"purpose": "x" * 1001}, "invalid_request", "purpose", id="a purpose over 1000"
+        ),
+    ],
+)
+async def test_token_exchange_refuses_what_it_cannot_honour(
+    api: Api, over: dict[str, str], error: str, says: str
+) -> None:
+    data = form(subject_token=api.dev.issue("ci-1"), **over)
+    r = await api.client.post("/oauth/token", data=data)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == error
+    assert says in r.json()["error_description"]
+    assert await api.lease_keys() == []
+
+
 async def test_token_exchange_refuses_a_repeated_parameter_and_a_json_body(api: Api) -> None:
     token = api.dev.issue("ci-1")
     body = f"grant_type={TOKEN_EXCHANGE}&subject_token={token}&subject_token={token}"
@@ -278,6 +354,23 @@ async def test_introspection_refuses_unauthenticated_callers(
     r = await api.client.post("/oauth/introspect", data={"token": "x"}, headers=headers)
     assert r.status_code == 401
     assert r.json()["error"] == "invalid_client"
+
+
+async def test_introspection_by_a_client_without_the_introspect_permission_is_a_403(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = await api.client.post(
+        "/oauth/token", data=form(subject_token=api.dev.issue("ci-1"), task_id="t403")
+    )
+    token = r.json()["access_token"]
+    monkeypatch.setattr(api.broker.clients["orders-api"], "permissions", frozenset({"report"}))
+    res = await api.client.post(
+        "/oauth/introspect", data={"token": token}, auth=("orders-api", CLIENT_SECRET)
+    )
+    assert res.status_code == 403
+    assert res.json()["error"] == "unauthorized_client"
+    assert "active" not in res.json()
+    assert not [e for e in api.audit.events if e.type in ("lease.introspected", "lease.used")]
 
 
 async def test_revocation_endpoint_lets_the_owner_revoke_its_token(api: Api) -> None:

@@ -19,8 +19,10 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -178,13 +180,35 @@ def slack() -> Iterator[FakeSlack]:
         yield fake
 
 
+@asynccontextmanager
+async def open_world(tmp_path: Path, slack: FakeSlack) -> AsyncIterator[World]:
+    """A World on the running event loop, under a fresh key prefix that is emptied after."""
+    key_prefix = f"jittest-{uuid.uuid4().hex[:12]}"
+    real_redis = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        async with _world(real_redis, key_prefix, tmp_path, slack) as world:
+            yield world
+    finally:
+        # As tests/conftest.py's real_redis: the suite's secret scan reads the values, then
+        # the keys go.
+        LEAKS.redis.extend(await redis_values(real_redis, f"{key_prefix}:*"))
+        async for batch in _scan(real_redis, f"{key_prefix}:*"):
+            await real_redis.unlink(*batch)
+        await real_redis.aclose()
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(tmp_path_factory: pytest.TempPathFactory, slack: FakeSlack) -> AsyncIterator[World]:
     """One broker for a whole test module (building one takes a third of a second); tests
     use fresh objects (:meth:`World.owner_objects`), so they do not see each other."""
-    key_prefix = f"jittest-{uuid.uuid4().hex[:12]}"
-    tmp_path = tmp_path_factory.mktemp("world")
-    real_redis = aioredis.Redis.from_url(REDIS_URL)
+    async with open_world(tmp_path_factory.mktemp("world"), slack) as world:
+        yield world
+
+
+@asynccontextmanager
+async def _world(
+    real_redis: aioredis.Redis, key_prefix: str, tmp_path: Path, slack: FakeSlack
+) -> AsyncIterator[World]:
     clock = FakeClock()
     dev = DevIdentityIssuer(f"{BASE}/dev/oidc", clock)
     # A token that was valid an hour ago (the leeway is 30 s).
@@ -277,9 +301,3 @@ async def world(tmp_path_factory: pytest.TempPathFactory, slack: FakeSlack) -> A
         )
         await broker.approvals.idle()
     await broker.aclose()
-    # As tests/conftest.py's real_redis: the suite's secret scan reads the values, then the
-    # keys go.
-    LEAKS.redis.extend(await redis_values(real_redis, f"{key_prefix}:*"))
-    async for batch in _scan(real_redis, f"{key_prefix}:*"):
-        await real_redis.unlink(*batch)
-    await real_redis.aclose()

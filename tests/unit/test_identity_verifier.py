@@ -279,6 +279,31 @@ async def test_small_clock_skew_is_tolerated(
     assert (await world.verifier.verify(sign(claims, RSA_GH, "RS256"))).issuer == "github"
 
 
+@pytest.mark.parametrize(
+    ("lifetime", "accepted"),
+    [
+        pytest.param(86400, True, id="exactly the maximum lifetime is accepted"),
+        pytest.param(86401, False, id="one second over the maximum is refused"),
+    ],
+)
+async def test_the_maximum_token_lifetime_is_inclusive(
+    world: World, lifetime: int, accepted: bool
+) -> None:
+    token = world.gh_token(**times(world.clock, lifetime=lifetime))
+    if accepted:
+        assert (await world.verifier.verify(token)).issuer == "github"
+    else:
+        with pytest.raises(AuthenticationError, match="token lifetime 86401s exceeds"):
+            await world.verifier.verify(token)
+
+
+async def test_the_lifetime_counts_from_nbf_when_a_token_has_no_iat(world: World) -> None:
+    claims = world.github_claims(**times(world.clock, lifetime=86401))
+    del claims["iat"]
+    with pytest.raises(AuthenticationError, match="token lifetime 86401s exceeds"):
+        await world.verifier.verify(sign(claims, RSA_GH, "RS256"))
+
+
 async def test_an_audience_list_is_accepted_when_one_entry_matches(world: World) -> None:
     p = await world.verifier.verify(world.gh_token(aud=["https://github.com/octo-org", AUD]))
     assert p.issuer == "github"
