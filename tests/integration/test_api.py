@@ -259,9 +259,7 @@ async def test_token_exchange_errors_use_the_oauth_shape(
             "requested_token_type",
             id="a token type it does not issue",
         ),
-        pytest.param(
-            {"task_id": "a b"}, "invalid_request", "task_id", id="a task id with a space"
-        ),
+        pytest.param({"task_id": "a b"}, "invalid_request", "task_id", id="a task id with a space"),
         pytest.param(
             {"purpose": "x" * 1001}, "invalid_request", "purpose", id="a purpose over 1000"
         ),
