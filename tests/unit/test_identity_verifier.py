@@ -297,6 +297,29 @@ async def test_the_maximum_token_lifetime_is_inclusive(
             await world.verifier.verify(token)
 
 
+async def test_the_lifetime_counts_from_iat_not_from_now(world: World) -> None:
+    # Issued 1000 s ago and valid for 86400 - 500 s more: 86900 s in all, over the maximum.
+    now = int(world.clock.now().timestamp())
+    token = world.gh_token(iat=now - 1000, nbf=now - 1000, exp=now + 86400 - 500)
+    with pytest.raises(AuthenticationError, match="token lifetime 86900s exceeds"):
+        await world.verifier.verify(token)
+
+
+async def test_a_token_with_neither_iat_nor_nbf_counts_its_lifetime_from_now(world: World) -> None:
+    claims = world.github_claims(**times(world.clock, lifetime=86401))
+    del claims["iat"], claims["nbf"]
+    with pytest.raises(AuthenticationError, match="token lifetime 86401s exceeds"):
+        await world.verifier.verify(sign(claims, RSA_GH, "RS256"))
+    claims["exp"] -= 2
+    assert (await world.verifier.verify(sign(claims, RSA_GH, "RS256"))).issuer == "github"
+
+
+async def test_a_token_of_exactly_the_size_limit_is_not_too_large(world: World) -> None:
+    with pytest.raises(AuthenticationError) as info:
+        await world.verifier.verify("a" * MAX_TOKEN_BYTES)
+    assert "malformed token" in info.value.message
+
+
 async def test_the_lifetime_counts_from_nbf_when_a_token_has_no_iat(world: World) -> None:
     claims = world.github_claims(**times(world.clock, lifetime=86401))
     del claims["iat"]
@@ -459,6 +482,23 @@ REJECTED: list[Any] = [
         lambda w: w.gh_token(**times(w.clock, lifetime=2 * 86400)),
         "token lifetime 172800s exceeds the 86400s allowed for issuer github",
         id="a token whose lifetime is too long",
+    ),
+    pytest.param(
+        lambda w: w.gh_token(aud=None), "token has no aud claim", id="a token without aud"
+    ),
+    pytest.param(
+        lambda w: w.gh_token(iss=""), "token has no iss claim", id="a token with an empty iss"
+    ),
+    pytest.param(
+        lambda w: w.gh_token(iss=7), "token has no iss claim", id="a token whose iss is a number"
+    ),
+    pytest.param(
+        lambda w: sign(w.github_claims(), EC_K8S, "ES256"),
+        "algorithm ES256 not allowed for issuer github",
+        id="an algorithm the issuer does not allow (though not forbidden)",
+    ),
+    pytest.param(
+        lambda w: w.gh_token(nbf="soon"), "invalid nbf claim", id="a token whose nbf is a string"
     ),
     pytest.param(
         lambda w: w.gh_token(exp=None), "token has no exp claim", id="a token without exp"
