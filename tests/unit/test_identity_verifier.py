@@ -535,12 +535,12 @@ REJECTED: list[Any] = [
         lambda w: ".".join(
             [b64url({"alg": "RS256", "crit": ["exp"], "exp": 1}), b64url(w.github_claims()), "c2ln"]
         ),
-        "token header rejected",
+        "token header rejected (Unsupported ['exp'] in header)",
         id="a token with an unsupported critical header",
     ),
     pytest.param(
         lambda w: f"{b64url({'alg': 'RS256', 'kid': 7})}.{b64url(w.github_claims())}.c2ln",
-        "token header rejected",
+        "token header rejected ('kid' in header must be a str)",
         id="a token whose kid is not a string",
     ),
 ]
