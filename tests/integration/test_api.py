@@ -465,3 +465,57 @@ async def test_a_task_ttl_beyond_the_limit_is_a_400(api: Api) -> None:
     r = await api.client.post("/v1/credentials", json=body, headers=api.auth())
     assert r.status_code == 400
     assert "task ttl" in r.json()["detail"]
+
+
+# -- who is calling (broker/api/auth.py) -------------------------------------------------------
+
+
+async def test_a_well_formed_request_id_is_kept_and_a_malformed_one_replaced(api: Api) -> None:
+    kept = await api.client.get("/healthz", headers={"X-Request-ID": "build-42.step_3"})
+    assert kept.headers["x-request-id"] == "build-42.step_3"
+    replaced = await api.client.get("/healthz", headers={"X-Request-ID": "bad id; drop"})
+    assert replaced.headers["x-request-id"] != "bad id; drop"
+    assert len(replaced.headers["x-request-id"]) == 16
+
+
+async def test_the_lease_records_the_peer_address_that_asked_for_it(api: Api) -> None:
+    r = await api.client.post("/v1/credentials", json=request_body(), headers=api.auth())
+    assert r.status_code == 201
+    lease = await api.broker.manager.get(r.json()["lease_id"])
+    assert lease.origin == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("size", "says"),
+    [
+        pytest.param(16 * 1024, "malformed token", id="a token of exactly 16 KiB is read"),
+        pytest.param(16 * 1024 + 1, "token too large", id="one byte more is refused unread"),
+    ],
+)
+async def test_the_bearer_token_size_limit_is_inclusive(api: Api, size: int, says: str) -> None:
+    r = await api.client.get("/v1/leases", headers={"Authorization": "Bearer " + "a" * size})
+    assert r.status_code == 401
+    assert says in r.json()["detail"]
+
+
+async def test_basic_credentials_with_characters_outside_base64_are_refused(api: Api) -> None:
+    good = base64.b64encode(f"orders-api:{CLIENT_SECRET}".encode()).decode()
+    ok = await api.client.post(
+        "/oauth/introspect", data={"token": "x"}, headers={"Authorization": f"Basic {good}"}
+    )
+    assert ok.status_code == 200
+    r = await api.client.post(
+        "/oauth/introspect", data={"token": "x"}, headers={"Authorization": f"Basic {good}!*"}
+    )
+    assert r.status_code == 401
+    assert r.json()["error_description"] == "malformed Basic credentials"
+
+
+async def test_a_client_id_without_a_secret_in_the_form_is_not_client_authentication(
+    api: Api,
+) -> None:
+    r = await api.client.post(
+        "/oauth/introspect", data={"token": "x", "client_id": "orders-api"}, headers=api.auth()
+    )
+    assert r.status_code == 200, r.text  # the bearer workload token authenticates
+    assert r.json() == {"active": False}

@@ -89,6 +89,8 @@ async def test_a_mint_that_does_not_answer_times_out_and_is_cleaned_up(
     with pytest.raises(IssuerUnavailable, match="did not answer in time"):
         await kit.issue()
     assert kit.issuer.calls_to("revoke")
+    [failed] = kit.events("lease.mint_failed")
+    assert failed.reasons == ["timeout"]
 
 
 async def test_an_issuer_breaking_the_contract_is_refused_and_revoked(kit: Kit) -> None:
@@ -487,3 +489,38 @@ async def test_a_replica_whose_revocation_lock_was_taken_over_does_not_finish_th
     assert got.state is LeaseState.REVOKED
     assert not kit.issuer.is_valid(cred.secret)
     assert len(kit.events("lease.revoked")) == 1
+
+
+async def test_an_issuer_that_puts_the_secret_in_the_handle_is_refused_and_revoked(
+    kit: Kit,
+) -> None:
+    async def leaky(request: MintRequest) -> Credential:
+        return Credential(
+            secret=Secret("s3cr3t-in-the-handle"),
+            expires_at=request.not_after,
+            handle={"name": f"fake_{request.lease_id}", "note": "s3cr3t-in-the-handle"},
+        )
+
+    kit.issuer.mint = leaky  # type: ignore[method-assign]
+    with pytest.raises(IssuerError, match="put the secret in the credential's handle"):
+        await kit.issue()
+    assert len(kit.issuer.calls_to("revoke")) == 1
+
+
+async def test_a_lease_id_of_another_task_is_refused(kit: Kit) -> None:
+    other = kit.manager.plan_lease_id(ALICE.id, "another-task")
+    with pytest.raises(InvalidRequest, match="does not belong to this task"):
+        await kit.manager.issue(ALICE, Task("t1"), SCOPE, timedelta(seconds=60), lease_id=other)
+    mine = kit.manager.plan_lease_id(ALICE.id, "t1")
+    lease, _ = await kit.manager.issue(
+        ALICE, Task("t1"), SCOPE, timedelta(seconds=60), lease_id=mine
+    )
+    assert lease.id == mine
+
+
+async def test_listing_skips_a_record_that_expired_and_shows_the_rest(kit: Kit) -> None:
+    older, _ = await kit.issue("t1")
+    kit.clock.advance(1)
+    newer, _ = await kit.issue("t2")
+    await kit.redis.delete(kit.store.keys.lease(newer.id))  # listed first (newest first)
+    assert [le.id for le in await kit.manager.list(ALICE.id)] == [older.id]
