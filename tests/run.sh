@@ -57,12 +57,13 @@ echo "== ruff"
 .venv/bin/ruff format --check broker issuers tests bench
 echo "== mypy (strict on broker/ and issuers/)"
 .venv/bin/mypy
-if [ "${JIT_COVERAGE:-1}" = "0" ]; then
-  echo "== pytest"
+if [ "${JIT_COVERAGE:-0}" != "1" ]; then
+  echo "== pytest (JIT_COVERAGE=1 for branch coverage, subprocesses included)"
   exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 fi
 # Branch coverage of broker/ and issuers/, the `jit dev` / `jit serve` subprocesses included
-# ([tool.coverage] in pyproject.toml; docs/testing.md). JIT_COVERAGE=0 runs pytest without it.
+# ([tool.coverage] in pyproject.toml; docs/testing.md). Opt-in: on Python 3.11 coverage.py's
+# tracer doubles the suite's CPU time (measured in docs/testing.md), too much for CI.
 echo "== pytest (branch coverage, subprocesses included)"
 COV=build/coverage
 mkdir -p "$COV"
