@@ -69,5 +69,24 @@ echo "== ruff"
 .venv/bin/ruff format --check broker issuers tests bench
 echo "== mypy (strict on broker/ and issuers/)"
 .venv/bin/mypy
-echo "== pytest"
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+if [ "${JIT_COVERAGE:-0}" != "1" ]; then
+  echo "== pytest (JIT_COVERAGE=1 for branch coverage, subprocesses included)"
+  exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+fi
+# Branch coverage of broker/ and issuers/, the `jit dev` / `jit serve` subprocesses included
+# ([tool.coverage] in pyproject.toml; docs/testing.md). Opt-in: on Python 3.11 coverage.py's
+# tracer doubles the suite's CPU time (measured in docs/testing.md), too much for CI.
+echo "== pytest (branch coverage, subprocesses included)"
+COV=build/coverage
+mkdir -p "$COV"
+rm -rf "$COV"/.coverage "$COV"/.coverage.* "$COV"/html
+export COVERAGE_FILE="$PWD/$COV/.coverage"
+status=0
+.venv/bin/python -m coverage run -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$COV/pytest.log" || status=$?
+.venv/bin/python -m coverage combine -q >/dev/null 2>&1 || true
+if .venv/bin/python -m coverage report --format=markdown > "$COV/coverage.md" 2>/dev/null; then
+  .venv/bin/python -m coverage html -q >/dev/null 2>&1 || true
+  echo "coverage: $(.venv/bin/python -m coverage report --format=total)% of branches and lines (subprocesses included); $COV/coverage.md, $COV/html/index.html"
+fi
+tail -n 1 "$COV/pytest.log"  # pytest's summary stays the last line
+exit "$status"

@@ -202,6 +202,80 @@ async def test_token_exchange_errors_use_the_oauth_shape(
     assert await api.lease_keys() == []
 
 
+@pytest.mark.parametrize(
+    ("over", "error", "says"),
+    [
+        pytest.param(
+            {"actor_token": "x", "actor_token_type": JWT_TYPE},
+            "invalid_request",
+            "actor_token (delegation) is not supported",
+            id="an actor token (delegation)",
+        ),
+        pytest.param(
+            {"audience": "https://other.local"},
+            "invalid_target",
+            "resource and audience name different targets",
+            id="a resource and an audience that disagree",
+        ),
+        pytest.param(
+            {
+                "authorization_details": json.dumps(
+                    [{"type": "jwt", "locations": ["https://other.local"], "actions": ["read"]}]
+                )
+            },
+            "invalid_target",
+            "resource and authorization_details.locations differ",
+            id="a resource that disagrees with authorization_details",
+        ),
+        pytest.param(
+            {
+                "authorization_details": json.dumps(
+                    [{"type": "jwt", "locations": ["https://demo.local"], "actions": ["write"]}]
+                )
+            },
+            "invalid_scope",
+            "scope and authorization_details.actions differ",
+            id="a scope that disagrees with authorization_details",
+        ),
+        pytest.param(
+            {
+                "authorization_details": json.dumps(
+                    [{"type": "jwt", "locations": ["https://demo.local", "https://b.local"]}]
+                )
+            },
+            "invalid_target",
+            "one location per request",
+            id="two locations",
+        ),
+        pytest.param(
+            {"authorization_details": json.dumps([{"type": "jwt"}, {"type": "jwt"}])},
+            "invalid_authorization_details",
+            "exactly one entry",
+            id="two authorization_details entries",
+        ),
+        pytest.param(
+            {"requested_token_type": "urn:ietf:params:oauth:token-type:refresh_token"},
+            "invalid_target",
+            "requested_token_type",
+            id="a token type it does not issue",
+        ),
+        pytest.param({"task_id": "a b"}, "invalid_request", "task_id", id="a task id with a space"),
+        pytest.param(
+            {"purpose": "x" * 1001}, "invalid_request", "purpose", id="a purpose over 1000"
+        ),
+    ],
+)
+async def test_token_exchange_refuses_what_it_cannot_honour(
+    api: Api, over: dict[str, str], error: str, says: str
+) -> None:
+    data = form(subject_token=api.dev.issue("ci-1"), **over)
+    r = await api.client.post("/oauth/token", data=data)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == error
+    assert says in r.json()["error_description"]
+    assert await api.lease_keys() == []
+
+
 async def test_token_exchange_refuses_a_repeated_parameter_and_a_json_body(api: Api) -> None:
     token = api.dev.issue("ci-1")
     body = f"grant_type={TOKEN_EXCHANGE}&subject_token={token}&subject_token={token}"
@@ -278,6 +352,23 @@ async def test_introspection_refuses_unauthenticated_callers(
     r = await api.client.post("/oauth/introspect", data={"token": "x"}, headers=headers)
     assert r.status_code == 401
     assert r.json()["error"] == "invalid_client"
+
+
+async def test_introspection_by_a_client_without_the_introspect_permission_is_a_403(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = await api.client.post(
+        "/oauth/token", data=form(subject_token=api.dev.issue("ci-1"), task_id="t403")
+    )
+    token = r.json()["access_token"]
+    monkeypatch.setattr(api.broker.clients["orders-api"], "permissions", frozenset({"report"}))
+    res = await api.client.post(
+        "/oauth/introspect", data={"token": token}, auth=("orders-api", CLIENT_SECRET)
+    )
+    assert res.status_code == 403
+    assert res.json()["error"] == "unauthorized_client"
+    assert "active" not in res.json()
+    assert not [e for e in api.audit.events if e.type in ("lease.introspected", "lease.used")]
 
 
 async def test_revocation_endpoint_lets_the_owner_revoke_its_token(api: Api) -> None:
@@ -374,3 +465,57 @@ async def test_a_task_ttl_beyond_the_limit_is_a_400(api: Api) -> None:
     r = await api.client.post("/v1/credentials", json=body, headers=api.auth())
     assert r.status_code == 400
     assert "task ttl" in r.json()["detail"]
+
+
+# -- who is calling (broker/api/auth.py) -------------------------------------------------------
+
+
+async def test_a_well_formed_request_id_is_kept_and_a_malformed_one_replaced(api: Api) -> None:
+    kept = await api.client.get("/healthz", headers={"X-Request-ID": "build-42.step_3"})
+    assert kept.headers["x-request-id"] == "build-42.step_3"
+    replaced = await api.client.get("/healthz", headers={"X-Request-ID": "bad id; drop"})
+    assert replaced.headers["x-request-id"] != "bad id; drop"
+    assert len(replaced.headers["x-request-id"]) == 16
+
+
+async def test_the_lease_records_the_peer_address_that_asked_for_it(api: Api) -> None:
+    r = await api.client.post("/v1/credentials", json=request_body(), headers=api.auth())
+    assert r.status_code == 201
+    lease = await api.broker.manager.get(r.json()["lease_id"])
+    assert lease.origin == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("size", "says"),
+    [
+        pytest.param(16 * 1024, "malformed token", id="a token of exactly 16 KiB is read"),
+        pytest.param(16 * 1024 + 1, "token too large", id="one byte more is refused unread"),
+    ],
+)
+async def test_the_bearer_token_size_limit_is_inclusive(api: Api, size: int, says: str) -> None:
+    r = await api.client.get("/v1/leases", headers={"Authorization": "Bearer " + "a" * size})
+    assert r.status_code == 401
+    assert says in r.json()["detail"]
+
+
+async def test_basic_credentials_with_characters_outside_base64_are_refused(api: Api) -> None:
+    good = base64.b64encode(f"orders-api:{CLIENT_SECRET}".encode()).decode()
+    ok = await api.client.post(
+        "/oauth/introspect", data={"token": "x"}, headers={"Authorization": f"Basic {good}"}
+    )
+    assert ok.status_code == 200
+    r = await api.client.post(
+        "/oauth/introspect", data={"token": "x"}, headers={"Authorization": f"Basic {good}!*"}
+    )
+    assert r.status_code == 401
+    assert r.json()["error_description"] == "malformed Basic credentials"
+
+
+async def test_a_client_id_without_a_secret_in_the_form_is_not_client_authentication(
+    api: Api,
+) -> None:
+    r = await api.client.post(
+        "/oauth/introspect", data={"token": "x", "client_id": "orders-api"}, headers=api.auth()
+    )
+    assert r.status_code == 200, r.text  # the bearer workload token authenticates
+    assert r.json() == {"active": False}

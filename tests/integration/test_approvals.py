@@ -313,6 +313,29 @@ async def test_the_user_an_agent_acts_for_cannot_approve_it(env: Env) -> None:
     assert (await env.decide(aid, "bob")).json()["state"] == "approved"
 
 
+@pytest.mark.parametrize(
+    ("workload", "on_behalf_of", "eligible"),
+    [
+        pytest.param({"actor": "carol-gh"}, "alice", 1, id="the CI actor and the user acted for"),
+        pytest.param({"triggering_actor": "carol-gh"}, "U0BOB", 1, id="a user named by Slack id"),
+    ],
+)
+async def test_a_request_without_enough_independent_approvers_is_refused_before_it_opens(
+    env: Env, workload: dict[str, str], on_behalf_of: str, eligible: int
+) -> None:
+    r = await env.ask(
+        headers=env.workload(**workload),
+        resource="https://db.local",
+        actions=["admin"],
+        on_behalf_of=on_behalf_of,
+    )
+    assert r.status_code == 403, r.text
+    assert f"needs 2 approval(s) but only {eligible} approver(s)" in r.json()["detail"]
+    assert await env.broker.approvals.list_for(owner="dev:ci-1", person=None) == []
+    await env.broker.approvals.idle()
+    assert env.slack.calls_to("chat.postMessage") == []
+
+
 async def test_non_approvers_are_refused_and_change_nothing(env: Env) -> None:
     aid = (await env.ask()).json()["approval_id"]
     outsider = await env.decide(aid, "dave")  # a configured person, not an approver here

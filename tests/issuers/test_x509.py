@@ -1035,6 +1035,34 @@ def _no_crl_sign() -> x509.KeyUsage:
     )
 
 
+def _ca_with_key(tmp_path: Path, key: Any, **kwargs: Any) -> tuple[Path, Path]:
+    """A CA certificate for ``key`` (any type the CA checks must judge), signed by itself."""
+    cert = make_cert(
+        subject="keyed",
+        key=key,
+        issuer=None,
+        ca=True,
+        not_before=datetime(2020, 1, 1, tzinfo=UTC),
+        not_after=datetime(2040, 1, 1, tzinfo=UTC),
+        **kwargs,
+    )
+    return FixtureCA(key=key, cert=cert).write(tmp_path / "keyed")
+
+
+def _no_cert_sign() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 CONFIG_ERRORS: list[tuple[str, Callable[[Path, tuple[Path, Path]], dict[str, Any]], str]] = [
     ("an unknown key", lambda t, f: issuer_config(f, ttl="5m"), "ttl: unknown key"),
     (
@@ -1107,6 +1135,26 @@ CONFIG_ERRORS: list[tuple[str, Callable[[Path, tuple[Path, Path]], dict[str, Any
         "a CA that may not sign CRLs",
         lambda t, f: issuer_config(_ca_variant(t, key_usage=_no_crl_sign())),
         "lacks cRLSign",
+    ),
+    (
+        "an RSA CA key under 2048 bits",
+        lambda t, f: issuer_config(_ca_with_key(t, rsa.generate_private_key(65537, 1024))),
+        "the CA key is RSA 1024: at least 2048 bits are needed",
+    ),
+    (
+        "a CA key on a curve other than P-256/384/521",
+        lambda t, f: issuer_config(_ca_with_key(t, ec.generate_private_key(ec.SECP256K1()))),
+        "the CA key's curve secp256k1 is not P-256, P-384 or P-521",
+    ),
+    (
+        "a DSA CA key",
+        lambda t, f: issuer_config(_ca_with_key(t, dsa.generate_private_key(2048))),
+        "the CA key must be RSA (>= 2048 bits), ECDSA P-256/P-384/P-521 or Ed25519",
+    ),
+    (
+        "a CA that may not sign certificates",
+        lambda t, f: issuer_config(_ca_variant(t, key_usage=_no_cert_sign())),
+        "KeyUsage lacks keyCertSign",
     ),
     (
         "an expired CA",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -21,9 +22,12 @@ from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from joserfc import jws
 
 from broker.audit import CHECKPOINT, GENESIS, AuditEvent, CheckpointSigner, read_chain, record_hash
 from broker.audit.chain import canonical
+from broker.audit.signing import _REGISTRY as SIGNING_REGISTRY
+from broker.audit.signing import CheckpointError, parse_verification_keys, verify_checkpoint
 from broker.audit.verify import verify_lines
 from broker.cli.audit import audit
 from broker.testing import FakeClock
@@ -303,6 +307,61 @@ def test_a_checkpoint_with_a_tampered_signature_is_reported(chain: Chain) -> Non
     p = problem(verify(chain, "--json"))
     assert (p["kind"], p["line"]) == ("bad-signature", i + 1)
     assert "does not verify" in p["message"]
+
+
+def test_a_checkpoint_record_without_its_signature_is_reported(chain: Chain) -> None:
+    i = _checkpoint_index(chain)
+    records = chain.records()
+    cp = records[i]
+    del cp["detail"]["jws"]
+    lines = list(chain.lines)
+    lines[i] = rehash(cp)
+    lines[i + 1] = rehash(dict(records[i + 1], prev=cp["hash"]))
+    chain.write(lines[: i + 2])
+    p = problem(verify(chain, "--json"))
+    assert (p["kind"], p["line"]) == ("bad-signature", i + 1)
+    assert "checkpoint without JWS" in p["message"]
+
+
+def _signed(signer: CheckpointSigner, payload: bytes, **header: Any) -> str:
+    """A JWS by the checkpoint key over any payload, with any header (what a buggy or hostile
+    signer could write)."""
+    protected = {"alg": "EdDSA", "kid": signer.kid, "typ": "jit-audit-checkpoint", **header}
+    return jws.serialize_compact(protected, payload, signer._private, registry=SIGNING_REGISTRY)
+
+
+MALFORMED_CHECKPOINTS: list[tuple[str, Callable[[CheckpointSigner], Any], str]] = [
+    ("two parts", lambda s: "a.b", "not a compact JWS"),
+    ("not a string", lambda s: 42, "not a compact JWS"),
+    ("three parts of garbage", lambda s: "!!.??.##", "checkpoint signature"),
+    ("another typ", lambda s: _signed(s, b'{"head":"h","seq":1}', typ="JWT"), "wrong JWS typ"),
+    ("an unknown kid", lambda s: _signed(s, b'{"head":"h","seq":1}', kid="k"), "unknown key"),
+    ("a payload that is not JSON", lambda s: _signed(s, b"seq=1"), "not JSON"),
+    ("a JSON list", lambda s: _signed(s, b"[1, 2]"), "not {seq, head}"),
+    ("an extra field", lambda s: _signed(s, b'{"head":"h","seq":1,"x":0}'), "not {seq, head}"),
+    ("a missing field", lambda s: _signed(s, b'{"seq":1}'), "not {seq, head}"),
+    ("a boolean seq", lambda s: _signed(s, b'{"head":"h","seq":true}'), "{seq: int, head: str}"),
+    ("a string seq", lambda s: _signed(s, b'{"head":"h","seq":"1"}'), "{seq: int, head: str}"),
+    ("a numeric head", lambda s: _signed(s, b'{"head":7,"seq":1}'), "{seq: int, head: str}"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"), [pytest.param(m, r, id=i) for i, m, r in MALFORMED_CHECKPOINTS]
+)
+def test_a_malformed_checkpoint_is_refused_with_its_reason(
+    make: Callable[[CheckpointSigner], Any], reason: str
+) -> None:
+    signer = CheckpointSigner.generate()
+    keys = parse_verification_keys(json.dumps(signer.jwks()).encode())
+    assert verify_checkpoint(signer.sign(1, "h"), keys) == (1, "h")  # the key itself works
+    with pytest.raises(CheckpointError) as info:
+        verify_checkpoint(make(signer), keys)
+    message = str(info.value)
+    if reason == "checkpoint signature":
+        assert message.startswith(("the signature does not verify", "not a valid JWS"))
+    else:
+        assert reason in message
 
 
 def test_a_wrong_key_rejects_every_checkpoint(chain: Chain, tmp_path: Path) -> None:

@@ -151,6 +151,33 @@ def test_kubernetes_without_pod_or_node_binding_keeps_what_is_there() -> None:
     }
 
 
+def test_kubernetes_keeps_the_node_binding_of_a_token_without_a_pod() -> None:
+    claims = {**K8S, "kubernetes.io": {**K8S["kubernetes.io"], "node": {"name": "n1", "uid": "n"}}}
+    p = principal_from_claims(issuer("kubernetes"), claims)
+    assert (p.claims["node"], p.claims["node_uid"]) == ("n1", "n")
+    assert "pod" not in p.claims
+
+
+@pytest.mark.parametrize(
+    "sub",
+    [
+        pytest.param("   ", id="only spaces"),
+        pytest.param(" alice", id="a leading space"),
+        pytest.param("alice\n", id="a trailing newline"),
+        pytest.param("ali\x00ce", id="a NUL"),
+        pytest.param("ali\u200bce", id="a zero-width space"),
+        pytest.param("x" * 513, id="513 characters"),
+    ],
+)
+def test_a_subject_that_cannot_be_shown_safely_is_a_401(sub: str) -> None:
+    with pytest.raises(AuthenticationError, match="invalid sub claim"):
+        principal_from_claims(issuer("generic"), {"sub": sub})
+
+
+def test_a_subject_of_512_printable_characters_is_accepted() -> None:
+    assert principal_from_claims(issuer("generic"), {"sub": "x" * 512}).subject == "x" * 512
+
+
 @pytest.mark.parametrize(
     ("preset", "claims", "needle"),
     [
@@ -186,6 +213,15 @@ def test_kubernetes_without_pod_or_node_binding_keeps_what_is_there() -> None:
             {"sub": "system:serviceaccount:a:b", "kubernetes.io": "a"},
             "kubernetes.io.namespace",
             id="a kubernetes.io claim that is not an object",
+        ),
+        pytest.param(
+            "kubernetes",
+            {
+                "sub": "system:serviceaccount:42:worker",
+                "kubernetes.io": {"namespace": 42, "serviceaccount": {"name": "worker"}},
+            },
+            "kubernetes.io.namespace",
+            id="a kubernetes namespace that is not a string",
         ),
         pytest.param(
             "kubernetes",

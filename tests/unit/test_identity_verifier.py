@@ -279,6 +279,54 @@ async def test_small_clock_skew_is_tolerated(
     assert (await world.verifier.verify(sign(claims, RSA_GH, "RS256"))).issuer == "github"
 
 
+@pytest.mark.parametrize(
+    ("lifetime", "accepted"),
+    [
+        pytest.param(86400, True, id="exactly the maximum lifetime is accepted"),
+        pytest.param(86401, False, id="one second over the maximum is refused"),
+    ],
+)
+async def test_the_maximum_token_lifetime_is_inclusive(
+    world: World, lifetime: int, accepted: bool
+) -> None:
+    token = world.gh_token(**times(world.clock, lifetime=lifetime))
+    if accepted:
+        assert (await world.verifier.verify(token)).issuer == "github"
+    else:
+        with pytest.raises(AuthenticationError, match="token lifetime 86401s exceeds"):
+            await world.verifier.verify(token)
+
+
+async def test_the_lifetime_counts_from_iat_not_from_now(world: World) -> None:
+    # Issued 1000 s ago and valid for 86400 - 500 s more: 86900 s in all, over the maximum.
+    now = int(world.clock.now().timestamp())
+    token = world.gh_token(iat=now - 1000, nbf=now - 1000, exp=now + 86400 - 500)
+    with pytest.raises(AuthenticationError, match="token lifetime 86900s exceeds"):
+        await world.verifier.verify(token)
+
+
+async def test_a_token_with_neither_iat_nor_nbf_counts_its_lifetime_from_now(world: World) -> None:
+    claims = world.github_claims(**times(world.clock, lifetime=86401))
+    del claims["iat"], claims["nbf"]
+    with pytest.raises(AuthenticationError, match="token lifetime 86401s exceeds"):
+        await world.verifier.verify(sign(claims, RSA_GH, "RS256"))
+    claims["exp"] -= 2
+    assert (await world.verifier.verify(sign(claims, RSA_GH, "RS256"))).issuer == "github"
+
+
+async def test_a_token_of_exactly_the_size_limit_is_not_too_large(world: World) -> None:
+    with pytest.raises(AuthenticationError) as info:
+        await world.verifier.verify("a" * MAX_TOKEN_BYTES)
+    assert "malformed token" in info.value.message
+
+
+async def test_the_lifetime_counts_from_nbf_when_a_token_has_no_iat(world: World) -> None:
+    claims = world.github_claims(**times(world.clock, lifetime=86401))
+    del claims["iat"]
+    with pytest.raises(AuthenticationError, match="token lifetime 86401s exceeds"):
+        await world.verifier.verify(sign(claims, RSA_GH, "RS256"))
+
+
 async def test_an_audience_list_is_accepted_when_one_entry_matches(world: World) -> None:
     p = await world.verifier.verify(world.gh_token(aud=["https://github.com/octo-org", AUD]))
     assert p.issuer == "github"
@@ -436,6 +484,23 @@ REJECTED: list[Any] = [
         id="a token whose lifetime is too long",
     ),
     pytest.param(
+        lambda w: w.gh_token(aud=None), "token has no aud claim", id="a token without aud"
+    ),
+    pytest.param(
+        lambda w: w.gh_token(iss=""), "token has no iss claim", id="a token with an empty iss"
+    ),
+    pytest.param(
+        lambda w: w.gh_token(iss=7), "token has no iss claim", id="a token whose iss is a number"
+    ),
+    pytest.param(
+        lambda w: sign(w.github_claims(), EC_K8S, "ES256"),
+        "algorithm ES256 not allowed for issuer github",
+        id="an algorithm the issuer does not allow (though not forbidden)",
+    ),
+    pytest.param(
+        lambda w: w.gh_token(nbf="soon"), "invalid nbf claim", id="a token whose nbf is a string"
+    ),
+    pytest.param(
         lambda w: w.gh_token(exp=None), "token has no exp claim", id="a token without exp"
     ),
     pytest.param(
@@ -470,12 +535,12 @@ REJECTED: list[Any] = [
         lambda w: ".".join(
             [b64url({"alg": "RS256", "crit": ["exp"], "exp": 1}), b64url(w.github_claims()), "c2ln"]
         ),
-        "token header rejected",
+        "token header rejected (Unsupported ['exp'] in header)",
         id="a token with an unsupported critical header",
     ),
     pytest.param(
         lambda w: f"{b64url({'alg': 'RS256', 'kid': 7})}.{b64url(w.github_claims())}.c2ln",
-        "token header rejected",
+        "token header rejected ('kid' in header must be a str)",
         id="a token whose kid is not a string",
     ),
 ]

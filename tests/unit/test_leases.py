@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from broker.clock import to_ms
 from broker.errors import Conflict, InvalidRequest, IssuerError, IssuerUnavailable, NotFound
 from broker.state.scripts import run
 from broker.testing import FakeClock
@@ -91,6 +93,8 @@ async def test_a_mint_that_does_not_answer_times_out_and_is_cleaned_up(
     with pytest.raises(IssuerUnavailable, match="did not answer in time"):
         await kit.issue()
     assert kit.issuer.calls_to("revoke")
+    [failed] = kit.events("lease.mint_failed")
+    assert failed.reasons == ["timeout"]
 
 
 async def test_an_issuer_breaking_the_contract_is_refused_and_revoked(kit: Kit) -> None:
@@ -110,17 +114,18 @@ async def test_an_issuer_breaking_the_contract_is_refused_and_revoked(kit: Kit) 
 async def test_the_broker_dying_mid_mint_leaves_nothing_alive(kit: Kit) -> None:
     """The request is cancelled after the issuer created the credential but before the lease
     was activated (the process died): the reaper revokes it after mint_grace, by name."""
-    release = asyncio.Event()
+    release, created = asyncio.Event(), asyncio.Event()
     original = kit.issuer.mint
 
     async def slow(request: MintRequest) -> Credential:
         cred = await original(request)  # the backend has it now
+        created.set()
         await release.wait()
         return cred
 
     kit.issuer.mint = slow  # type: ignore[method-assign]
     task = asyncio.create_task(kit.issue(ttl=3600))
-    await asyncio.sleep(0.01)
+    await created.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -139,16 +144,17 @@ async def test_the_broker_dying_mid_mint_leaves_nothing_alive(kit: Kit) -> None:
 async def test_completing_the_task_during_a_mint_revokes_the_credential_it_returns(
     kit: Kit,
 ) -> None:
-    release = asyncio.Event()
+    release, minting = asyncio.Event(), asyncio.Event()
     original = kit.issuer.mint
 
     async def slow(request: MintRequest) -> Credential:
+        minting.set()  # the lease is written (state minting) before the issuer is called
         await release.wait()
         return await original(request)
 
     kit.issuer.mint = slow  # type: ignore[method-assign]
     issuing = asyncio.create_task(kit.issue("t1"))
-    await asyncio.sleep(0.01)
+    await minting.wait()
     view = await kit.manager.complete_task(ALICE.id, "t1")
     assert view.state == "completed"
     release.set()
@@ -432,3 +438,140 @@ async def test_a_revocation_whose_record_was_lost_is_recorded_by_the_reaper(kit:
     [recovered] = [e for e in kit.sink.events if e.type == "lease.revoked"]
     assert recovered.detail["recovered"] is True
     assert await kit.due() == {}
+
+
+# -- what the reaper does with each kind of lease it claims ------------------------------------
+
+
+async def test_the_reaper_drops_a_due_entry_whose_lease_record_is_gone(kit: Kit) -> None:
+    lease, _ = await kit.issue(ttl=5)
+    await kit.redis.delete(kit.store.keys.lease_task(lease.id))
+    kit.clock.advance(5)
+    assert await kit.manager.reap(lease.id) == "gone"
+    assert await kit.due() == {}
+    assert kit.issuer.calls_to("revoke") == []
+
+
+async def test_the_reaper_drops_a_due_entry_of_a_lease_already_revoked(kit: Kit) -> None:
+    lease, _ = await kit.issue(ttl=5)
+    await kit.manager.revoke(lease.id, "explicit")
+    await kit.store.schedule(lease.id, to_ms(kit.clock.now()))  # a stale entry
+    assert await kit.manager.reap(lease.id) == "done"
+    assert await kit.due() == {}
+    assert len(kit.issuer.calls_to("revoke")) == 1
+
+
+async def test_the_reaper_puts_back_an_active_lease_claimed_before_its_ttl(kit: Kit) -> None:
+    lease, cred = await kit.issue(ttl=600)
+    await kit.store.schedule(lease.id, to_ms(kit.clock.now()))  # due too early
+    assert await kit.manager.reap(lease.id) == "rescheduled"
+    assert (await kit.due())[lease.id] == to_ms(lease.not_after)
+    assert kit.issuer.is_valid(cred.secret)
+
+
+async def test_the_reaper_leaves_a_minting_lease_alone_until_its_grace_ends(kit: Kit) -> None:
+    release, created = asyncio.Event(), asyncio.Event()
+    original = kit.issuer.mint
+
+    async def slow(request: MintRequest) -> Credential:
+        cred = await original(request)
+        created.set()
+        await release.wait()
+        return cred
+
+    kit.issuer.mint = slow  # type: ignore[method-assign]
+    task = asyncio.create_task(kit.issue(ttl=3600))
+    await created.wait()
+    [cred] = kit.issuer.credentials.values()
+    await kit.store.schedule(cred.lease_id, to_ms(kit.clock.now()))
+    assert await kit.manager.reap(cred.lease_id) == "rescheduled"
+    grace_end = kit.clock.now() + SETTINGS.mint_grace
+    assert (await kit.due())[cred.lease_id] == to_ms(grace_end)
+    assert cred.revoked_at is None
+    release.set()
+    await task
+
+
+async def test_the_reaper_leaves_a_lease_another_replica_is_revoking_until_its_lock_ends(
+    kit: Kit,
+) -> None:
+    lease, _ = await kit.issue(ttl=5)
+    kit.clock.advance(5)
+    now_ms = to_ms(kit.clock.now())
+    lock_until = now_ms + 30_000
+    status, _ = await kit.store.begin_revoke(
+        lease.id, me="replica-a", now_ms=now_ms, lock_until_ms=lock_until, trigger="ttl"
+    )
+    assert status == "ok"
+    assert await kit.manager.reap(lease.id) == "busy"
+    assert (await kit.due())[lease.id] == lock_until
+    assert kit.issuer.calls_to("revoke") == []
+    assert (await kit.manager.get(lease.id)).state is LeaseState.REVOKING
+
+
+async def test_a_replica_whose_revocation_lock_was_taken_over_does_not_finish_the_revocation(
+    kit: Kit,
+) -> None:
+    """Replica A's issuer call outlives its lock; B takes the lease over and revokes it. A's
+    late success must not overwrite B's record or audit a second revocation."""
+    lease, cred = await kit.issue(ttl=5)
+    kit.clock.advance(5)
+    entered, release = asyncio.Event(), asyncio.Event()
+    original = kit.issuer.revoke
+    calls = 0
+
+    async def first_call_hangs(le: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            entered.set()
+            await release.wait()
+        await original(le)
+
+    kit.issuer.revoke = first_call_hangs  # type: ignore[method-assign]
+    a = asyncio.create_task(kit.manager.reap(lease.id))
+    await entered.wait()
+    kit.clock.advance(SETTINGS.visibility_timeout)  # A's lock has run out
+    b = kit.replica("replica-b")
+    assert await b.manager.reap(lease.id) == "revoked"
+    release.set()
+    assert await a == "busy"
+    got = await kit.manager.get(lease.id)
+    assert got.state is LeaseState.REVOKED
+    assert not kit.issuer.is_valid(cred.secret)
+    assert len(kit.events("lease.revoked")) == 1
+
+
+async def test_an_issuer_that_puts_the_secret_in_the_handle_is_refused_and_revoked(
+    kit: Kit,
+) -> None:
+    async def leaky(request: MintRequest) -> Credential:
+        return Credential(
+            secret=Secret("s3cr3t-in-the-handle"),
+            expires_at=request.not_after,
+            handle={"name": f"fake_{request.lease_id}", "note": "s3cr3t-in-the-handle"},
+        )
+
+    kit.issuer.mint = leaky  # type: ignore[method-assign]
+    with pytest.raises(IssuerError, match="put the secret in the credential's handle"):
+        await kit.issue()
+    assert len(kit.issuer.calls_to("revoke")) == 1
+
+
+async def test_a_lease_id_of_another_task_is_refused(kit: Kit) -> None:
+    other = kit.manager.plan_lease_id(ALICE.id, "another-task")
+    with pytest.raises(InvalidRequest, match="does not belong to this task"):
+        await kit.manager.issue(ALICE, Task("t1"), SCOPE, timedelta(seconds=60), lease_id=other)
+    mine = kit.manager.plan_lease_id(ALICE.id, "t1")
+    lease, _ = await kit.manager.issue(
+        ALICE, Task("t1"), SCOPE, timedelta(seconds=60), lease_id=mine
+    )
+    assert lease.id == mine
+
+
+async def test_listing_skips_a_record_that_expired_and_shows_the_rest(kit: Kit) -> None:
+    older, _ = await kit.issue("t1")
+    kit.clock.advance(1)
+    newer, _ = await kit.issue("t2")
+    await kit.redis.delete(kit.store.keys.lease_task(newer.id))  # listed first (newest first)
+    assert [le.id for le in await kit.manager.list(ALICE.id)] == [older.id]

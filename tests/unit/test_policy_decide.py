@@ -397,6 +397,28 @@ def test_a_grant_without_approval_wins_over_an_earlier_one_that_needs_it(tmp_pat
     assert decision.grant == "b/g"
 
 
+def test_a_document_that_does_not_trust_the_caller_does_not_hide_a_later_one(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.yaml").write_text(
+        "owner: a\nworkloads: [{issuer: gitlab}]\n"
+        "grants: [{name: g, issuer: jwt, resource: r, actions: [read], max_ttl: 1h,"
+        " approval: none}]\n"
+    )
+    (tmp_path / "b.yaml").write_text(
+        "owner: b\nworkloads: [{issuer: github}]\n"
+        "grants: [{name: g, issuer: jwt, resource: r, actions: [read], max_ttl: 1h,"
+        " approval: none}]\n"
+    )
+    policies = load_policy_dir(tmp_path, known_claims={"github": None, "gitlab": None})
+    decision = decide(policies, gh(), intent(resource="r"), NOW)
+    assert isinstance(decision, Allow)
+    assert decision.grant == "b/g"
+    denied = decide(policies, gh(), intent(resource="other"), NOW)
+    assert isinstance(denied, Deny)
+    assert any(r.startswith("b/g:") for r in denied.reasons), denied.reasons
+
+
 def test_among_several_allowing_grants_the_first_in_sorted_file_order_wins(tmp_path: Path) -> None:
     for name in ("z.yaml", "m.yml", "a.yaml"):
         owner = name.split(".")[0]
