@@ -36,7 +36,11 @@ EXEC_CREDENTIAL_VERSIONS: Final = (
 )
 
 
-def _scope_options(fn: Callable[..., Any], *, resource_required: bool = True) -> Any:
+def _scope_options(*, resource_required: bool = True) -> Callable[[Any], Any]:
+    return lambda fn: _with_scope_options(fn, resource_required)
+
+
+def _with_scope_options(fn: Callable[..., Any], resource_required: bool) -> Any:
     options = [
         click.option("--issuer", default="jwt", show_default=True, help="Issuer instance."),
         click.option(
@@ -108,7 +112,7 @@ def aws() -> None:
 
 
 @aws.command("credential-process")
-@_scope_options
+@_scope_options()
 def aws_credential_process(**opts: Any) -> None:
     """Print an AWS credential (credential_process JSON, Version 1, with Expiration).
 
@@ -157,7 +161,7 @@ def git_resource(attrs: dict[str, str]) -> str:
     show_default=True,
     help="The user name given to git with the token.",
 )
-@_scope_options
+@_scope_options(resource_required=False)
 @click.argument("operation", type=click.Choice(["get", "store", "erase"]))
 def git_credential(operation: str, username: str, **opts: Any) -> None:
     """git credential helper: get mints a credential, erase revokes it.
@@ -185,7 +189,7 @@ def git_credential(operation: str, username: str, **opts: Any) -> None:
 
 
 @click.command("kube-credential")
-@_scope_options
+@_scope_options()
 def kube_credential(**opts: Any) -> None:
     """kubectl exec credential plugin: print an ExecCredential (client.authentication.k8s.io/v1)
     with the token and its expirationTimestamp.
