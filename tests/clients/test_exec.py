@@ -99,6 +99,8 @@ def test_a_command_killed_by_a_signal_exits_128_plus_it_and_its_credential_dies(
     [
         ("SIGTERM reaches the command, which exits as it likes", signal.SIGTERM, True),
         ("SIGINT outside a terminal reaches the command and kills it", signal.SIGINT, False),
+        ("SIGHUP reaches the command", signal.SIGHUP, True),
+        ("SIGQUIT reaches the command and kills it", signal.SIGQUIT, False),
     ],
 )
 def test_signals_to_jit_are_forwarded_to_the_command(

@@ -270,3 +270,29 @@ def test_a_token_the_server_refuses_is_erased_by_git_which_revokes_it(
 
 def _jti(token: str) -> str:
     return str(pyjwt.decode(token, options={"verify_signature": False})["jti"])
+
+
+def test_get_answers_in_git_credential_format_and_store_does_nothing(
+    broker: Serve, job: str
+) -> None:
+    env = jit_env(broker, job)
+    asked = "protocol=http\nhost=127.0.0.1:9418\npath=acme/orders.git\n\n"
+    out = subprocess.run(
+        [JIT, "git-credential", "--action", "read", "--task", "git-3", "get"],
+        input=asked, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split("=", 1) for line in out.stdout.splitlines())
+    assert set(lines) == {"username", "password", "password_expiry_utc"}
+    assert lines["username"] == "x-access-token"
+    claims = pyjwt.decode(lines["password"], options={"verify_signature": False})
+    # git sends the path only with credential.useHttpPath: then it is part of the resource
+    assert claims["aud"] == "http://127.0.0.1:9418/acme/orders.git"
+    assert int(lines["password_expiry_utc"]) == claims["exp"]
+    stored = subprocess.run(
+        [JIT, "git-credential", "--action", "read", "store"],
+        input=asked + out.stdout, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (stored.returncode, stored.stdout) == (0, "")
+    assert introspect(broker, job, lines["password"])["active"] is True
+    subprocess.run([JIT, "task", "complete", "git-3"], env=env, capture_output=True, check=True)
