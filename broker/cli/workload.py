@@ -254,7 +254,7 @@ def request(
     try:
         cred = run(work)
     except KeyboardInterrupt:
-        die("stopped waiting; a pending approval request was cancelled", 130)
+        die("interrupted (a pending approval request of this run was cancelled)", 130)
     if cred is None:
         return
     if as_json:
