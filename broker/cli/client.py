@@ -63,12 +63,13 @@ def die(message: str, code: int = 1) -> NoReturn:
 
 
 def resolve_url(url: str | None) -> str:
-    if url:
-        return url.rstrip("/")
-    state = load_dev_state()
-    if state and isinstance(state.get("url"), str):
-        return str(state["url"]).rstrip("/")
-    return DEFAULT_URL
+    """--url / JIT_URL, else the running ``jit dev``, else the default. ``jit dev --host
+    0.0.0.0`` listens everywhere; it is reached, as the SDK's transport rule wants, on
+    127.0.0.1."""
+    if not url:
+        state = load_dev_state()
+        url = str(state["url"]) if state and isinstance(state.get("url"), str) else DEFAULT_URL
+    return url.rstrip("/").replace("://0.0.0.0:", "://127.0.0.1:", 1)
 
 
 def resolve_approver_token(token: str | None, url: str) -> str:
@@ -77,7 +78,8 @@ def resolve_approver_token(token: str | None, url: str) -> str:
     if token:
         return token.strip()
     state = load_dev_state()
-    if state and state.get("url") == url and isinstance(state.get("approver_key"), str):
+    here = resolve_url(str(state.get("url"))) if state and state.get("url") else None
+    if state and here == url and isinstance(state.get("approver_key"), str):
         return str(state["approver_key"])
     die("no approver credential: pass --approver-token or set JIT_APPROVER_TOKEN")
 

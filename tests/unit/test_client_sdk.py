@@ -293,3 +293,17 @@ def test_git_attributes_and_the_resource_git_asks_for() -> None:
     assert attrs == {"protocol": "https", "host": "git.example", "path": "a/b.git"}
     assert git_resource(attrs) == "https://git.example/a/b.git"
     assert git_resource({"protocol": "http", "host": "127.0.0.1:8080"}) == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("https://jit.example.com/", "https://jit.example.com"),
+        ("http://0.0.0.0:8200", "http://127.0.0.1:8200"),  # jit dev --host 0.0.0.0
+        ("http://127.0.0.1:8200", "http://127.0.0.1:8200"),
+    ],
+)
+def test_the_cli_reaches_a_broker_listening_everywhere_on_loopback(given: str, used: str) -> None:
+    from broker.cli.client import resolve_url
+
+    assert resolve_url(given) == used
