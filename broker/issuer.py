@@ -26,12 +26,18 @@ alike, before any issuer starts — and ``jit config schema`` describes it. Deco
 that need no file and no network belong in the Struct's ``__post_init__`` (raise ``ValueError``
 naming the key) so that they run there too. Whatever needs a file or the backend stays in the
 constructor. An issuer without ``config_type`` is checked only when it is constructed.
+
+Optional protocols: :class:`PublishesKeys`, :class:`PublishesDocuments`, :class:`Introspectable`
+and :class:`ExportsEnvironment` (how a credential maps onto a process: environment variables and
+files, for ``jit exec``; docs/adr/0031).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import datetime, timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import msgspec
 
@@ -40,6 +46,9 @@ from broker.types import Credential, Lease, MintRequest, Scope
 
 __all__ = [
     "Capabilities",
+    "ExportSource",
+    "Exports",
+    "ExportsEnvironment",
     "Introspectable",
     "Inventoried",
     "Issuer",
@@ -156,3 +165,96 @@ def config_type_of(factory: object) -> type[msgspec.Struct] | None:
     if not (isinstance(declared, type) and issubclass(declared, msgspec.Struct)):
         raise TypeError(f"config_type must be a msgspec.Struct subclass, not {declared!r}")
     return declared
+
+
+#: Environment variable names an issuer may export (POSIX portable names, upper case).
+ENV_NAME: Final = re.compile(r"[A-Z_][A-Z0-9_]{0,127}", re.ASCII)
+#: File names an issuer may export: one path component, no leading dot.
+FILE_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", re.ASCII)
+
+
+class ExportSource(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+):
+    """Where one exported value comes from: exactly one field is set. It *names* a part of the
+    credential the client already holds; it never carries a secret value itself, so the
+    exports travel (and are kept, sealed, for idempotent replays) beside the secret without
+    copying it."""
+
+    secret: bool = False  # the credential's secret, whole
+    member: str | None = None  # one string member of the secret, which is a JSON object (aws)
+    metadata: str | None = None  # one entry of the credential's metadata
+    value: str | None = None  # a literal, non-secret value
+    file: str | None = None  # env only: the path of one of the exported files
+    private_key: bool = False  # the private key the client generated for params["public_key"]
+    document: str | None = None  # a public document of the issuer (GET /v1/issuers/<i>/<name>)
+
+    def __post_init__(self) -> None:
+        chosen = [
+            name
+            for name, set_ in (
+                ("secret", self.secret),
+                ("member", self.member is not None),
+                ("metadata", self.metadata is not None),
+                ("value", self.value is not None),
+                ("file", self.file is not None),
+                ("private_key", self.private_key),
+                ("document", self.document is not None),
+            )
+            if set_
+        ]
+        if len(chosen) != 1:
+            raise ValueError(f"an export source names exactly one origin, not {chosen or 'none'}")
+
+
+class Exports(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+):
+    """How a credential maps onto a process: environment variables and files. The client
+    writes each file with mode 0600 into a private (0700) directory it removes afterwards, and
+    an ``ExportSource(file=...)`` in ``env`` is that file's path."""
+
+    env: dict[str, ExportSource] = msgspec.field(default_factory=dict)
+    files: dict[str, ExportSource] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.env:
+            if not ENV_NAME.fullmatch(name):
+                raise ValueError(f"exports: {name!r} is not an environment variable name")
+        for name, source in self.files.items():
+            if not FILE_NAME.fullmatch(name):
+                raise ValueError(f"exports: {name!r} is not a plain file name")
+            if source.file is not None:
+                raise ValueError(f"exports: file {name!r} cannot be the path of another file")
+        for name, source in self.env.items():
+            if source.file is not None and source.file not in self.files:
+                raise ValueError(f"exports: {name} names file {source.file!r}, not exported")
+
+    def check(self, credential: Credential) -> None:
+        """Raise ValueError unless every source can be resolved from ``credential`` (and a
+        generated key or a public document): metadata entries exist, the secret is a JSON
+        object with the named string members, and no literal value contains the secret."""
+        secret = credential.secret.reveal()
+        for where, source in [*self.env.items(), *self.files.items()]:
+            if source.metadata is not None and source.metadata not in credential.metadata:
+                raise ValueError(f"exports: {where} names metadata {source.metadata!r}, absent")
+            if source.member is not None:
+                try:
+                    member = json.loads(secret).get(source.member)
+                except (ValueError, AttributeError):
+                    member = None
+                if not isinstance(member, str):
+                    raise ValueError(
+                        f"exports: {where} names secret member {source.member!r}, absent"
+                    )
+            if source.value is not None and secret and secret in source.value:
+                raise ValueError(f"exports: {where} copies the secret into a literal value")
+
+
+@runtime_checkable
+class ExportsEnvironment(Protocol):
+    """An issuer that says how its credentials map onto a process environment (``jit exec``,
+    ``Client.environment()``). Called by the broker right after ``mint()``; the result goes to
+    the workload with the credential. Pure: no I/O, no secret copied (see :class:`Exports`)."""
+
+    def exports(self, credential: Credential, request: MintRequest) -> Exports: ...

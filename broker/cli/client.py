@@ -1,27 +1,44 @@
-"""The HTTP client side of the CLI: where the broker is, which token to send, errors."""
+"""The CLI's side of the SDK: where the broker is (``--url``, ``JIT_URL``, the running ``jit
+dev``), which identity to present, running one SDK call, and turning its errors into the
+messages and exit codes the CLI prints. Every HTTP call of the CLI goes through
+``broker.client``: there is one HTTP client in the code base."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
-import httpx
+import msgspec
+
+from broker.client import Client, ClientError, Credential, StaticToken
+from broker.client.errors import ApprovalDenied, ApprovalRequired, Denied
+from broker.client.identity import DEFAULT_AUDIENCE, SOURCES, from_name
 
 __all__ = [
-    "ApiClient",
+    "DEFAULT_URL",
+    "approver_client",
+    "credential_json",
     "dev_state_path",
     "die",
+    "explain",
+    "identity_options",
+    "jit_home",
     "load_dev_state",
     "resolve_approver_token",
-    "resolve_token",
     "resolve_url",
+    "run",
+    "workload_client",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8200"
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def jit_home() -> Path:
@@ -46,12 +63,13 @@ def die(message: str, code: int = 1) -> NoReturn:
 
 
 def resolve_url(url: str | None) -> str:
-    if url:
-        return url.rstrip("/")
-    state = load_dev_state()
-    if state and isinstance(state.get("url"), str):
-        return str(state["url"]).rstrip("/")
-    return DEFAULT_URL
+    """--url / JIT_URL, else the running ``jit dev``, else the default. ``jit dev --host
+    0.0.0.0`` listens everywhere; it is reached, as the SDK's transport rule wants, on
+    127.0.0.1."""
+    if not url:
+        state = load_dev_state()
+        url = str(state["url"]) if state and isinstance(state.get("url"), str) else DEFAULT_URL
+    return url.rstrip("/").replace("://0.0.0.0:", "://127.0.0.1:", 1)
 
 
 def resolve_approver_token(token: str | None, url: str) -> str:
@@ -60,54 +78,126 @@ def resolve_approver_token(token: str | None, url: str) -> str:
     if token:
         return token.strip()
     state = load_dev_state()
-    if state and state.get("url") == url and isinstance(state.get("approver_key"), str):
+    here = resolve_url(str(state.get("url"))) if state and state.get("url") else None
+    if state and here == url and isinstance(state.get("approver_key"), str):
         return str(state["approver_key"])
     die("no approver credential: pass --approver-token or set JIT_APPROVER_TOKEN")
 
 
-def resolve_token(token: str | None, token_file: str | None) -> str:
-    if token:
-        return token.strip()
-    if token_file:
-        try:
-            return Path(token_file).read_text().strip()
-        except OSError as exc:
-            die(f"cannot read token file {token_file}: {exc.strerror}")
-    die("no workload token: pass --token, set JIT_TOKEN, or --token-file / JIT_TOKEN_FILE")
-
-
-class ApiClient:
-    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
-        self.url = url
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            resp = self.http.request(method, path, **kwargs)
-        except httpx.ConnectError:
-            die(f"cannot reach the broker at {self.url} (is `jit dev` or `jit serve` running?)")
-        except httpx.HTTPError as exc:
-            die(f"request to {self.url} failed: {exc.__class__.__name__}")
-        if resp.status_code >= 400:
-            explain_error(resp)
-        return resp.json() if resp.content else None
-
-
-def explain_error(resp: httpx.Response) -> NoReturn:
-    try:
-        body = resp.json()
-    except ValueError:
-        die(f"HTTP {resp.status_code}: {resp.text[:200]}")
-    if "error" in body and "title" not in body:  # OAuth shape
-        msg = f"{body['error']}: {body.get('error_description', '')}"
+def explain(exc: ClientError) -> str:
+    """The lines the CLI prints for an error: ``Title (status): detail``, then the approval
+    request, the grant and every reason."""
+    if exc.status is not None and exc.title and exc.code and exc.title == exc.code:
+        lines = [f"{exc.code}: {exc.message}"]  # the OAuth shape
+    elif exc.status is not None:
+        lines = [f"{exc.title or 'error'} ({exc.status}): {exc.message}"]
     else:
-        msg = f"{body.get('title', 'error')} ({resp.status_code}): {body.get('detail', '')}"
-    lines = [msg]
-    if body.get("approval_id"):
-        lines.append(f"  approval: {body['approval_id']}")
-    if body.get("grant"):
-        lines.append(f"  grant: {body['grant']}")
-    for reason in body.get("reasons") or []:
-        lines.append(f"  - {reason}")
-    die("\n".join(lines), 1)
+        lines = [exc.message]
+    if isinstance(exc, ApprovalRequired | ApprovalDenied) and exc.approval_id:
+        lines.append(f"  approval: {exc.approval_id}")
+    if isinstance(exc, ApprovalRequired) and exc.grant:
+        lines.append(f"  grant: {exc.grant}")
+    if isinstance(exc, Denied):
+        lines.extend(f"  - {reason}" for reason in exc.reasons)
+    return "\n".join(lines)
+
+
+def run(work: Callable[[], Awaitable[T]]) -> T:
+    """Run one SDK coroutine; a ClientError exits 1 with :func:`explain`'s message."""
+    try:
+        return asyncio.run(work())  # type: ignore[arg-type]  # any awaitable is a coroutine here
+    except ClientError as exc:
+        if "cannot reach the broker" in exc.message:
+            die(f"{exc.message} (is `jit dev` or `jit serve` running?)")
+        die(explain(exc))
+
+
+def identity_options(fn: F) -> F:
+    """--url, --token, --token-file, --identity, --audience (with their environment
+    variables), for every workload command."""
+    options = [
+        click.option(
+            "--url",
+            envvar="JIT_URL",
+            help="Broker URL (env JIT_URL; default: the running `jit dev`).",
+        ),
+        click.option(
+            "--token", envvar="JIT_TOKEN", help="Workload identity token (env JIT_TOKEN)."
+        ),
+        click.option(
+            "--token-file",
+            envvar="JIT_TOKEN_FILE",
+            type=click.Path(dir_okay=False),
+            help="File holding the workload identity token (env JIT_TOKEN_FILE).",
+        ),
+        click.option(
+            "--identity",
+            "identity",
+            envvar="JIT_IDENTITY",
+            type=click.Choice(SOURCES),
+            help="Where the identity token comes from (env JIT_IDENTITY; default: --token or "
+            "--token-file if given, else auto: GitHub Actions OIDC, GitLab $JIT_ID_TOKEN, a "
+            "Kubernetes token file, $JIT_TOKEN / $JIT_TOKEN_FILE).",
+        ),
+        click.option(
+            "--audience",
+            envvar="JIT_AUDIENCE",
+            default=DEFAULT_AUDIENCE,
+            show_default=True,
+            help="Audience of a GitHub Actions OIDC token (env JIT_AUDIENCE).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def workload_client(
+    url: str | None,
+    token: str | None,
+    token_file: str | None,
+    identity: str | None,
+    audience: str,
+) -> Client:
+    """A client that presents the workload's identity (build it inside :func:`run`)."""
+    name = identity or ("token" if token or token_file else "auto")
+    try:
+        source = from_name(name, audience=audience, token=token, token_file=token_file)
+        return Client(resolve_url(url), source, audience=audience)
+    except ClientError as exc:
+        die(exc.message)
+
+
+def approver_client(url: str | None, approver_token: str | None) -> Client:
+    base = resolve_url(url)
+    try:
+        return Client(base, StaticToken(resolve_approver_token(approver_token, base)))
+    except ClientError as exc:
+        die(exc.message)
+
+
+def credential_json(cred: Credential) -> dict[str, Any]:
+    """The /v1 answer for a credential, as the API sends it (``--json``): the secret in
+    ``credential.secret``. The one place the CLI reveals it besides the plain stdout line."""
+    body: dict[str, Any] = {
+        "lease_id": cred.lease_id,
+        "task_id": cred.task_id,
+        "issuer": cred.issuer,
+        "resource": cred.resource,
+        "actions": list(cred.actions),
+        "issued_at": cred.issued_at,
+        "expires_at": cred.expires_at,
+        "ttl": cred.ttl,
+        "grant": cred.grant,
+        "policy_version": cred.policy_version,
+        "credential": {
+            "token_type": cred.token_type,
+            "secret": cred.secret.reveal(),
+            "metadata": dict(cred.metadata),
+        },
+        "ttl_capped_by": cred.ttl_capped_by,
+    }
+    if cred.exports is not None:
+        body["exports"] = cred.exports
+    result: dict[str, Any] = msgspec.to_builtins(body)
+    return result

@@ -14,19 +14,15 @@ from rich.console import Console
 from rich.table import Table
 
 from broker import __version__
+from broker.cli.approver import approvals, approve, deny
 from broker.cli.audit import audit as audit_group
-from broker.cli.client import (
-    ApiClient,
-    die,
-    jit_home,
-    load_dev_state,
-    resolve_approver_token,
-    resolve_token,
-    resolve_url,
-)
+from broker.cli.client import die, jit_home, load_dev_state, resolve_url, run
+from broker.cli.exec import exec_command
+from broker.cli.helpers import helper_commands
 from broker.cli.mcp import mcp_command
 from broker.cli.ops import reconcile as reconcile_command
 from broker.cli.ops import state as state_group
+from broker.cli.workload import leases, request, revoke, task
 from broker.config import load_settings, parse_duration
 
 __all__ = ["main"]
@@ -34,20 +30,6 @@ __all__ = ["main"]
 url_option = click.option(
     "--url", envvar="JIT_URL", help="Broker URL (env JIT_URL; default: the running `jit dev`)."
 )
-token_option = click.option(
-    "--token", envvar="JIT_TOKEN", help="Workload identity token (env JIT_TOKEN)."
-)
-token_file_option = click.option(
-    "--token-file",
-    envvar="JIT_TOKEN_FILE",
-    type=click.Path(dir_okay=False),
-    help="File holding the workload identity token (env JIT_TOKEN_FILE).",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the raw JSON response.")
-
-
-def _client(url: str | None, token: str | None, token_file: str | None) -> ApiClient:
-    return ApiClient(resolve_url(url), resolve_token(token, token_file))
 
 
 def _print_json(data: Any) -> None:
@@ -98,9 +80,15 @@ def dev_token(sub: str, claims: tuple[str, ...], ttl: str, url: str | None) -> N
         seconds = int(parse_duration(ttl).total_seconds())
     except ValueError as exc:
         die(str(exc))
-    client = ApiClient(resolve_url(url or state.get("url")), str(state.get("admin_key", "")))
-    body = client.call("POST", "/dev/token", json={"sub": sub, "claims": extra, "ttl": seconds})
-    click.echo(body["token"])
+    from broker.client import Client, StaticToken
+
+    base = resolve_url(url or state.get("url"))
+
+    async def work() -> str:
+        async with Client(base, StaticToken(str(state.get("admin_key", "")))) as admin:
+            return await admin.dev_token(sub, extra, ttl=seconds)
+
+    click.echo(run(work))
 
 
 # -- serve -------------------------------------------------------------------------------------
@@ -122,343 +110,16 @@ def serve(config_path: str) -> None:
     run_serve(config_path)
 
 
-# -- workload commands -------------------------------------------------------------------------
-
-
-@main.command()
-@click.option("--issuer", default="jwt", show_default=True, help="Issuer instance.")
-@click.option("--resource", required=True, help="The resource (e.g. an audience URL).")
-@click.option(
-    "--action",
-    "-a",
-    "actions",
-    multiple=True,
-    required=True,
-    help="An action (repeatable, or comma-separated).",
-)
-@click.option("--ttl", help="How long, e.g. 10m (default: the grant's default).")
-@click.option("--task", "task_id", help="Task id (default: a new task per credential).")
-@click.option("--purpose", default="", help="Why: shown to humans, never grants anything.")
-@click.option("--task-ttl", help="How long the task may run, e.g. 2h (first request of a task).")
-@click.option(
-    "--on-behalf-of", help="The person an agent acts for (they cannot approve the request)."
-)
-@click.option(
-    "--no-wait",
-    is_flag=True,
-    help="If approval is needed, print the approval id and exit instead of waiting.",
-)
-@click.option(
-    "--param",
-    "params",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Issuer input, e.g. public_key=@~/.ssh/id_ed25519.pub (@FILE reads a file). Repeatable.",
-)
-@url_option
-@token_option
-@token_file_option
-@json_option
-def request(
-    issuer: str,
-    resource: str,
-    actions: tuple[str, ...],
-    ttl: str | None,
-    task_id: str | None,
-    purpose: str,
-    task_ttl: str | None,
-    on_behalf_of: str | None,
-    no_wait: bool,
-    params: tuple[str, ...],
-    url: str | None,
-    token: str | None,
-    token_file: str | None,
-    as_json: bool,
-) -> None:
-    """Ask for a credential. Prints the secret on stdout, the lease on stderr.
-
-    When the grant needs human approval, waits (with a live status line) until it is approved,
-    then prints the credential; denied or expired exits 1. --no-wait prints the approval id."""
-    acts = [a.strip() for item in actions for a in item.split(",") if a.strip()]
-    body: dict[str, Any] = {"issuer": issuer, "resource": resource, "actions": acts}
-    if params:
-        body["params"] = _parse_params(params)
-    if ttl:
-        body["ttl"] = ttl
-    if task_id or purpose or task_ttl:
-        if not task_id:
-            die("--purpose and --task-ttl need --task")
-        body["task"] = {"id": task_id, "purpose": purpose}
-        if task_ttl:
-            body["task"]["ttl"] = task_ttl
-    if on_behalf_of:
-        body["on_behalf_of"] = on_behalf_of
-    client = _client(url, token, token_file)
-    data = client.call("POST", "/v1/credentials", json=body)
-    if "approval_id" in data:  # 202: approval needed
-        if no_wait:
-            click.echo(data["approval_id"])
-            click.echo(
-                f"approval needed for grant {data['grant']}: {data['needed']} of "
-                f"{', '.join(data['approvers'])}; expires {data['expires_at']}",
-                err=True,
-            )
-            return
-        data = _wait_for_approval(client, data)
-    if as_json:
-        _print_json(data)
-        return
-    click.echo(data["credential"]["secret"])
-    click.echo(
-        f"lease {data['lease_id']} task {data['task_id']} expires {data['expires_at']} "
-        f"({data['ttl']}s) grant {data['grant']}",
-        err=True,
-    )
-    if data.get("ttl_capped_by"):
-        click.echo(f"ttl capped by {data['ttl_capped_by']}", err=True)
-
-
-def _wait_for_approval(client: ApiClient, pending: dict[str, Any]) -> dict[str, Any]:
-    """Long-poll the approval request with a live status line; return the credential."""
-    aid = pending["approval_id"]
-    console = Console(stderr=True, highlight=False)
-    data = pending
-    try:
-        with console.status("") as status:
-            while True:
-                left = datetime.fromisoformat(data["expires_at"]) - datetime.now(UTC)
-                secs = max(0, int(left.total_seconds()))
-                status.update(
-                    f"waiting for approval {aid} (grant {data['grant']}): "
-                    f"{data['needed']} more of {', '.join(data['approvers'])}; "
-                    f"expires in {secs // 60}:{secs % 60:02d}"
-                )
-                if data["state"] != "pending":
-                    break
-                data = client.call("GET", f"/v1/approvals/{aid}", params={"wait": 20})
-    except KeyboardInterrupt:
-        die(f"stopped waiting; the request is still pending: jit approvals show {aid}", 130)
-    if data.get("credential"):
-        approvers = [r["person"] for r in data["reviews"] if r["decision"] == "approve"]
-        click.echo(f"approved by {', '.join(approvers)}", err=True)
-        return dict(data["credential"])
-    if data["state"] == "denied":
-        reasons = [f"{r['person']}: {r['reason']}" for r in data["reviews"]]
-        die("approval denied\n" + "\n".join(f"  - {r}" for r in reasons))
-    if data["state"] == "approved":
-        die(f"approved, but the credential was already collected (lease {data['lease_id']})")
-    die(f"approval request {data['state']}")
-
-
-def _approval_line(a: dict[str, Any]) -> str:
-    return (
-        f"{a['approval_id']}  {a['state']:<9} {a['owner']}  task {a['task_id']}  "
-        f"{a['issuer']} {a['resource']} {','.join(a['actions'])} for {a['ttl']}s  "
-        f"grant {a['grant']}  needs {a['needed']}/{a['quorum']}  expires {a['expires_at']}"
-    )
-
-
-approver_token_option = click.option(
-    "--approver-token",
-    envvar="JIT_APPROVER_TOKEN",
-    help="A human identity token of an approver [env JIT_APPROVER_TOKEN]; jit dev: automatic.",
-)
-
-
-def _approver_client(url: str | None, approver_token: str | None) -> ApiClient:
-    base = resolve_url(url)
-    return ApiClient(base, resolve_approver_token(approver_token, base))
-
+# -- workload and approver commands (broker/cli/workload.py, approver.py, exec.py, helpers.py) --
 
 main.add_command(audit_group)
 main.add_command(reconcile_command)
 main.add_command(state_group)
 main.add_command(mcp_command)  # jit mcp: broker/cli/mcp.py
-
-
-@main.group()
-def approvals() -> None:
-    """Approval requests waiting for you (as an approver)."""
-
-
-@approvals.command("list")
-@url_option
-@approver_token_option
-@json_option
-def approvals_list(url: str | None, approver_token: str | None, as_json: bool) -> None:
-    """Pending requests you may approve."""
-    data = _approver_client(url, approver_token).call("GET", "/v1/approvals/")
-    if as_json:
-        _print_json(data)
-        return
-    if not data:
-        click.echo("no pending approval requests", err=True)
-    for a in data:
-        click.echo(_approval_line(a))
-
-
-@approvals.command("show")
-@click.argument("approval_id")
-@url_option
-@approver_token_option
-def approvals_show(approval_id: str, url: str | None, approver_token: str | None) -> None:
-    """One approval request, in full (JSON)."""
-    _print_json(_approver_client(url, approver_token).call("GET", f"/v1/approvals/{approval_id}"))
-
-
-@main.command()
-@click.argument("approval_id")
-@click.option("--ttl", help="Approve a shorter TTL than asked, e.g. 5m.")
-@click.option(
-    "--action", "-a", "actions", multiple=True, help="Approve only these actions (repeatable)."
-)
-@click.option("--reason", default="", help="A note for the record.")
-@url_option
-@approver_token_option
-def approve(
-    approval_id: str,
-    ttl: str | None,
-    actions: tuple[str, ...],
-    reason: str,
-    url: str | None,
-    approver_token: str | None,
-) -> None:
-    """Approve a request (optionally narrower: a shorter TTL, fewer actions)."""
-    body: dict[str, Any] = {"reason": reason}
-    if ttl:
-        body["ttl"] = ttl
-    acts = [a.strip() for item in actions for a in item.split(",") if a.strip()]
-    if acts:
-        body["actions"] = acts
-    data = _approver_client(url, approver_token).call(
-        "POST", f"/v1/approvals/{approval_id}/approve", json=body
-    )
-    click.echo(f"{data['approval_id']}: {data['state']} ({data['needed']} more needed)")
-
-
-@main.command()
-@click.argument("approval_id")
-@click.option("--reason", required=True, help="Why (shown to the requester).")
-@url_option
-@approver_token_option
-def deny(approval_id: str, reason: str, url: str | None, approver_token: str | None) -> None:
-    """Deny a request."""
-    data = _approver_client(url, approver_token).call(
-        "POST", f"/v1/approvals/{approval_id}/deny", json={"reason": reason}
-    )
-    click.echo(f"{data['approval_id']}: {data['state']}")
-
-
-def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            die(f"--param {item!r}: expected NAME=VALUE")
-        if value.startswith("@"):
-            path = Path(value[1:]).expanduser()
-            try:
-                value = path.read_text().strip()
-            except OSError as exc:
-                die(f"--param {name}: cannot read {path}: {exc.strerror}")
-        out[name] = value
-    return out
-
-
-def _lease_table(leases: list[dict[str, Any]]) -> Table:
-    table = Table("LEASE", "TASK", "STATE", "ISSUER", "RESOURCE", "ACTIONS", "EXPIRES")
-    for le in leases:
-        state = le["state"] + (" (overdue)" if le.get("overdue") else "")
-        table.add_row(
-            le["id"],
-            le["task_id"],
-            state,
-            le["issuer"],
-            le["resource"],
-            ",".join(le["actions"]),
-            le["not_after"],
-        )
-    return table
-
-
-@main.command()
-@click.option("--all", "include_all", is_flag=True, help="Include revoked and expired leases.")
-@url_option
-@token_option
-@token_file_option
-@json_option
-def leases(
-    include_all: bool, url: str | None, token: str | None, token_file: str | None, as_json: bool
-) -> None:
-    """List the caller's leases."""
-    data = _client(url, token, token_file).call(
-        "GET", "/v1/leases", params={"all": "true"} if include_all else None
-    )
-    if as_json:
-        _print_json(data)
-    elif not data:
-        click.echo("no leases", err=True)
-    else:
-        Console().print(_lease_table(data))
-
-
-@main.command()
-@click.argument("lease_id")
-@url_option
-@token_option
-@token_file_option
-@json_option
-def revoke(
-    lease_id: str, url: str | None, token: str | None, token_file: str | None, as_json: bool
-) -> None:
-    """Revoke one of the caller's leases."""
-    data = _client(url, token, token_file).call("DELETE", f"/v1/leases/{lease_id}")
-    if as_json:
-        _print_json(data)
-    else:
-        click.echo(f"lease {data['id']}: {data['state']}")
-
-
-@main.group()
-def task() -> None:
-    """Tasks: complete one (revokes all its leases) or show it."""
-
-
-@task.command("complete")
-@click.argument("task_id")
-@url_option
-@token_option
-@token_file_option
-@json_option
-def task_complete(
-    task_id: str, url: str | None, token: str | None, token_file: str | None, as_json: bool
-) -> None:
-    """Complete a task: every lease of it is revoked."""
-    data = _client(url, token, token_file).call("POST", f"/v1/tasks/{task_id}/complete")
-    if as_json:
-        _print_json(data)
-        return
-    states = ", ".join(f"{le['id']}={le['state']}" for le in data["leases"]) or "no leases"
-    click.echo(f"task {data['task_id']}: {data['state']} ({states})")
-
-
-@task.command("show")
-@click.argument("task_id")
-@url_option
-@token_option
-@token_file_option
-@json_option
-def task_show(
-    task_id: str, url: str | None, token: str | None, token_file: str | None, as_json: bool
-) -> None:
-    """Show a task and its leases."""
-    data = _client(url, token, token_file).call("GET", f"/v1/tasks/{task_id}")
-    if as_json:
-        _print_json(data)
-        return
-    click.echo(f"task {data['task_id']}: {data['state']}")
-    if data["leases"]:
-        Console().print(_lease_table(data["leases"]))
+for _command in (request, leases, revoke, task, approvals, approve, deny, exec_command):
+    main.add_command(_command)
+for _command in helper_commands:
+    main.add_command(_command)
 
 
 # -- policy ------------------------------------------------------------------------------------
@@ -707,34 +368,23 @@ def config_group() -> None:
 
 @config_group.command("schema")
 def config_schema() -> None:
-    """Print the JSON Schema of the config file (issuer configs of every installed type)."""
+    """Print the JSON Schema of the config file."""
     from broker.config import json_schema
-    from broker.errors import BrokerError
-    from broker.registry import issuer_config_types
 
-    try:
-        types = issuer_config_types()
-    except BrokerError as exc:
-        raise click.ClickException(exc.message) from None
-    _print_json(json_schema(types))
+    _print_json(json_schema())
 
 
 @config_group.command("check")
 @click.argument("path", type=click.Path(dir_okay=False))
 def config_check(path: str) -> None:
-    """Validate a config file, its issuers' configs and its policy directory without starting
-    anything (no backend is contacted; key and password files are read when the broker starts).
-
-    A config problem ends like `jit serve` ends on it: the same message, exit status 1."""
+    """Validate a config file and its policy directory without starting anything."""
     from broker.errors import BrokerError
     from broker.policy import lint_policy_dir
-    from broker.registry import validate_issuer_configs
 
     try:
         settings = load_settings(path)
-        validate_issuer_configs(settings.issuers)
     except BrokerError as exc:
-        raise click.ClickException(exc.message) from None
+        die(exc.message, 2)
     known_claims, issuers = _policy_context(path)
     problems = lint_policy_dir(settings.policy_dir, known_claims=known_claims, issuers=issuers)
     for p in problems:

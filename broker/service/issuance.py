@@ -10,6 +10,7 @@ narrower) scope, with its clock started at the approval.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,15 +29,17 @@ from broker.errors import (
     PermissionDenied,
     ScopeNotSupported,
 )
-from broker.issuer import Issuer
+from broker.issuer import Exports, ExportsEnvironment, Issuer
 from broker.leases import LeaseManager
 from broker.leases.ttl import TtlDecision, resolve_ttl
 from broker.policy import Allow, Deny, NeedsApproval, PolicySet, decide
 from broker.service.delegation import Hop
 from broker.service.policy import LivePolicy
-from broker.types import Credential, Intent, Lease, Principal, Task
+from broker.types import Credential, Intent, Lease, MintRequest, Principal, Task
 
-__all__ = ["ExplainOut", "Issuance", "Issued"]
+__all__ = ["ExplainOut", "Issuance", "Issued", "exports_of"]
+
+log = logging.getLogger(__name__)
 
 
 class ExplainOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,6 +62,38 @@ class Issued(msgspec.Struct, frozen=True, kw_only=True):
     grant: str
     policy_version: str
     ttl_capped_by: str | None = None
+    exports: Exports | None = None  # how it maps onto a process (issuers that say; ADR 0031)
+
+
+def exports_of(
+    issuer: Issuer | None, lease: Lease, credential: Credential, params: Mapping[str, str]
+) -> Exports | None:
+    """The issuer's :class:`Exports` for a credential it just minted, or None (the issuer
+    defines none, or its answer is unusable: logged, and the credential is still returned)."""
+    if issuer is None or not isinstance(issuer, ExportsEnvironment):
+        return None
+    request = MintRequest(
+        lease_id=lease.id,
+        task_id=lease.task_id,
+        principal=lease.principal,
+        scope=lease.scope,
+        issued_at=lease.issued_at,
+        not_after=lease.not_after,
+        params=dict(params),
+        cnf=lease.cnf,
+    )
+    try:
+        exports = issuer.exports(credential, request)
+        exports.check(credential)
+    except Exception as exc:  # a plugin's bug must not cost the workload its credential
+        log.warning(
+            "issuer %r: exports() failed for lease %s (%s); the credential goes without",
+            lease.scope.issuer,
+            lease.id,
+            exc.__class__.__name__,
+        )
+        return None
+    return exports
 
 
 class Issuance:
@@ -199,6 +234,7 @@ class Issuance:
             grant=decision.grant,
             policy_version=decision.policy_version,
             ttl_capped_by=ttl.capped_by,
+            exports=exports_of(issuer, lease, credential, intent.params),
         )
 
     def explain(self, principal: Principal, intent: Intent) -> ExplainOut:
@@ -428,6 +464,7 @@ class Issuance:
             grant=view.grant,
             policy_version=decision.policy_version,
             ttl_capped_by="approval" if approved_ttl < view.ttl else None,
+            exports=exports_of(self.issuers.get(scope.issuer), lease, credential, view.params),
         )
         return await self.approvals.get(approval_id), issued
 

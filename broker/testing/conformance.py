@@ -22,9 +22,11 @@ What the kit checks: the issuer satisfies the protocol and its capabilities are 
 mint returns a credential that works; ``expires_at <= not_after`` and the credential stops
 working after ``not_after``; it grants no more than the scope; revoke stops it (revocable
 issuers), and only it; revoke is idempotent, a no-op for unknown or expired leases, and works
-with an empty handle after a crashed mint; the handle holds no secret; no repr, str or log
-record shows the secret; an outage raises ``IssuerUnavailable`` from mint (and revoke and
-check_health, where the issuer can tell) and the issuer recovers afterwards.
+with an empty handle after a crashed mint; the handle holds no secret; the optional
+``exports()`` (``ExportsEnvironment``) names only what the credential carries and copies no
+secret; no repr, str or log record shows the secret; an outage raises ``IssuerUnavailable``
+from mint (and revoke and check_health, where the issuer can tell) and the issuer recovers
+afterwards.
 
 Hooks a subclass may override (defaults in brackets): :meth:`narrower_scope` [None: skip],
 :meth:`unsupported_scope` [None: skip], :meth:`credential_allows` [None: skip the least-privilege
@@ -56,7 +58,7 @@ import msgspec
 import pytest
 
 from broker.errors import InvalidRequest, IssuerError, IssuerUnavailable, ScopeNotSupported
-from broker.issuer import Capabilities, Inventoried, Issuer
+from broker.issuer import Capabilities, ExportsEnvironment, Inventoried, Issuer
 from broker.testing.clock import FakeClock
 from broker.types import Credential, Lease, LeaseState, MintRequest, Principal, Scope, Secret
 
@@ -467,6 +469,21 @@ class IssuerConformance(Generic[IssuerT]):
                     assert secret not in part, f"{where}[{key!r}] holds the secret"
         stored = msgspec.json.encode(lease_for(request, credential))  # what Redis would hold
         assert secret.encode() not in stored
+
+    async def test_exports_name_only_what_the_credential_carries(
+        self, issuer: IssuerT, clock: FakeClock
+    ) -> None:
+        """``exports()`` (optional) refers to the secret, its metadata, a generated key or a
+        public document, and every reference resolves; the encoded exports hold no secret."""
+        exporter: object = issuer  # (mypy cannot intersect a TypeVar with a Protocol)
+        if not isinstance(exporter, ExportsEnvironment):
+            pytest.skip("the issuer does not implement exports()")
+        self._begin(clock)
+        request, credential = await self.mint(issuer)
+        exports = exporter.exports(credential, request)
+        exports.check(credential)
+        assert exports.env or exports.files, "exports() that exports nothing"
+        assert credential.secret.reveal().encode() not in msgspec.json.encode(exports)
 
     async def test_the_secret_never_reaches_a_repr_or_a_log(
         self, issuer: IssuerT, clock: FakeClock, caplog: pytest.LogCaptureFixture

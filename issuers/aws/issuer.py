@@ -59,7 +59,7 @@ from broker.errors import (
     IssuerUnavailable,
     ScopeNotSupported,
 )
-from broker.issuer import Capabilities, IssuerContext
+from broker.issuer import Capabilities, Exports, ExportSource, IssuerContext
 from broker.types import Credential, Lease, MintRequest, Scope, Secret
 from issuers.aws.config import (
     MIN_TTL,
@@ -285,6 +285,19 @@ class AWSIssuer:
         sessions"); see docs/issuers/aws.md. This issuer does not do that itself."""
         log.debug(
             "aws issuer %r: lease %s ended; its STS session expires by itself", self.name, lease.id
+        )
+
+    def exports(self, credential: Credential, request: MintRequest) -> Exports:
+        """The AWS SDKs' variables (botocore reads ``AWS_CREDENTIAL_EXPIRATION`` too)."""
+        return Exports(
+            env={
+                "AWS_ACCESS_KEY_ID": ExportSource(member="AccessKeyId"),
+                "AWS_SECRET_ACCESS_KEY": ExportSource(member="SecretAccessKey"),
+                "AWS_SESSION_TOKEN": ExportSource(member="SessionToken"),
+                "AWS_CREDENTIAL_EXPIRATION": ExportSource(member="Expiration"),
+                "AWS_REGION": ExportSource(metadata="region"),
+                "AWS_DEFAULT_REGION": ExportSource(metadata="region"),
+            }
         )
 
     async def check_health(self) -> None:

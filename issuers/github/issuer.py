@@ -44,7 +44,7 @@ from broker.errors import (
     IssuerUnavailable,
     ScopeNotSupported,
 )
-from broker.issuer import Capabilities, IssuerContext
+from broker.issuer import Capabilities, Exports, ExportSource, IssuerContext
 from broker.types import Credential, Lease, MintRequest, Scope, Secret
 from issuers.github.config import GITHUB_TOKEN_LIFETIME, GitHubConfig, Settings, load_settings
 from issuers.github.scope import TokenScope, parse_scope
@@ -361,6 +361,12 @@ class GitHubIssuer:
             )
 
     # -- health, close ---------------------------------------------------------------------
+
+    def exports(self, credential: Credential, request: MintRequest) -> Exports:
+        """``GH_TOKEN`` (the gh CLI) and ``GITHUB_TOKEN`` (most other tools)."""
+        return Exports(
+            env={"GH_TOKEN": ExportSource(secret=True), "GITHUB_TOKEN": ExportSource(secret=True)}
+        )
 
     async def check_health(self) -> None:
         """The token store answers, and ``GET /app`` accepts the App JWT and names our App."""

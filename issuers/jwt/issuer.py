@@ -36,7 +36,7 @@ from joserfc.jwk import ECKey, GuestProtocol, OKPKey
 from broker.clock import parse_duration
 from broker.decoding import check_ttls, decode
 from broker.errors import ConfigError, InvalidRequest, IssuerUnavailable, ScopeNotSupported
-from broker.issuer import Capabilities, IssuerContext
+from broker.issuer import Capabilities, Exports, ExportSource, IssuerContext
 from broker.jws import JWSAllowList
 from broker.types import Credential, Lease, MintRequest, Scope, Secret, act_claim
 from issuers.jwt.keys import KeyRing
@@ -270,6 +270,10 @@ class JWTIssuer:
         log.debug(
             "jwt issuer %r: lease %s revoked (enforced at introspection)", self.name, lease.id
         )
+
+    def exports(self, credential: Credential, request: MintRequest) -> Exports:
+        """``JIT_ACCESS_TOKEN``: the token (``jit exec``; docs/helpers.md)."""
+        return Exports(env={"JIT_ACCESS_TOKEN": ExportSource(secret=True)})
 
     async def check_health(self) -> None:
         """Healthy while the ring has a signing key and the keys directory is usable."""

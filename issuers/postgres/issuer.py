@@ -40,7 +40,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from broker.errors import InvalidRequest, IssuerError, IssuerUnavailable, ScopeNotSupported
-from broker.issuer import Capabilities, IssuerContext
+from broker.issuer import Capabilities, Exports, ExportSource, IssuerContext
 from broker.types import Credential, Lease, MintRequest, Scope, Secret
 from issuers.postgres.config import (
     MAX_IDENTIFIER_BYTES,
@@ -357,6 +357,18 @@ class PostgresIssuer:
             if self.role_name(lease_id) == role:
                 found.append(lease_id)
         return found
+
+    def exports(self, credential: Credential, request: MintRequest) -> Exports:
+        """libpq's variables: ``psql`` and every libpq client connect with no argument."""
+        return Exports(
+            env={
+                "PGHOST": ExportSource(metadata="host"),
+                "PGPORT": ExportSource(metadata="port"),
+                "PGUSER": ExportSource(metadata="username"),
+                "PGPASSWORD": ExportSource(secret=True),
+                "PGDATABASE": ExportSource(metadata="database"),
+            }
+        )
 
     async def check_health(self) -> None:
         """``SELECT 1`` on an admin connection, then the setup: the admin role may create

@@ -30,7 +30,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from broker.errors import InvalidRequest, IssuerUnavailable, ScopeNotSupported
-from broker.issuer import Capabilities, IssuerContext
+from broker.issuer import Capabilities, Exports, ExportSource, IssuerContext
 from broker.types import Credential, Lease, MintRequest, Scope, Secret
 from issuers.redis.config import RedisConfig, Settings, acl_rules, load_settings, username_for
 
@@ -193,6 +193,16 @@ class RedisIssuer:
             if username_for(prefix, lease_id) == user:
                 found.append(lease_id)
         return found
+
+    def exports(self, credential: Credential, request: MintRequest) -> Exports:
+        """``REDISCLI_AUTH`` (redis-cli reads the password there) and the ACL user, for
+        ``redis-cli --user "$JIT_REDIS_USER"``."""
+        return Exports(
+            env={
+                "REDISCLI_AUTH": ExportSource(secret=True),
+                "JIT_REDIS_USER": ExportSource(metadata="username"),
+            }
+        )
 
     async def check_health(self) -> None:
         """PING over the admin connection (authenticating first if configured)."""

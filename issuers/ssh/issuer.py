@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
 
 from broker.errors import InvalidRequest, IssuerUnavailable, ScopeNotSupported
-from broker.issuer import Capabilities, IssuerContext
+from broker.issuer import Capabilities, Exports, ExportSource, IssuerContext
 from broker.types import Credential, Lease, MintRequest, Scope, Secret
 from issuers.ssh.config import (
     ResourceSettings,
@@ -338,6 +338,18 @@ class SSHIssuer:
         log.info("ssh issuer %r: serial %d of lease %s revoked", self.name, serial, lease.id)
 
     # -- health ----------------------------------------------------------------------------
+
+    def exports(self, credential: Credential, request: MintRequest) -> Exports:
+        """The workload's key (generated where it runs) and the certificate beside it, named
+        the way OpenSSH pairs them (``ssh -i "$JIT_SSH_KEY"`` and ``ssh-add`` load
+        ``<key>-cert.pub`` too)."""
+        return Exports(
+            files={"id": ExportSource(private_key=True), "id-cert.pub": ExportSource(secret=True)},
+            env={
+                "JIT_SSH_KEY": ExportSource(file="id"),
+                "JIT_SSH_CERT": ExportSource(file="id-cert.pub"),
+            },
+        )
 
     async def check_health(self) -> None:
         """The CA key is loaded at construction; the revoked set must be reachable."""

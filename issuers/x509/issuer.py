@@ -41,7 +41,7 @@ from broker.errors import (
     IssuerUnavailable,
     ScopeNotSupported,
 )
-from broker.issuer import Capabilities, IssuerContext
+from broker.issuer import Capabilities, Exports, ExportSource, IssuerContext
 from broker.types import Credential, Lease, MintRequest, Scope, Secret
 from issuers.x509.ca import CAError, CertificateAuthority, generate_ca, load_ca
 from issuers.x509.profile import (
@@ -352,6 +352,22 @@ class X509Issuer:
             await self._state.revoke(serial, to_ms(lease.not_after), now_ms)
         self._crl_cache = None
         log.debug("%s: lease %s revoked (serial added to the CRL)", self._label, lease.id)
+
+    def exports(self, credential: Credential, request: MintRequest) -> Exports:
+        """PEM files: the certificate, the workload's key (generated where it runs) and the
+        CA chain (this issuer's public ``ca.pem``), with their paths in the environment."""
+        return Exports(
+            files={
+                "cert.pem": ExportSource(secret=True),
+                "key.pem": ExportSource(private_key=True),
+                "ca.pem": ExportSource(document="ca.pem"),
+            },
+            env={
+                "JIT_TLS_CERT_FILE": ExportSource(file="cert.pem"),
+                "JIT_TLS_KEY_FILE": ExportSource(file="key.pem"),
+                "JIT_TLS_CA_FILE": ExportSource(file="ca.pem"),
+            },
+        )
 
     async def check_health(self) -> None:
         """Healthy while the CA certificate is within its validity and the serial state in

@@ -90,3 +90,51 @@ def test_the_cli_imports_broker_mcp_only_inside_jit_mcp() -> None:
     top = {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module is not None}
     assert "broker.mcp.server" not in top
     assert not any(m.split(".")[0] == "mcp" for m in top)
+
+
+# broker/client (the SDK) runs inside workloads: it talks HTTP only and never pulls in the
+# server. Allowed: the contract modules (minus the issuer contract), the pure backoff rule
+# (broker.retry: no I/O, imports nothing from broker), the package root (its version) and
+# its own modules.
+CLIENT_ALLOWED = {
+    "broker",
+    "broker.types",
+    "broker.errors",
+    "broker.clock",
+    "broker.urls",
+    "broker.retry",
+}
+SERVER_ONLY = {"litestar", "redis", "fakeredis", "uvicorn", "slack_sdk", "prometheus_client", "cel"}
+
+
+def test_the_sdk_imports_only_the_contract_modules_and_itself() -> None:
+    files = py_files("broker", "client")
+    assert files
+    for path in files:
+        rel = path.relative_to(ROOT)
+        mods = imports_of(path)
+        bad = {
+            m
+            for m in mods
+            if m.startswith("broker")
+            and m not in CLIENT_ALLOWED
+            and not m.startswith("broker.client")
+        }
+        assert not bad, f"{rel} imports {bad}"
+        server = {m for m in mods if m.split(".")[0] in SERVER_ONLY}
+        assert not server, f"{rel} imports {server}"
+
+
+def test_importing_the_sdk_loads_no_server_module() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, broker.client; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        f"{sorted(SERVER_ONLY)!r} or m.startswith(('broker.service', 'broker.api', "
+        "'broker.leases', 'broker.identity', 'broker.policy', 'broker.approvals', "
+        "'broker.audit', 'broker.issuer', 'issuers'))); print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
