@@ -238,6 +238,11 @@ class AuditChain:
         self._cleanup.extend(cleanup)
         return records, results
 
+    async def flush(self) -> None:
+        """Send the clean-up ops waiting for a batch now (one round trip, if there are any)."""
+        if self._cleanup:
+            await self._submit(None, [])
+
     async def checkpoint_if_due(self) -> AuditEvent | None:
         """Append a checkpoint when records are waiting for one and ``checkpoint_interval`` has
         passed (:meth:`AuditLog.run` calls this, so a quiet chain's tail still gets signed).

@@ -178,6 +178,11 @@ class AuditLog:
         _, results = await self._commit(list(events), ops, cleanup, redis)
         return results
 
+    async def flush(self) -> None:
+        """Send the clean-up ops of earlier commits that wait for the next batch."""
+        if self.chain is not None:
+            await self.chain.flush()
+
     async def _commit(
         self,
         events: list[AuditEvent],

@@ -368,23 +368,34 @@ def config_group() -> None:
 
 @config_group.command("schema")
 def config_schema() -> None:
-    """Print the JSON Schema of the config file."""
+    """Print the JSON Schema of the config file (issuer configs of every installed type)."""
     from broker.config import json_schema
+    from broker.errors import BrokerError
+    from broker.registry import issuer_config_types
 
-    _print_json(json_schema())
+    try:
+        types = issuer_config_types()
+    except BrokerError as exc:
+        raise click.ClickException(exc.message) from None
+    _print_json(json_schema(types))
 
 
 @config_group.command("check")
 @click.argument("path", type=click.Path(dir_okay=False))
 def config_check(path: str) -> None:
-    """Validate a config file and its policy directory without starting anything."""
+    """Validate a config file, its issuers' configs and its policy directory without starting
+    anything (no backend is contacted; key and password files are read when the broker starts).
+
+    A config problem ends like `jit serve` ends on it: the same message, exit status 1."""
     from broker.errors import BrokerError
     from broker.policy import lint_policy_dir
+    from broker.registry import validate_issuer_configs
 
     try:
         settings = load_settings(path)
+        validate_issuer_configs(settings.issuers)
     except BrokerError as exc:
-        die(exc.message, 2)
+        raise click.ClickException(exc.message) from None
     known_claims, issuers = _policy_context(path)
     problems = lint_policy_dir(settings.policy_dir, known_claims=known_claims, issuers=issuers)
     for p in problems:

@@ -23,7 +23,8 @@ lease has fields named by its 8-hex suffix ``S``: ``S`` its state (``m`` minting
 ``Sh`` the issuer's handle, ``Sk`` the key binding (cnf), and while revoked or retried: ``Sv``
 revision, ``Sl``/``Su`` the revocation lock and its end, ``ST`` trigger, ``SP`` previous state,
 ``SX`` revoked at, ``SA`` attempts, ``SE`` last error, ``SF`` first failure, ``SO`` overdue,
-``Sq`` an audit record that may not be written yet (cleared once it is).
+``Sq`` / ``Sw`` when the ``lease.minted`` / ``lease.revoked`` record was committed, until it is
+known to be in the chain (then cleared).
 """
 
 from __future__ import annotations

@@ -139,6 +139,7 @@ class LeaseManager:
         self.replica_id = replica_id or new_replica_id()
         self.health = health
         self._retention_ms = int(settings.retention.total_seconds() * 1000)
+        self._grace_ms = int(settings.visibility_timeout.total_seconds() * 1000)
 
     async def _commit(
         self, events: list[AuditEvent], ops: list[Any], cleanup: list[Any]
@@ -289,13 +290,14 @@ class LeaseManager:
             },
             **common,
         )
+        committed_ms = to_ms(self.clock.now())
         results = await self._commit(
             [*decided, minted],
             [
-                self.store.activate_op(lease.id, credential.handle),
+                self.store.activate_op(lease.id, credential.handle, committed_ms),
                 *self.store.due_ops(lease.id, to_ms(not_after)),
             ],
-            [self.store.clear_marker_op(lease.id, "m")],
+            [self.store.clear_marker_op(lease.id, "minted", committed_ms)],
         )
         if _text(results[0]) != "ok":
             # Revocation began while the issuer was minting (task completed, TTL ran out).
@@ -476,18 +478,18 @@ class LeaseManager:
             await self.store.drop_due(lease_id)
             return "gone"
         lease = rec.lease
-        if not lease.state.live:
-            await self._recover_record(rec)
-            await self._commit(
-                [], self.store.settle_ops(lease, overdue=False, retried=False)[:1], []
-            )
-            return "done"
         now = self.clock.now()
         now_ms = to_ms(now)
+        again = await self._recover_records(rec, now_ms)
+        if not lease.state.live:
+            if again is None:
+                await self.store.drop_due(lease_id)
+            else:  # a record that may still be on its way: look again after the grace
+                await self.store.schedule(lease_id, again)
+            return "done"
         not_after_ms = to_ms(lease.not_after)
         if lease.state is LeaseState.ACTIVE and not_after_ms > now_ms:
-            await self._recover_record(rec)
-            await self.store.schedule(lease_id, not_after_ms)
+            await self.store.schedule(lease_id, min(not_after_ms, again or not_after_ms))
             return "rescheduled"
         if lease.state is LeaseState.MINTING:
             grace_ms = rec.created_ms + int(self.settings.mint_grace.total_seconds() * 1000)
@@ -515,39 +517,57 @@ class LeaseManager:
         await self.store.schedule(lease_id, now_ms + slots.defer_ms)
         return "deferred"
 
-    async def _recover_record(self, rec: LeaseRecord) -> None:
-        """Write the audit record a state change may have lost (the process died between the
-        change and its record): ``lease.minted`` or ``lease.revoked``, marked ``recovered``.
-        Rarely, the record was written and only its marker was not cleared: the copy is marked
-        as such, so a reader can tell."""
-        marker = rec.audit_pending
+    async def _recover_records(self, rec: LeaseRecord, now_ms: int) -> int | None:
+        """Write the audit records a state change may have lost: a marker older than the
+        grace (``visibility_timeout``: far longer than a commit takes to be cleared) means the
+        process died between the change and its record; the record is written now, marked
+        ``recovered`` (rarely a duplicate, when only the clearing was lost). Returns when to
+        look again for a marker still within its grace, or None."""
         lease = rec.lease
-        if marker not in ("m", "r"):
-            return
-        if marker == "r" and lease.state is LeaseState.FAILED:
-            kind = "lease.mint_cleaned"
-        else:
-            kind = "lease.minted" if marker == "m" else "lease.revoked"
-        event = self.audit.record(
-            kind,
-            principal=lease.owner,
-            lease_id=lease.id,
-            task_id=lease.task_id,
-            issuer=lease.scope.issuer,
-            detail={
-                "recovered": True,
-                "resource": lease.scope.resource,
-                "actions": list(lease.scope.actions),
-                "not_after": lease.not_after.isoformat(),
-                "trigger": lease.revoke_trigger or "",
-            },
-        )
-        log.warning("lease %s: writing a %s record that may have been lost", lease.id, kind)
-        ops = [self.store.clear_marker_op(lease.id, marker)]
-        if marker == "r":  # its indexes were not settled either (the owner's count is
-            # recounted by reconciliation, should this repeat a settlement that did happen)
-            ops += self.store.settle_ops(lease, overdue=lease.overdue, retried=lease.attempts > 0)
-        await self._commit([event], ops, [])
+        events: list[AuditEvent] = []
+        ops: list[Any] = []
+        again: int | None = None
+        pending: list[tuple[str, int]] = []
+        if rec.minted_pending_ms is not None:
+            pending.append(("minted", rec.minted_pending_ms))
+        if rec.revoked_pending_ms is not None:
+            pending.append(("revoked", rec.revoked_pending_ms))
+        for kind, at_ms in pending:
+            if now_ms - at_ms < self._grace_ms:
+                due = at_ms + self._grace_ms
+                again = due if again is None else min(again, due)
+                continue
+            if kind == "minted":
+                name = "lease.minted"
+            else:
+                name = "lease.mint_cleaned" if lease.state is LeaseState.FAILED else "lease.revoked"
+                # its settlement was lost with it (the owner's count is recounted by
+                # reconciliation, should this repeat one that did happen)
+                ops += self.store.settle_ops(
+                    lease, overdue=lease.overdue, retried=lease.attempts > 0
+                )[1:]
+            ops.append(self.store.clear_marker_op(lease.id, kind, at_ms))
+            log.warning("lease %s: writing a %s record that may have been lost", lease.id, name)
+            events.append(
+                self.audit.record(
+                    name,
+                    principal=lease.owner,
+                    lease_id=lease.id,
+                    task_id=lease.task_id,
+                    issuer=lease.scope.issuer,
+                    detail={
+                        "recovered": True,
+                        "committed_at_ms": at_ms,
+                        "resource": lease.scope.resource,
+                        "actions": list(lease.scope.actions),
+                        "not_after": lease.not_after.isoformat(),
+                        "trigger": lease.revoke_trigger or "",
+                    },
+                )
+            )
+        if events:
+            await self._commit(events, ops, [])
+        return again
 
     async def retry_now(self, issuer: str) -> int:
         """Put every revocation waiting in backoff for ``issuer`` back on the due index now
@@ -579,12 +599,13 @@ class LeaseManager:
                 return "busy"
             if status != "ok":
                 return "gone" if status == "missing" else "done"
+            await self.audit.flush()  # this process's cleared markers first
             rec = await self.store.load(lease_id)
             if rec is None:
                 return "gone"
             lease = rec.lease
-            if rec.audit_pending == "m":
-                await self._recover_record(rec)  # its lease.minted first, then the revocation
+            # its lease.minted first (if lost), then the revocation
+            again = await self._recover_records(rec, to_ms(now))
             issuer = self.issuers.get(lease.scope.issuer)
             try:
                 if issuer is None:
@@ -631,10 +652,11 @@ class LeaseManager:
                 issuer=lease.scope.issuer,
                 detail=detail,
             )
+            settle = self.store.settle_ops(lease, overdue=lease.overdue, retried=lease.attempts > 0)
+            if again is not None:  # a lease.minted record may still be on its way: keep a
+                settle = [*settle[1:], *self.store.due_ops(lease_id, again)]  # due entry
             await self._commit(
-                [record],
-                self.store.settle_ops(lease, overdue=lease.overdue, retried=lease.attempts > 0),
-                [self.store.clear_marker_op(lease_id, "r")],
+                [record], settle, [self.store.clear_marker_op(lease_id, "revoked", to_ms(done))]
             )
             return final.value
         await self.store.schedule(lease_id, to_ms(self.clock.now()))

@@ -50,7 +50,10 @@ class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
     locker: str | None
     lock_until_ms: int
     first_fail_ms: int | None = None
-    audit_pending: str | None = None  # "m" (lease.minted) or "r" (lease.revoked) maybe unwritten
+    # When the lease.minted / lease.revoked record of this lease was committed, while that
+    # record is not known to be in the chain (a marker cleared once it is).
+    minted_pending_ms: int | None = None
+    revoked_pending_ms: int | None = None
 
 
 class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -121,7 +124,7 @@ redis.call('PERSIST', KEYS[1])
 return 'ok'
 """)
 
-# KEYS: task. ARGV: suffix, handle_json ('' = none)
+# KEYS: task. ARGV: suffix, handle_json ('' = none), now_ms
 # minting → active, with an audit record pending. Otherwise (revocation began while the issuer
 # was minting) the handle is recorded, the revision bumped so a revoker that began without it
 # revokes again, and a finished lease is reopened (live again).
@@ -130,7 +133,7 @@ local s = ARGV[1]
 local st = redis.call('HGET', KEYS[1], s)
 if not st then return 'missing' end
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], s .. 'h', ARGV[2]) end
-redis.call('HSET', KEYS[1], s .. 'q', 'm')
+redis.call('HSET', KEYS[1], s .. 'q', ARGV[3])
 if st == 'm' then
   redis.call('HSET', KEYS[1], s, 'a')
   return 'ok'
@@ -172,7 +175,7 @@ local h = redis.call('HMGET', KEYS[1], s, s .. 'l', s .. 'v')
 if h[1] ~= 'r' or h[2] ~= ARGV[2] then return 'lost' end
 redis.call('HDEL', KEYS[1], s .. 'l', s .. 'u')
 if tonumber(h[3] or '0') ~= tonumber(ARGV[3]) then return 'again' end
-redis.call('HSET', KEYS[1], s, ARGV[5], s .. 'X', ARGV[4], s .. 'q', 'r')
+redis.call('HSET', KEYS[1], s, ARGV[5], s .. 'X', ARGV[4], s .. 'w', ARGV[4])
 if redis.call('HINCRBY', KEYS[1], 'n', -1) <= 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
 end
@@ -228,10 +231,11 @@ for _, id in ipairs(ids) do out[#out + 1] = id end
 return out
 """)
 
-# KEYS: task. ARGV: suffix, marker — clear an audit marker once its record is in the chain.
+# KEYS: task. ARGV: field (suffix + q | w), value — clear an audit marker once its record is
+# in the chain (only that marker: a later commit's marker stays).
 _CLEAR = Script("""
-if redis.call('HGET', KEYS[1], ARGV[1] .. 'q') == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1] .. 'q')
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
 end
 return 1
 """)
@@ -329,10 +333,10 @@ class LeaseStore:
             Op(command=("HINCRBY", owner, "#", 1)),
         ]
 
-    def activate_op(self, lease_id: str, handle: Mapping[str, str]) -> Op:
+    def activate_op(self, lease_id: str, handle: Mapping[str, str], now_ms: int) -> Op:
         tkey, suffix = split_lease_id(lease_id)
         return _ACTIVATE.op(
-            [self.keys.task(tkey)], [suffix, _enc.encode(dict(handle)) if handle else ""]
+            [self.keys.task(tkey)], [suffix, _enc.encode(dict(handle)) if handle else "", now_ms]
         )
 
     def finish_op(
@@ -356,9 +360,11 @@ class LeaseStore:
             ops.append(Op(command=("SREM", self.keys.retry(lease.scope.issuer), lease.id)))
         return ops
 
-    def clear_marker_op(self, lease_id: str, marker: str) -> Op:
+    def clear_marker_op(self, lease_id: str, kind: str, at_ms: int) -> Op:
+        """Clear the ``minted`` or ``revoked`` marker written at ``at_ms``."""
         tkey, suffix = split_lease_id(lease_id)
-        return _CLEAR.op([self.keys.task(tkey)], [suffix, marker])
+        field = suffix + ("q" if kind == "minted" else "w")
+        return _CLEAR.op([self.keys.task(tkey)], [field, at_ms])
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -654,8 +660,14 @@ def _lease(tkey: str, s: str, owner: str, h: Mapping[str, Any]) -> LeaseRecord |
         locker=opt_text(h.get(s + "l")),
         lock_until_ms=int(text(h.get(s + "u", b"0"))),
         first_fail_ms=int(text(first_fail)) if first_fail is not None else None,
-        audit_pending=opt_text(h.get(s + "q")),
+        minted_pending_ms=_int(h.get(s + "q")),
+        revoked_pending_ms=_int(h.get(s + "w")),
     )
+
+
+def _int(raw: Any) -> int | None:
+    value = opt_text(raw)
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def _prev(raw: Any) -> str | None:

@@ -89,7 +89,10 @@ def test_jit_serve_issues_verifiable_credentials_from_files_and_redis(
         assert claims["jti"] == issued["lease_id"]
         # The lease lives in the real Redis under the configured prefix.
         r = redis.Redis()
-        assert r.zscore(f"{prefix}:{{due}}", issued["lease_id"]) is not None
+        task_key, suffix = issued["lease_id"].split(".")
+        assert r.hget(f"{prefix}:{{t:{task_key}}}", suffix) == b"a"  # active
+        shard = int(suffix, 16) % 1024
+        assert r.zscore(f"{prefix}:{{due:{shard}}}", issued["lease_id"]) is not None
         # A workload the policy does not trust is refused with the reason.
         env["JIT_TOKEN"] = idp.token("repo:evil/app")
         denied = subprocess.run(

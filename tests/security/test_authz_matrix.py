@@ -205,6 +205,8 @@ MATRIX: dict[str, Row] = {
     "GET /v1/tasks/{task_id}": workload_route(200, 404),
     "POST /v1/tasks/{task_id}/complete": workload_route(T(200, "lease", "task"), 404),
     "GET /v1/issuers/{issuer}/{document}": EVERYONE,
+    # the caller's own access only (a deny is an answer too); nothing changes
+    "POST /v1/explain": workload_route(200, 200),
     "POST /v1/usage": {
         **NO_WORKLOAD,
         "owner": 403,
@@ -349,6 +351,8 @@ def request_for(route: str, world: World, caller: str, owned: Owned) -> dict[str
         }
     if route == "POST /v1/usage":
         return {"json": {"token": owned.secret, "resource": "https://demo.local"}}
+    if route == "POST /v1/explain":
+        return {"json": {"issuer": "jwt", "resource": "https://demo.local", "actions": ["read"]}}
     if route.endswith("/approve"):
         return {"json": {}}
     if route.endswith("/deny"):
@@ -548,12 +552,12 @@ async def lab_world(world: World) -> AsyncIterator[tuple[World, LabIdentity]]:
         world.clock,
         static_keys={"dev": world.dev.keyset(), "lab": lab.keyset()},
     )
-    original = world.broker.verifier
-    world.broker.verifier = verifier
+    original = world.broker.callers.verifier
+    world.broker.callers.verifier = verifier  # who verifies a caller's token
     try:
         yield world, lab
     finally:
-        world.broker.verifier = original
+        world.broker.callers.verifier = original
         await verifier.aclose()
 
 

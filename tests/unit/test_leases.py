@@ -403,7 +403,8 @@ async def test_a_mint_whose_record_was_lost_gets_it_written_when_the_lease_is_ne
     appended: the marker left on the lease makes the reaper write it (marked recovered)."""
     lease, _ = await kit.issue(ttl=60)
     # Put the marker back as a crash between the activation and its record would leave it.
-    await kit.redis.hset(kit.store.keys.lease_task(lease.id), lease.id[-8:] + "q", "m")
+    committed_ms = int(kit.clock.now().timestamp() * 1000)
+    await kit.redis.hset(kit.store.keys.lease_task(lease.id), lease.id[-8:] + "q", committed_ms)
     kit.sink.events.clear()
     kit.clock.advance(61)
     assert await kit.reaper.run_once() == 1
@@ -412,7 +413,7 @@ async def test_a_mint_whose_record_was_lost_gets_it_written_when_the_lease_is_ne
     assert ("lease.revoked", None) in types
     rec = await kit.store.load(lease.id)
     assert rec is not None
-    assert rec.audit_pending is None
+    assert rec.minted_pending_ms is None
 
 
 async def test_a_revocation_whose_record_was_lost_is_recorded_by_the_reaper(kit: Kit) -> None:
@@ -575,3 +576,17 @@ async def test_listing_skips_a_record_that_expired_and_shows_the_rest(kit: Kit) 
     newer, _ = await kit.issue("t2")
     await kit.redis.delete(kit.store.keys.lease_task(newer.id))  # listed first (newest first)
     assert [le.id for le in await kit.manager.list(ALICE.id)] == [older.id]
+
+
+async def test_a_record_still_within_its_grace_is_not_taken_for_lost(kit: Kit) -> None:
+    """A marker younger than the grace belongs to a commit whose clearing is on its way: the
+    reaper looks again later instead of writing a second record."""
+    lease, _ = await kit.issue(ttl=3600)
+    committed_ms = int(kit.clock.now().timestamp() * 1000)
+    await kit.redis.hset(kit.store.keys.lease_task(lease.id), lease.id[-8:] + "q", committed_ms)
+    kit.sink.events.clear()
+    await kit.store.schedule(lease.id, 0)
+    assert await kit.reaper.run_once() == 1  # "rescheduled": the lease is active
+    assert [e for e in kit.sink.events if e.type == "lease.minted"] == []
+    grace_ms = SETTINGS.visibility_timeout.total_seconds() * 1000
+    assert (await kit.due())[lease.id] == committed_ms + grace_ms
