@@ -33,6 +33,8 @@ __all__ = [
     "LoggingSettings",
     "MetricsSettings",
     "PersonSettings",
+    "QuotaLimit",
+    "QuotaSettings",
     "ReaperSettings",
     "Settings",
     "SlackSettings",
@@ -185,6 +187,21 @@ class MetricsSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=
     token_file: str | None = None
 
 
+class QuotaLimit(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """None: no limit."""
+
+    live_leases: int | None = None  # live (minting, active, revoking) leases at once
+    mints_per_minute: int | None = None  # credentials requested per calendar minute
+
+
+class QuotaSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Quotas enforced atomically in Redis across replicas (docs/configuration.md "quotas")."""
+
+    workload: QuotaLimit = msgspec.field(default_factory=QuotaLimit)  # each workload (principal)
+    owner: QuotaLimit = msgspec.field(default_factory=QuotaLimit)  # each policy owner's grants
+    owners: dict[str, QuotaLimit] = msgspec.field(default_factory=dict)  # per policy owner
+
+
 class LoggingSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     format: Literal["json", "text"] = "json"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -207,6 +224,7 @@ class Settings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     ssf: SsfSettings = msgspec.field(default_factory=SsfSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    quotas: QuotaSettings = msgspec.field(default_factory=QuotaSettings)
     broker_audience: str = "jit-broker"  # the ``aud`` workload tokens must carry for the broker
 
 
@@ -273,6 +291,19 @@ def _check(s: Settings, source: str) -> None:
             f"{source}: reaper.visibility_timeout must be at least twice reaper.issuer_timeout "
             "(a claimed revocation must finish before another replica may take it over)"
         )
+    for where, q in [
+        ("workload", s.quotas.workload),
+        ("owner", s.quotas.owner),
+        *((f"owners.{k}", v) for k, v in s.quotas.owners.items()),
+    ]:
+        for name, value in (
+            ("live_leases", q.live_leases),
+            ("mints_per_minute", q.mints_per_minute),
+        ):
+            if value is not None and value < 1:
+                raise ConfigError(
+                    f"{source}: quotas.{where}.{name} must be at least 1 (or omitted)"
+                )
     if s.limits.max_body_bytes < 1024:
         raise ConfigError(f"{source}: limits.max_body_bytes must be at least 1024")
 

@@ -11,6 +11,7 @@
     │   └── ApprovalRequired 403     a grant covers it but needs human approval (names the grant)
     ├── NotFound             404     no such lease / task, or not the caller's
     ├── Conflict             409     e.g. a credential for a completed task
+    ├── QuotaExceeded        429     a workload's or an owner's quota (names it; Retry-After)
     ├── IssuerError                  raised by issuer plugins
     │   ├── ScopeNotSupported 400    the backend cannot express the requested scope
     │   └── IssuerUnavailable 503    the backend is down or refused; retryable
@@ -37,6 +38,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "PolicyError",
+    "QuotaExceeded",
     "ScopeNotSupported",
     "StoreUnavailable",
 ]
@@ -112,6 +114,20 @@ class Conflict(BrokerError):
     status = 409
     code = "conflict"
     oauth_error = "invalid_request"
+
+
+class QuotaExceeded(BrokerError):
+    """A quota would be exceeded: ``quota`` names it (``workload.live_leases`` …) and
+    ``retry_after`` says, in seconds, when asking again may succeed."""
+
+    status = 429
+    code = "quota-exceeded"
+    oauth_error = "slow_down"
+
+    def __init__(self, message: str, *, quota: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.quota = quota
+        self.retry_after = retry_after
 
 
 class IssuerError(BrokerError):

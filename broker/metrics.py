@@ -75,6 +75,9 @@ _APPROVAL_FINAL: Final = {
     "approval.cancelled": "cancelled",
 }
 _AUTH_KINDS: Final = frozenset({"token", "client", "slack"})
+_QUOTAS: Final = frozenset(
+    f"{who}.{what}" for who in ("workload", "owner") for what in ("live_leases", "mints_per_minute")
+)
 
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}(?:\.[a-z][a-z0-9_]{0,31}){0,3}$")
 _WORD = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -199,6 +202,7 @@ class Metrics:
         self._route = LabelGuard("route", check=_route_ok, cap=256)
         self._sink = LabelGuard("sink", pattern=_NAME, cap=32)
         self._auth_kind = LabelGuard("kind", allowed=_AUTH_KINDS)
+        self._quota = LabelGuard("quota", allowed=_QUOTAS)
         # approval id -> opened time, for approvals opened here whose final event carries no
         # wait_ms (bounded: the oldest are forgotten first).
         self._opened: OrderedDict[str, datetime] = OrderedDict()
@@ -294,6 +298,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.quota_refusals = Counter(
+            "jit_quota_refusals",
+            "Credential requests refused by a quota (429), by quota.",
+            ["quota"],
+            registry=r,
+        )
         self.scraped = _ScrapeGauges()
         r.register(self.scraped)
         # Zero series from the start, so rate() and "increase(...) > 0" alerts see them.
@@ -354,6 +364,8 @@ class Metrics:
                 self.approval_wait.labels(outcome=outcome).observe(wait)
         elif t == "auth.failed":
             self.auth_failures.labels(kind=self._auth_kind(_auth_kind(event))).inc()
+        elif t == "quota.refused":
+            self.quota_refusals.labels(quota=self._quota(detail.get("quota"))).inc()
 
     def _approval_wait(self, event: AuditEvent) -> float | None:
         """Seconds the request waited: ``detail.wait_ms`` when the event carries it (any

@@ -19,6 +19,7 @@ from broker.errors import (
     ApprovalRequired,
     BrokerError,
     PermissionDenied,
+    QuotaExceeded,
     StoreUnavailable,
 )
 
@@ -70,6 +71,8 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
     reasons: list[str] | None = None  # why the policy said no (403)
     grant: str | None = None  # the grant that needs approval (403 approval-required)
     errors: list[FieldError] | None = None  # which fields are invalid (400)
+    quota: str | None = None  # which quota was reached (429), e.g. workload.live_leases
+    retry_after: int | None = None  # seconds (429; also the Retry-After header)
 
 
 def problems(*statuses: int) -> dict[int, ResponseSpec]:
@@ -103,6 +106,8 @@ def problem_response(request: Request[Any, Any, State], body: dict[str, Any]) ->
         headers["WWW-Authenticate"] = 'Bearer realm="jit-broker"'
     if body["status"] == 503:
         headers["Retry-After"] = RETRY_AFTER
+    if body["status"] == 429 and isinstance(body.get("retry_after"), int):
+        headers["Retry-After"] = str(body["retry_after"])
     return Response(body, status_code=body["status"], media_type=PROBLEM, headers=headers)
 
 
@@ -114,6 +119,9 @@ def _broker_error(request: Request[Any, Any, State], exc: Exception) -> Response
         extra["reasons"] = list(exc.reasons)
     if isinstance(exc, ApprovalRequired):
         extra["grant"] = exc.grant
+    if isinstance(exc, QuotaExceeded):
+        extra["quota"] = exc.quota
+        extra["retry_after"] = exc.retry_after
     title = "Approval required" if isinstance(exc, ApprovalRequired) else _TITLES.get(status)
     if status >= 500:
         log.warning("%s: %s", exc.__class__.__name__, exc.message)

@@ -29,6 +29,7 @@ from broker.errors import (
     BrokerError,
     InvalidRequest,
     PermissionDenied,
+    QuotaExceeded,
     StoreUnavailable,
 )
 from broker.service import Broker, Issued
@@ -56,6 +57,7 @@ class OAuthError(msgspec.Struct, frozen=True, omit_defaults=True):
     grant: str | None = None
     approval_id: str | None = None
     approval_uri: str | None = None
+    quota: str | None = None
     expires_in: int | None = None
     interval: int | None = None
 
@@ -200,6 +202,10 @@ def from_broker_error(exc: BrokerError, *, client_auth: bool = False) -> Respons
         if client_auth:
             return oauth_error("invalid_client", exc.message, 401)
         return oauth_error("invalid_grant", exc.message, 400)
+    if isinstance(exc, QuotaExceeded):
+        response = oauth_error(exc.oauth_error, exc.message, 429, quota=exc.quota)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     status = exc.status
     if status in (401, 403, 404, 409):
         status = 400  # RFC 6749 §5.2: token endpoint errors are 400

@@ -6,6 +6,9 @@
     {prefix}:{o:<owner key>}       hash  the owner's tasks: task key → created ms; "#": live count
     {prefix}:{due:<n>}             zset  due shard n: lease id → when the reaper must look (ms)
     {prefix}:{due}                 zset  the due shards: n → a time at or before its earliest entry
+    {prefix}:{o:<owner key>}:m:<minute>  string  the owner's mints this minute (quota)
+    {prefix}:{q:<policy owner key>}  hash  "#": live leases of a policy owner's grants (quota)
+    {prefix}:{q:<policy owner key>}:m:<minute>  string  their mints this minute (quota)
     {prefix}:{overdue}             set   leases whose revocation failed too often or too long
     {prefix}:{retry:<issuer key>}  set   leases whose revocation at that issuer waits in backoff
 
@@ -104,6 +107,15 @@ class Keys:
 
     def owner(self, owner: str) -> str:
         return f"{self.prefix}:{{o:{owner_key(owner)}}}"
+
+    def owner_rate(self, owner: str, minute: int) -> str:
+        return f"{self.prefix}:{{o:{owner_key(owner)}}}:m:{minute}"
+
+    def policy_owner(self, owner: str) -> str:
+        return f"{self.prefix}:{{q:{owner_key(owner)}}}"
+
+    def policy_owner_rate(self, owner: str, minute: int) -> str:
+        return f"{self.prefix}:{{q:{owner_key(owner)}}}:m:{minute}"
 
     def shard_of(self, lease_id: str) -> int:
         return int(split_lease_id(lease_id)[1], 16) % self.due_shards

@@ -48,11 +48,12 @@ from broker.errors import (
     IssuerError,
     IssuerUnavailable,
     NotFound,
+    QuotaExceeded,
 )
 from broker.issuer import Issuer
 from broker.leases.health import IssuerHealth
 from broker.leases.keys import new_lease_id, split_lease_id, task_key, validate_task_id
-from broker.leases.store import LeaseRecord, LeaseStore, TaskRecord
+from broker.leases.store import LeaseRecord, LeaseStore, Quota, TaskRecord
 from broker.replica import new_replica_id
 from broker.retry import backoff
 from broker.state.scripts import run
@@ -167,6 +168,7 @@ class LeaseManager:
         parent: str | None = None,
         actors: tuple[Principal, ...] = (),
         delegable: bool = False,
+        quota: Quota | None = None,
     ) -> tuple[Lease, Credential]:
         """Mint a credential for exactly ``scope`` until now + ``ttl``, as a lease of ``task``.
 
@@ -220,6 +222,7 @@ class LeaseManager:
                 bounded=not issuer.capabilities.revocable,
                 retention_ms=self._retention_ms,
                 keep_principal=delegable or bool(actors),
+                quota=quota,
             )
             if status != "exists" or lease_id is not None:
                 break
@@ -238,6 +241,8 @@ class LeaseManager:
                 )
             if status == "parent":
                 raise Conflict("the credential this one is delegated from is no longer active")
+            if status.startswith("quota:"):
+                raise await self._quota_refused(status.removeprefix("quota:"), lease, request_id)
             raise Conflict(f"task {task.id!r} cannot take new leases ({status})")
         common: dict[str, Any] = {
             "principal": principal.id,
@@ -310,6 +315,30 @@ class LeaseManager:
             lease, state=LeaseState.ACTIVE, handle=dict(credential.handle)
         )
         return active, credential
+
+    async def _quota_refused(
+        self, quota: str, lease: Lease, request_id: str | None
+    ) -> QuotaExceeded:
+        """The 429 for a quota, recorded (``quota.refused``, which the metrics count)."""
+        now = self.clock.now()
+        # A minute's mints free up with the next minute; live leases as tasks end.
+        retry_after = 60 - now.second if quota.endswith("mints_per_minute") else 10
+        await self.audit.emit(
+            "quota.refused",
+            outcome="deny",
+            principal=lease.owner,
+            task_id=lease.task_id,
+            issuer=lease.scope.issuer,
+            request_id=request_id,
+            reasons=[f"quota {quota} reached"],
+            detail={"quota": quota, "grant": lease.grant or ""},
+        )
+        who = "this workload" if quota.startswith("workload") else "this policy owner's grants"
+        return QuotaExceeded(
+            f"quota {quota} reached for {who}; retry in {retry_after}s",
+            quota=quota,
+            retry_after=retry_after,
+        )
 
     def plan_lease_id(self, owner: str, task_id: str) -> str:
         """A fresh lease id for ``owner``'s task, to record before :meth:`issue` is called

@@ -240,7 +240,71 @@ end
 return 1
 """)
 
-SCRIPTS = (_CREATE, _ACTIVATE, _BEGIN, _FINISH, _FAIL, _COMPLETE, _CLAIM, _CLEAR)
+# KEYS: counters hash, this minute's mint counter. ARGV: max live (0: none), max per minute
+#       (0: none), counter ttl ms, index field ('' = none), index value
+# Reserve one live lease (and one mint of this minute) if the quota allows: "ok" | "live" | "rate".
+_RESERVE = Script("""
+local live = tonumber(redis.call('HGET', KEYS[1], '#') or '0')
+if tonumber(ARGV[1]) > 0 and live >= tonumber(ARGV[1]) then return 'live' end
+if tonumber(ARGV[2]) > 0 and tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[2]) then
+  return 'rate'
+end
+redis.call('HINCRBY', KEYS[1], '#', 1)
+if tonumber(ARGV[2]) > 0 then
+  redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], ARGV[4], ARGV[5]) end
+return 'ok'
+""")
+
+# KEYS: task. ARGV: suffix — take back a lease that was recorded but must not be (a quota
+# refused it in the same round trip): its fields go, the task's live count drops.
+_DISCARD = Script("""
+local s = ARGV[1]
+if redis.call('HGET', KEYS[1], s) ~= 'm' then return 0 end
+local gone = {s}
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.len(f) == 9 and string.sub(f, 1, 8) == s then gone[#gone + 1] = f end
+end
+redis.call('HDEL', KEYS[1], unpack(gone))
+if redis.call('HINCRBY', KEYS[1], 'n', -1) <= 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+""")
+
+SCRIPTS = (
+    _CREATE,
+    _ACTIVATE,
+    _BEGIN,
+    _FINISH,
+    _FAIL,
+    _COMPLETE,
+    _CLAIM,
+    _CLEAR,
+    _RESERVE,
+    _DISCARD,
+)
+_MINUTE_MS = 60_000
+
+
+class Limits(msgspec.Struct, frozen=True):
+    """Quota limits for one counter (0: none)."""
+
+    live: int = 0
+    per_minute: int = 0
+
+
+class Quota(msgspec.Struct, frozen=True):
+    """The quotas a new lease counts against: its workload's and its policy owner's."""
+
+    workload: Limits = Limits()
+    owner: str | None = None
+    owner_limits: Limits = Limits()
+
+
+def policy_owner(lease: Lease) -> str | None:
+    """The policy owner whose grant allowed the lease (``<owner>/<grant>``)."""
+    return lease.grant.split("/", 1)[0] if lease.grant and "/" in lease.grant else None
 
 
 def _principal(owner: str) -> Principal:
@@ -325,13 +389,47 @@ class LeaseStore:
     def undue_op(self, lease_id: str) -> Op:
         return Op(command=("ZREM", self.keys.due_shard(self.keys.shard_of(lease_id)), lease_id))
 
-    def owner_ops(self, lease: Lease) -> list[Op]:
-        """The task in its owner's hash, and one more live lease for the owner."""
-        owner = self.keys.owner(lease.owner)
-        return [
-            Op(command=("HSET", owner, task_key_of(lease.id), to_ms(lease.issued_at))),
-            Op(command=("HINCRBY", owner, "#", 1)),
+    def owner_ops(self, lease: Lease, quota: Quota | None = None) -> list[Op]:
+        """The task in its owner's hash and one more live lease for the owner (and for the
+        policy owner of its grant), each within its quota."""
+        quota = quota or Quota()
+        minute = to_ms(lease.issued_at) // _MINUTE_MS
+        ops = [
+            _RESERVE.op(
+                [self.keys.owner(lease.owner), self.keys.owner_rate(lease.owner, minute)],
+                [
+                    quota.workload.live,
+                    quota.workload.per_minute,
+                    2 * _MINUTE_MS,
+                    task_key_of(lease.id),
+                    to_ms(lease.issued_at),
+                ],
+            )
         ]
+        owner = policy_owner(lease)
+        if owner is not None:
+            ops.append(
+                _RESERVE.op(
+                    [self.keys.policy_owner(owner), self.keys.policy_owner_rate(owner, minute)],
+                    [
+                        quota.owner_limits.live,
+                        quota.owner_limits.per_minute,
+                        2 * _MINUTE_MS,
+                        "",
+                        "",
+                    ],
+                )
+            )
+        return ops
+
+    def _release_ops(self, lease: Lease, reserved: list[str]) -> list[Op]:
+        ops: list[Op] = []
+        if "workload" in reserved:
+            ops.append(Op(command=("HINCRBY", self.keys.owner(lease.owner), "#", -1)))
+        owner = policy_owner(lease)
+        if owner is not None and "owner" in reserved:
+            ops.append(Op(command=("HINCRBY", self.keys.policy_owner(owner), "#", -1)))
+        return ops
 
     def activate_op(self, lease_id: str, handle: Mapping[str, str], now_ms: int) -> Op:
         tkey, suffix = split_lease_id(lease_id)
@@ -350,10 +448,7 @@ class LeaseStore:
     def settle_ops(self, lease: Lease, *, overdue: bool, retried: bool) -> list[Op]:
         """After a lease reached its final state: off the due index, one live lease less for
         its owner, off the overdue and retry sets."""
-        ops = [
-            self.undue_op(lease.id),
-            Op(command=("HINCRBY", self.keys.owner(lease.owner), "#", -1)),
-        ]
+        ops = [self.undue_op(lease.id), *self._release_ops(lease, ["workload", "owner"])]
         if overdue:
             ops.append(Op(command=("SREM", self.keys.overdue, lease.id)))
         if retried:
@@ -377,13 +472,17 @@ class LeaseStore:
         bounded: bool,
         retention_ms: int,
         keep_principal: bool = False,
+        quota: Quota | None = None,
     ) -> str:
-        """Write-ahead, one round trip: the lease (state ``minting``) in its task, its due
-        entry and the owner's index. Returns ``ok``, ``completed`` (the task is closed),
-        ``deadline``, ``conflict``, ``exists`` or ``parent`` (the lease it is delegated from
-        is not active in this task); on anything but ``ok`` the index entries are
-        removed again."""
+        """Write-ahead, one round trip: the quota reservations (with the owner's index), the
+        lease (state ``minting``) in its task and its due entry. Returns ``ok``,
+        ``completed`` (the task is closed), ``deadline``, ``conflict``, ``exists``, ``parent``
+        (the lease it is delegated from is not active in this task) or
+        ``quota:<workload|owner>.<live_leases|mints_per_minute>``; on anything but ``ok``
+        what was written is taken back."""
+        reserve = self.owner_ops(lease, quota)
         ops = [
+            *reserve,
             *self.due_ops(lease.id, due_ms),
             self.create_op(
                 lease,
@@ -392,19 +491,28 @@ class LeaseStore:
                 retention_ms=retention_ms,
                 keep_principal=keep_principal,
             ),
-            *self.owner_ops(lease),
         ]
         results = await run(self.redis, ops)
-        status = opt_text(results[2]) or "missing"
-        if status != "ok":
-            await run(
-                self.redis,
-                [
-                    self.undue_op(lease.id),
-                    Op(command=("HINCRBY", self.keys.owner(lease.owner), "#", -1)),
-                ],
-            )
-        return status
+        verdicts = [opt_text(r) or "" for r in results[: len(reserve)]]
+        status = opt_text(results[-1]) or "missing"
+        named = list(zip(("workload", "owner"), verdicts, strict=False))
+        reserved = [who for who, v in named if v == "ok"]
+        refused = next(
+            (
+                f"quota:{who}.{'live_leases' if v == 'live' else 'mints_per_minute'}"
+                for who, v in named
+                if v != "ok"
+            ),
+            None,
+        )
+        if status == "ok" and refused is None:
+            return "ok"
+        undo = [self.undue_op(lease.id), *self._release_ops(lease, reserved)]
+        if status == "ok":
+            tkey, suffix = split_lease_id(lease.id)
+            undo.append(_DISCARD.op([self.keys.task(tkey)], [suffix, retention_ms]))
+        await run(self.redis, undo)
+        return refused or status
 
     async def begin_revoke(
         self, lease_id: str, *, me: str, now_ms: int, lock_until_ms: int, trigger: str

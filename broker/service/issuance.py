@@ -20,7 +20,7 @@ import msgspec
 from broker.approvals import Approvals, ApprovalState, ApprovalView
 from broker.audit import AuditLog
 from broker.clock import Clock
-from broker.config import LimitsSettings
+from broker.config import LimitsSettings, QuotaLimit, QuotaSettings
 from broker.errors import (
     ApprovalRequired,
     Conflict,
@@ -31,6 +31,7 @@ from broker.errors import (
 )
 from broker.issuer import Exports, ExportsEnvironment, Issuer
 from broker.leases import LeaseManager
+from broker.leases.store import Limits, Quota
 from broker.leases.ttl import TtlDecision, resolve_ttl
 from broker.policy import Allow, Deny, NeedsApproval, PolicySet, decide
 from broker.service.delegation import Hop
@@ -106,6 +107,7 @@ class Issuance:
         audit: AuditLog,
         clock: Clock,
         limits: LimitsSettings,
+        quotas: QuotaSettings | None = None,
     ) -> None:
         self.policy = policy
         self.issuers = issuers
@@ -114,6 +116,7 @@ class Issuance:
         self.audit = audit
         self.clock = clock
         self.limits = limits
+        self.quotas = quotas or QuotaSettings()
 
     async def request(
         self,
@@ -227,6 +230,7 @@ class Issuance:
             actors=intent.actors,
             decision=decided,
             delegable=_delegable(policy, decision.grant),
+            quota=quota_for(self.quotas, decision.grant),
         )
         return Issued(
             lease=lease,
@@ -467,6 +471,17 @@ class Issuance:
             exports=exports_of(self.issuers.get(scope.issuer), lease, credential, view.params),
         )
         return await self.approvals.get(approval_id), issued
+
+
+def quota_for(quotas: QuotaSettings, grant: str | None) -> Quota:
+    """The quotas a lease of ``grant`` counts against (docs/configuration.md "quotas")."""
+    owner = grant.split("/", 1)[0] if grant and "/" in grant else None
+    owner_limit = quotas.owners.get(owner, quotas.owner) if owner else quotas.owner
+
+    def limits(q: QuotaLimit) -> Limits:
+        return Limits(live=q.live_leases or 0, per_minute=q.mints_per_minute or 0)
+
+    return Quota(workload=limits(quotas.workload), owner=owner, owner_limits=limits(owner_limit))
 
 
 def _delegable(policy: PolicySet, grant_name: str) -> bool:

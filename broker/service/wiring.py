@@ -181,7 +181,9 @@ async def build_broker(
         dev_admin_key=dev_admin_key,
         dev_approver_key=dev_approver_key,
     )
-    issuance = Issuance(live_policy, issuers, manager, approvals, audit, clock, settings.limits)
+    issuance = Issuance(
+        live_policy, issuers, manager, approvals, audit, clock, settings.limits, settings.quotas
+    )
     documents = Documents(issuers)
     guard = StateGuard(
         redis, settings.key_prefix, audit, clock, interval=settings.reaper.state_check_interval

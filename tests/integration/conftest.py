@@ -7,8 +7,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
@@ -53,12 +55,20 @@ def policy_dir() -> Path:
 
 
 @pytest.fixture
+def settings_over() -> dict[str, Any]:
+    """Settings fields the ``api`` broker is built with besides the defaults (a test module
+    may override it, e.g. with ``quotas``)."""
+    return {}
+
+
+@pytest.fixture
 async def api(
     real_redis: aioredis.Redis,
     key_prefix: str,
     clock: FakeClock,
     tmp_path: Path,
     policy_dir: Path,
+    settings_over: dict[str, Any],
 ) -> AsyncIterator[Api]:
     keys = tmp_path / "keys"
     keys.mkdir()
@@ -76,6 +86,7 @@ async def api(
         },
         clients=[ClientSettings(client_id="orders-api", secret_file=str(secret_file))],
     )
+    settings = msgspec.structs.replace(settings, **settings_over)
     dev = DevIdentityIssuer(f"{BASE}/dev/oidc", clock)
     sink = MemorySink()
     broker = await build_broker(
