@@ -137,6 +137,16 @@ def test_the_rendered_config_is_accepted_by_the_broker(rendered: Manifests) -> N
     assert settings.policy_dir == "/etc/jit/policies"
 
 
+def test_the_production_example_renders_quotas_into_the_config() -> None:
+    """docs/configuration.md says the production example sets quotas: they reach the broker."""
+    settings = settings_from_mapping(
+        render(CHART / "ci" / "production-values.yaml").broker_config, source="config.yaml"
+    )
+    assert settings.quotas.workload.live_leases == 200
+    assert settings.quotas.workload.mints_per_minute == 120
+    assert settings.quotas.owner.live_leases == 5000
+
+
 def test_the_rendered_policies_lint_clean(rendered: Manifests, tmp_path: Path) -> None:
     if rendered.volume("policies")["configMap"]["name"] not in {
         c["metadata"]["name"] for c in rendered.all("ConfigMap")

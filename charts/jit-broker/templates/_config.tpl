@@ -31,11 +31,13 @@ rendered (it refuses unknown ones). values.schema.json already refused any other
 {{- range $c.clients -}}
 {{- $client := dict "client_id" .client_id "secret_file" (printf "%s/%s/secret" $p.clients (include "jit-broker.pathName" .client_id)) -}}
 {{- with .permissions }}{{ $_ := set $client "permissions" . }}{{ end -}}
+{{- with .resources }}{{ $_ := set $client "resources" . }}{{ end -}}
 {{- $clients = append $clients $client -}}
 {{- end -}}
 {{- with $clients }}{{ $_ := set $out "clients" . }}{{ end -}}
 {{- with $c.reaper }}{{ $_ := set $out "reaper" . }}{{ end -}}
 {{- with $c.limits }}{{ $_ := set $out "limits" . }}{{ end -}}
+{{- with $c.quotas }}{{ $_ := set $out "quotas" . }}{{ end -}}
 {{- /* audit: the keys, the optional shared file, webhooks with their tokens */ -}}
 {{- $audit := omit ($c.audit | default dict) "webhooks" -}}
 {{- $_ := set $audit "signing_key_file" (printf "%s/signing-key.pem" $p.audit) -}}
