@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -177,6 +177,14 @@ class AuditLog:
         sinks. Returns one result per op. ``cleanup`` ops follow once the records are in."""
         _, results = await self._commit(list(events), ops, cleanup, redis)
         return results
+
+    def sender(self, redis: Any) -> Callable[[list[Op]], Awaitable[list[Any]]]:
+        """Ops sent through the group commit (shared round trips), without records."""
+
+        async def send(ops: list[Op]) -> list[Any]:
+            return await self.commit([], ops, redis=redis)
+
+        return send
 
     async def flush(self) -> None:
         """Send the clean-up ops of earlier commits that wait for the next batch."""

@@ -89,7 +89,17 @@ def run_serve(config_path: str) -> None:
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
         await _serve(broker, settings.host, settings.port)
 
+    _fast_loop()
     asyncio.run(main())
+
+
+def _fast_loop() -> None:
+    """uvloop's event loop when it is installed (the default install has it: ADR 0061)."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def dev_policy_dir() -> Path:

@@ -24,7 +24,9 @@ parsed once per fetch by the cache. A verification is parsing plus one signature
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +80,10 @@ class _Issuer:
         return self.settings.name
 
 
+#: Verified tokens remembered at most (least recently used ones go first).
+_VERIFIED_MAX = 4096
+
+
 class TokenVerifier:
     """Verifies workload identity tokens from the configured issuers.
 
@@ -109,6 +115,8 @@ class TokenVerifier:
         if unknown:
             raise ConfigError(f"static keys given for unconfigured identity issuers {unknown}")
         self._keys = JWKSCache(issuers, clock, http=http, static_keys=static_keys)
+        # Tokens verified already, by SHA-256 digest: (principal, valid until, issuer name).
+        self._verified: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
 
     def _prepare(self, settings: IdentityIssuerSettings) -> _Issuer:
         where = f"identity issuer {settings.name!r}"
@@ -143,7 +151,27 @@ class TokenVerifier:
     # -- public API -----------------------------------------------------------------------------
 
     async def verify(self, token: str) -> Principal:
-        """Verify a compact JWT and map it to a Principal. Raises AuthenticationError."""
+        """Verify a compact JWT and map it to a Principal. Raises AuthenticationError.
+
+        A token that verified is remembered by its SHA-256 digest (never the token) until its
+        ``exp`` plus the issuer's leeway, or for ``jwks_cache_ttl`` at most (so a key the IdP
+        withdrew stops counting as soon as a refetch would have noticed): a workload presenting
+        the same token again costs a hash, not a signature check (docs/identity.md)."""
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        found = self._verified.get(digest)
+        if found is not None:
+            principal, until = found
+            if self._clock.now().timestamp() < until:
+                self._verified.move_to_end(digest)
+                return principal
+            del self._verified[digest]
+        principal, until = await self._verify(token)
+        self._verified[digest] = (principal, until)
+        if len(self._verified) > _VERIFIED_MAX:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         obj, header, claims = _parse(token)
         issuer = self._select(claims)
         alg = header["alg"]
@@ -161,7 +189,13 @@ class TokenVerifier:
         key = await self._keys.key(issuer.name, kid)
         _check_signature(obj, key, issuer, alg, kid)
         self._check_claims(claims, issuer)
-        return presets.principal_from_claims(issuer.settings, claims)
+        principal = presets.principal_from_claims(issuer.settings, claims)
+        settings = issuer.settings
+        until = min(
+            float(claims["exp"]) + settings.leeway.total_seconds(),
+            self._clock.now().timestamp() + settings.jwks_cache_ttl.total_seconds(),
+        )
+        return principal, until
 
     def known_claims(self) -> dict[str, set[str] | None]:
         """Identity-issuer name → the claim names its preset puts in ``Principal.claims``

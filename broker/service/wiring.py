@@ -139,7 +139,12 @@ async def build_broker(
         )
         audit.add_sink(ssf.sink())  # every lease.revoked event becomes a Security Event Token
 
-    store = LeaseStore(redis, settings.key_prefix, due_shards=settings.reaper.due_shards)
+    store = LeaseStore(
+        redis,
+        settings.key_prefix,
+        due_shards=settings.reaper.due_shards,
+        send=audit.sender(redis),  # concurrent mints share the write-ahead round trip
+    )
     manager = LeaseManager(
         store, issuers, audit, clock, settings.reaper, replica_id=replica_id, health=health
     )

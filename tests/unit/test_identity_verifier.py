@@ -655,3 +655,40 @@ def test_known_claims_name_each_issuers_preset_claims(world: World) -> None:
         "node",
         "node_uid",
     }
+
+
+# -- the verified-token cache ---------------------------------------------------------------------
+
+
+async def test_a_token_presented_again_is_not_verified_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import broker.identity.verifier as module
+
+    checks: list[str] = []
+    real = module._check_signature
+
+    def counting(*args: Any, **kwargs: Any) -> None:
+        checks.append("signature")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "_check_signature", counting)
+    token = world.gh_token()
+    first = await world.verifier.verify(token)
+    again = await world.verifier.verify(token)
+    assert again == first
+    assert checks == ["signature"]
+    # A different token (one byte of the signature changed) is checked, and refused.
+    with pytest.raises(AuthenticationError):
+        await world.verifier.verify(_tampered(world))
+    assert checks == ["signature", "signature"]
+
+
+async def test_a_remembered_token_stops_counting_at_its_expiry_not_later(world: World) -> None:
+    token = world.gh_token()
+    await world.verifier.verify(token)
+    world.clock.advance(timedelta(seconds=300 + 29))  # exp + leeway not yet reached
+    assert (await world.verifier.verify(token)).issuer == "github"
+    world.clock.advance(timedelta(seconds=2))
+    with pytest.raises(AuthenticationError, match="token expired"):
+        await world.verifier.verify(token)
