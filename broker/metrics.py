@@ -22,15 +22,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Final, NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from broker import __version__
@@ -193,6 +195,13 @@ class Metrics:
             raise ValueError("source_timeout must be positive")
         if approval_memory < 0:
             raise ValueError("approval_memory must be >= 0")
+        # `jit serve --workers N` (broker/cli/workers.py) sets PROMETHEUS_MULTIPROC_DIR: counters
+        # and histograms then live in files there, and a scrape of any worker sums all workers.
+        self._multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        if self._multiprocess_dir is not None and not getattr(
+            values.ValueClass, "_multiprocess", False
+        ):
+            values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         self.source_timeout = source_timeout
         self._issuer = LabelGuard("issuer", allowed=[*issuers])
@@ -214,7 +223,13 @@ class Metrics:
         self._state_lost: Callable[[], bool] | None = None
 
         r = self.registry
-        info = Gauge("jit_build_info", "The broker's version (always 1).", ["version"], registry=r)
+        info = Gauge(
+            "jit_build_info",
+            "The broker's version (always 1).",
+            ["version"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         info.labels(version=__version__).set(1)
         self.audit_events = Counter(
             "jit_audit_events", "Audit events seen by this replica, by type.", ["type"], registry=r
@@ -481,7 +496,12 @@ class Metrics:
         else the classic text format 0.0.4)."""
         await self.refresh()
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(_WithoutCreated(self.registry)), content_type
+        registry = self.registry
+        if self._multiprocess_dir is not None:  # every worker's values, and this one's gauges
+            registry = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
+            registry.register(self.scraped)
+        return encoder(_WithoutCreated(registry)), content_type
 
     def label_values(self) -> dict[str, set[str]]:
         """Every label value currently exported, by label name (for tests and debugging)."""

@@ -4,6 +4,7 @@ keys)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -103,11 +104,32 @@ def dev_token(sub: str, claims: tuple[str, ...], ttl: str, url: str | None) -> N
     envvar="JIT_CONFIG",
     help="Config file (YAML or JSON).",
 )
-def serve(config_path: str) -> None:
+@click.option(
+    "--workers",
+    default="1",
+    envvar="JIT_WORKERS",
+    show_default=True,
+    help="Broker processes sharing the port (one core each); 'auto' = one per CPU.",
+)
+def serve(config_path: str, workers: str) -> None:
     """Run the production server (Redis, keys from files, policies from a directory)."""
     from broker.cli.server import run_serve
 
-    run_serve(config_path)
+    run_serve(config_path, _worker_count(workers))
+
+
+def _worker_count(text: str) -> int:
+    if text.strip() == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    try:
+        count = int(text, 10)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 256:
+        raise click.BadParameter(
+            f"{text!r}: a whole number from 1 to 256, or 'auto'", param_hint="--workers"
+        )
+    return count
 
 
 # -- workload and approver commands (broker/cli/workload.py, approver.py, exec.py, helpers.py) --

@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -32,7 +33,15 @@ __all__ = ["run_dev", "run_serve"]
 log = logging.getLogger("jit")
 
 
-async def _serve(broker: Broker, host: str, port: int, on_ready: Any = None) -> None:
+async def _serve(
+    broker: Broker,
+    host: str,
+    port: int,
+    on_ready: Any = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve until a stop signal; on ``sock`` (inherited from ``jit serve --workers``) when given,
+    else on a socket of its own bound to ``host:port``."""
     app = create_app(broker)
     config = uvicorn.Config(
         app,
@@ -54,43 +63,77 @@ async def _serve(broker: Broker, host: str, port: int, on_ready: Any = None) -> 
             on_ready()
 
         asyncio.create_task(announce())  # noqa: RUF006  # lives as long as the server
-    await server.serve()
+    # uvicorn re-raises the stop signal once it has drained, with the handler it found in place:
+    # a no-op one makes a drained broker exit 0 instead of dying by its own signal.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _drained)
+    await server.serve(sockets=[sock] if sock is not None else None)
     if not server.started:
         raise click.ClickException(f"could not listen on {host}:{port} (is the port in use?)")
 
 
-def run_serve(config_path: str) -> None:
+def _drained(signum: int, frame: object) -> None:
+    """The stop signal uvicorn raises again after its graceful shutdown: nothing left to do."""
+
+
+def run_serve(config_path: str, workers: int = 1) -> None:
     setup_logging("json", "INFO")
     try:
         settings = load_settings(config_path)
     except BrokerError as exc:
         raise click.ClickException(exc.message) from None
     setup_logging(settings.logging.format, settings.logging.level)
+    if workers == 1:
+        _fast_loop()
+        asyncio.run(_serve_one(settings))  # a start-up failure is a ClickException
+        return
 
-    async def main() -> None:
-        try:
-            broker = await build_broker(settings)
-        except BrokerError as exc:
+    from broker.cli.workers import START_FAILED, listen, supervise
+
+    try:
+        sock = listen(settings.host, settings.port)
+    except OSError as exc:
+        raise click.ClickException(
+            f"could not listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        ) from None
+
+    def worker(index: int) -> int:
+        _fast_loop()
+        return 0 if asyncio.run(_serve_one(settings, sock, worker=index)) else START_FAILED
+
+    sys.exit(supervise(sock, workers, worker))
+
+
+async def _serve_one(
+    settings: Settings, sock: socket.socket | None = None, worker: int | None = None
+) -> bool:
+    """Build one broker and serve it until a stop signal. False when it could not start (the
+    reason is logged, or raised as a ClickException for a single process)."""
+    try:
+        broker = await build_broker(settings)
+    except BrokerError as exc:
+        if worker is None:
             raise click.ClickException(exc.message) from None
-        log.info(
-            "jit-broker listening on %s:%s (public URL %s)",
-            settings.host,
-            settings.port,
-            settings.public_url,
-        )
-        loop = asyncio.get_running_loop()
-        reloads: set[asyncio.Task[bool]] = set()
+        log.error("worker %d: %s", worker, exc.message)
+        return False
+    log.info(
+        "jit-broker listening on %s:%s (public URL %s)%s",
+        settings.host,
+        settings.port,
+        settings.public_url,
+        "" if worker is None else f" (worker {worker}, pid {os.getpid()})",
+    )
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[bool]] = set()
 
-        def on_sighup() -> None:  # `kill -HUP`: reload the policy directory
-            task = loop.create_task(broker.reload_policy())
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
+    def on_sighup() -> None:  # `kill -HUP`: reload the policy directory
+        task = loop.create_task(broker.reload_policy())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
-        loop.add_signal_handler(signal.SIGHUP, on_sighup)
-        await _serve(broker, settings.host, settings.port)
-
-    _fast_loop()
-    asyncio.run(main())
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    await _serve(broker, settings.host, settings.port, sock=sock)
+    return True
 
 
 def _fast_loop() -> None:
