@@ -88,6 +88,6 @@ for n in sorted({r["workers"] for r in rows}, key=int):
     print(f"workers {n}: {med[n]['rps']:.0f} mints/s  p50 {med[n]['p50_ms']:.1f} ms  "
           f"p99 {med[n]['p99_ms']:.1f} ms  non-2xx or errors {bad}")
 base = med[min(med, key=int)]["rps"]
-for n in med:
+for n in [n for n in med if n != min(med, key=int)]:
     print(f"ratio {n} workers / 1 worker: {med[n]['rps'] / base:.2f}")
 PY
