@@ -10,10 +10,11 @@ narrower) scope, with its clock started at the approval.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgspec
 
@@ -66,12 +67,23 @@ class Issued(msgspec.Struct, frozen=True, kw_only=True):
     exports: Exports | None = None  # how it maps onto a process (issuers that say; ADR 0031)
 
 
+@functools.cache
+def _exports_type(kind: type[Issuer]) -> bool:
+    return issubclass(kind, ExportsEnvironment)
+
+
+def _exports(issuer: Issuer) -> TypeGuard[ExportsEnvironment]:
+    """Whether an issuer defines exports: a Protocol check is costly per mint, so it is made
+    once per issuer type."""
+    return _exports_type(type(issuer))
+
+
 def exports_of(
     issuer: Issuer | None, lease: Lease, credential: Credential, params: Mapping[str, str]
 ) -> Exports | None:
     """The issuer's :class:`Exports` for a credential it just minted, or None (the issuer
     defines none, or its answer is unusable: logged, and the credential is still returned)."""
-    if issuer is None or not isinstance(issuer, ExportsEnvironment):
+    if issuer is None or not _exports(issuer):
         return None
     request = MintRequest(
         lease_id=lease.id,

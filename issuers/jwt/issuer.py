@@ -22,6 +22,7 @@ introspection, and the public keys it publishes. Keys live in :mod:`issuers.jwt.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from datetime import UTC, datetime, timedelta
@@ -82,6 +83,7 @@ def _config_error(name: str, message: str) -> ConfigError:
     return ConfigError(f"jwt issuer {name!r}: {message}")
 
 
+@functools.lru_cache(maxsize=1024)  # a pure check; the same few resources come back all day
 def _is_absolute_uri(value: str) -> bool:
     """An absolute URI without a fragment (RFC 3986 §4.3, as RFC 8707 asks of resources)."""
     if not value or len(value) > _MAX_URI_LENGTH:
