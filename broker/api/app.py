@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar, Request
+from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.exceptions import ClientException
@@ -26,7 +26,8 @@ from broker.api.approvals import ApprovalsController, SlackController
 from broker.api.auth import broker_of, request_id
 from broker.api.dev import DevController
 from broker.api.errors import exception_handlers, problem, problem_response
-from broker.api.oauth import OAuthController, WellKnownOAuth
+from broker.api.oauth import OAuthController, WellKnownOAuth, oauth_refusal
+from broker.api.openapi import COMPONENTS
 from broker.api.ops import audit_jwks, healthz, metrics, readyz
 from broker.api.ssf import ssf_configuration, ssf_jwks
 from broker.api.usage import UsageController
@@ -57,13 +58,18 @@ _SERVED_WHEN_STATE_LOST = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 async def _refuse(request: Request[Any, Any, State], broker: Broker, send: Send) -> None:
-    """503 state-lost, in problem+json, without routing the request."""
+    """503 state-lost without routing the request: in the RFC 6749 §5.2 shape under /oauth/
+    (as every answer there), in problem+json elsewhere."""
     try:
         broker.guard.check_serving()
     except StateLost as exc:
-        response = problem_response(
-            request, problem(exc.status, exc.code, "Unavailable", exc.message)
-        )
+        response: Response[Any]
+        if request.url.path.startswith("/oauth/"):
+            response = oauth_refusal(exc.status, exc.message)
+        else:
+            response = problem_response(
+                request, problem(exc.status, exc.code, "Unavailable", exc.message)
+            )
         await response.to_asgi_response(app=None, request=request)(
             request.scope, request.receive, send
         )
@@ -151,7 +157,11 @@ def create_app(broker: Broker, *, manage_lifecycle: bool = True) -> Litestar:
         request_max_body_size=broker.settings.limits.max_body_bytes,
         request_class=BrokerRequest,
         openapi_config=OpenAPIConfig(
-            title="jit-broker", version=__version__, path="/schema", use_handler_docstrings=True
+            title="jit-broker",
+            version=__version__,
+            path="/schema",
+            use_handler_docstrings=True,
+            components=COMPONENTS,
         ),
         debug=False,
         logging_config=None,

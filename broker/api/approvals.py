@@ -14,14 +14,14 @@ from litestar.datastructures import State
 from litestar.params import FromQuery, JSONBody, Parameter
 
 from broker.api.auth import bearer, broker_of, client_address, request_id
-from broker.api.errors import problems
+from broker.api.openapi import BEARER, problems
 from broker.api.schemas import ApprovalOut, ReviewIn, approval_out, parse_ttl
 from broker.types import Principal
 
 __all__ = ["ApprovalsController", "SlackController"]
 
 ApprovalId = Parameter(pattern=r"^[0-9a-f]{32}$", max_length=32)
-_ERRORS = (400, 401, 403, 404, 503)
+_ERRORS = (400, 401, 403, 404)
 
 
 async def _caller(request: Request[Any, Any, State]) -> tuple[Principal | None, str | None]:
@@ -43,6 +43,8 @@ class ApprovalsController(Controller):
     @get(
         "/",
         summary="Pending approval requests: yours (workload), or those you may decide",
+        operation_id="listApprovals",
+        security=BEARER,
         responses=problems(*_ERRORS),
     )
     async def list_approvals(self, request: Request[Any, Any, State]) -> list[ApprovalOut]:
@@ -54,6 +56,8 @@ class ApprovalsController(Controller):
     @get(
         "/{approval_id:str}",
         summary="One approval request; ?wait=SECONDS long-polls",
+        operation_id="getApproval",
+        security=BEARER,
         responses=problems(*_ERRORS, 409),
     )
     async def get_approval(
@@ -79,6 +83,8 @@ class ApprovalsController(Controller):
         "/{approval_id:str}/cancel",
         status_code=200,
         summary="Cancel your pending request",
+        operation_id="cancelApproval",
+        security=BEARER,
         responses=problems(*_ERRORS, 409),
     )
     async def cancel(
@@ -93,7 +99,9 @@ class ApprovalsController(Controller):
         "/{approval_id:str}/approve",
         status_code=200,
         summary="Approve (maybe narrower)",
-        responses=problems(*_ERRORS, 409),
+        operation_id="approveRequest",
+        security=BEARER,
+        responses=problems(*_ERRORS, 409, body=True),
     )
     async def approve(
         self,
@@ -115,7 +123,9 @@ class ApprovalsController(Controller):
         "/{approval_id:str}/deny",
         status_code=200,
         summary="Deny, with a reason",
-        responses=problems(*_ERRORS, 409),
+        operation_id="denyRequest",
+        security=BEARER,
+        responses=problems(*_ERRORS, 409, body=True),
     )
     async def deny(
         self,

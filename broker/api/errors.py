@@ -11,7 +11,6 @@ import msgspec
 from litestar import Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.openapi.datastructures import ResponseSpec
 from redis.exceptions import RedisError
 
 from broker.api.auth import request_id
@@ -27,10 +26,11 @@ __all__ = [
     "PROBLEM",
     "RETRY_AFTER",
     "FieldError",
+    "OAuthError",
     "Problem",
     "exception_handlers",
     "problem",
-    "problems",
+    "problem_response",
 ]
 
 log = logging.getLogger("jit.api")
@@ -75,17 +75,20 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
     retry_after: int | None = None  # seconds (429; also the Retry-After header)
 
 
-def problems(*statuses: int) -> dict[int, ResponseSpec]:
-    """OpenAPI ``responses=`` for a route's error statuses, as problem+json."""
-    return {
-        s: ResponseSpec(
-            data_container=Problem,
-            media_type=PROBLEM,
-            description=_TITLES.get(s, "Error"),
-            generate_examples=False,
-        )
-        for s in statuses
-    }
+class OAuthError(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An error of the /oauth routes (RFC 6749 §5.2), with the broker's extensions where they
+    apply: ``reasons`` (policy), ``grant``, the approval request of a pending grant
+    (``approval_id``, ``approval_uri``, ``expires_in``, ``interval``) and ``quota``."""
+
+    error: str
+    error_description: str
+    reasons: list[str] | None = None
+    grant: str | None = None
+    approval_id: str | None = None
+    approval_uri: str | None = None
+    quota: str | None = None
+    expires_in: int | None = None
+    interval: int | None = None
 
 
 def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:

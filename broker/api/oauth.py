@@ -5,8 +5,8 @@ included, is in the RFC 6749 §5.2 shape, not problem+json."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl
@@ -16,12 +16,14 @@ from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec import Schema
 from litestar.openapi.spec.enums import OpenAPIType
 from redis.exceptions import RedisError
 
 from broker.api.auth import authenticate_caller, broker_of, client_address, request_id
-from broker.api.schemas import new_task_id, parse_ttl
+from broker.api.errors import OAuthError
+from broker.api.openapi import CLIENT, FORM, PUBLIC, form, oauth_errors, operation, problems
+from broker.api.schemas import JsonWebKeySet, new_task_id, parse_ttl
 from broker.approvals import ApprovalState, ApprovalView
 from broker.errors import (
     ApprovalRequired,
@@ -36,7 +38,18 @@ from broker.service import Broker, Issued
 from broker.service.delegation import Hop, authenticate_hop
 from broker.types import TASK_ID_RULE, Intent, Scope, Task, valid_task_id
 
-__all__ = ["OAuthController", "WellKnownOAuth", "oauth_error", "use_params"]
+log = logging.getLogger("jit.api")
+
+__all__ = [
+    "AuthorizationServerMetadata",
+    "OAuthController",
+    "OAuthError",
+    "RevocationResponse",
+    "WellKnownOAuth",
+    "oauth_error",
+    "oauth_refusal",
+    "use_params",
+]
 
 GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 (an RFC 8693 URN)
 TT_JWT = "urn:ietf:params:oauth:token-type:jwt"
@@ -45,21 +58,6 @@ TT_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MULTI = {"resource", "audience"}
 _SECONDS = re.compile(r"[0-9]{1,9}", re.ASCII)
-FORM = "application/x-www-form-urlencoded"
-
-
-class OAuthError(msgspec.Struct, frozen=True, omit_defaults=True):
-    """RFC 6749 §5.2 error (with the broker's extensions where they apply)."""
-
-    error: str
-    error_description: str
-    reasons: list[str] | None = None
-    grant: str | None = None
-    approval_id: str | None = None
-    approval_uri: str | None = None
-    quota: str | None = None
-    expires_in: int | None = None
-    interval: int | None = None
 
 
 class TokenResponse(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -95,74 +93,87 @@ class IntrospectionResponse(msgspec.Struct, frozen=True, omit_defaults=True):
     act: dict[str, Any] | None = None  # RFC 8693 §4.1: a delegated credential's actors
 
 
-def _oauth_errors(*statuses: int) -> dict[int, ResponseSpec]:
-    return {
-        s: ResponseSpec(OAuthError, description="RFC 6749 error", generate_examples=False)
-        for s in statuses
-    }
-
-
-def _form_body(fields: dict[str, str], required: list[str]) -> type[Operation]:
-    """An OpenAPI operation whose request body is the form the handler reads itself."""
-    body = RequestBody(
-        required=True,
-        content={
-            FORM: OpenAPIMediaType(
-                schema=Schema(
-                    type=OpenAPIType.OBJECT,
-                    properties={
-                        k: Schema(type=OpenAPIType.STRING, description=v) for k, v in fields.items()
-                    },
-                    required=required,
-                )
-            )
-        },
+def _text(description: str, *values: str) -> Schema:
+    return Schema(
+        type=OpenAPIType.STRING, description=description, enum=list(values) if values else None
     )
 
-    @dataclass
-    class FormOperation(Operation):
-        def __post_init__(self) -> None:
-            self.request_body = body
 
-    return FormOperation
-
-
-_TOKEN_FORM = _form_body(
+_TOKEN_FORM = form(
     {
-        "grant_type": GRANT_TOKEN_EXCHANGE,
-        "subject_token": "the workload's identity token (with actor_token: or a broker-issued "
-        "access token to delegate further)",
-        "subject_token_type": f"{TT_JWT} or {TT_ID_TOKEN} ({TT_ACCESS_TOKEN} with actor_token)",
-        "requested_token_type": f"{TT_ACCESS_TOKEN} (default) or {TT_JWT}",
-        "resource": "the resource (one)",
-        "audience": "alternative to resource",
-        "scope": "the actions, space-separated",
-        "authorization_details": "RFC 9396: a JSON array with one entry (type = issuer)",
-        "issuer": "the issuer instance (default jwt)",
-        "task_id": "the task (default: a new one)",
-        "ttl": "seconds (ASCII digits)",
-        "task_ttl": "how long the task may run, seconds (its first request only)",
-        "purpose": "free text shown to approvers",
-        "actor_token": "delegation (RFC 8693): the acting party's identity token",
-        "actor_token_type": f"{TT_JWT} or {TT_ID_TOKEN} (required with actor_token)",
+        "grant_type": _text("RFC 8693 token exchange", GRANT_TOKEN_EXCHANGE),
+        "subject_token": _text(
+            "the workload's identity token (with actor_token: or a broker-issued access "
+            "token to delegate further)"
+        ),
+        "subject_token_type": _text(
+            "jwt or id_token (access_token only with actor_token)",
+            TT_JWT,
+            TT_ID_TOKEN,
+            TT_ACCESS_TOKEN,
+        ),
+        "requested_token_type": _text("access_token (default) or jwt", TT_ACCESS_TOKEN, TT_JWT),
+        "resource": _text("the resource (one)"),
+        "audience": _text("alternative to resource"),
+        "scope": _text("the actions, space-separated"),
+        "authorization_details": _text("RFC 9396: a JSON array with one entry (type = issuer)"),
+        "issuer": _text("the issuer instance (default jwt)"),
+        "task_id": _text("the task (default: a new one)"),
+        "ttl": _text("seconds (ASCII digits)"),
+        "task_ttl": _text("how long the task may run, seconds (its first request only)"),
+        "purpose": _text("free text shown to approvers"),
+        "actor_token": _text("delegation (RFC 8693): the acting party's identity token"),
+        "actor_token_type": _text("required with actor_token", TT_JWT, TT_ID_TOKEN),
     },
     ["grant_type", "subject_token", "subject_token_type"],
 )
-_TOKEN_ONLY_FORM = {
-    "token": "the token",
-    "client_id": "client_secret_post",
-    "client_secret": "client_secret_post",
+_CLIENT_FIELDS = {
+    "client_id": _text("client_secret_post (with client_secret)"),
+    "client_secret": _text("client_secret_post (with client_id)"),
 }
-_INTROSPECT_FORM = _form_body(
+_INTROSPECT_FORM = form(
     {
-        **_TOKEN_ONLY_FORM,
-        "resource": "the resource server's identifier (governance)",
-        "action": "what the client tried (governance)",
-        "client_address": "the client's IP as the resource server saw it (governance)",
+        "token": _text("the token"),
+        "token_type_hint": _text("RFC 7662 §2.1 (ignored)", "access_token", "refresh_token"),
+        **_CLIENT_FIELDS,
+        "resource": _text("the resource server's identifier (governance)"),
+        "action": _text("what the client tried (governance)"),
+        "client_address": _text("the client's IP as the resource server saw it (governance)"),
     },
     ["token"],
 )
-_REVOKE_FORM = _form_body(_TOKEN_ONLY_FORM, ["token"])
+_REVOKE_FORM = form(
+    {
+        "token": _text("the token"),
+        "token_type_hint": _text("RFC 7009 §2.1 (ignored)", "access_token", "refresh_token"),
+        **_CLIENT_FIELDS,
+    },
+    ["token"],
+)
+
+
+class RevocationResponse(msgspec.Struct, frozen=True):
+    """RFC 7009 §2.2: an empty object, also for a token the caller may not revoke."""
+
+
+class AuthorizationServerMetadata(msgspec.Struct, frozen=True):
+    """RFC 8414 §2 (with the RFC 8693 token types as extensions)."""
+
+    issuer: str
+    token_endpoint: str
+    introspection_endpoint: str
+    revocation_endpoint: str
+    jwks_uri: str
+    grant_types_supported: list[str]
+    dpop_signing_alg_values_supported: list[str]
+    response_types_supported: list[str]
+    token_endpoint_auth_methods_supported: list[str]
+    introspection_endpoint_auth_methods_supported: list[str]
+    revocation_endpoint_auth_methods_supported: list[str]
+    authorization_details_types_supported: list[str]
+    subject_token_types_supported: list[str]
+    actor_token_types_supported: list[str]
+    service_documentation: str
 
 
 class AuthorizationDetail(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -214,7 +225,7 @@ def from_broker_error(exc: BrokerError, *, client_auth: bool = False) -> Respons
 
 async def read_form(request: Request[Any, Any, State]) -> dict[str, str]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/x-www-form-urlencoded":
+    if ctype != FORM:
         raise InvalidRequest("the body must be application/x-www-form-urlencoded")
     body = await request.body()
     try:
@@ -359,21 +370,46 @@ def _oauth_http_error(_: Request[Any, Any, State], exc: Exception) -> Response[A
     return oauth_error(error, str(exc.detail), exc.status_code)
 
 
+def _oauth_broker_error(_: Request[Any, Any, State], exc: Exception) -> Response[Any]:
+    assert isinstance(exc, BrokerError)
+    return from_broker_error(exc)
+
+
+def _oauth_internal_error(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:
+    rid = request_id(request)
+    log.error("unhandled %s (request %s)", exc.__class__.__name__, rid, exc_info=exc)
+    return oauth_error("server_error", f"internal error; request id {rid}", 500)
+
+
+def oauth_refusal(status: int, description: str) -> Response[dict[str, Any]]:
+    """A refusal before routing (broker.api.app's edge: the state is lost) in this shape."""
+    return oauth_error(
+        "temporarily_unavailable" if status == 503 else "server_error", description, status
+    )
+
+
 class OAuthController(Controller):
     """Every answer here, errors included, is in the RFC 6749 §5.2 shape."""
 
     path = "/oauth"
     tags = ["oauth"]
-    exception_handlers = {RedisError: _oauth_store_error, HTTPException: _oauth_http_error}
+    exception_handlers = {
+        RedisError: _oauth_store_error,
+        HTTPException: _oauth_http_error,
+        BrokerError: _oauth_broker_error,
+        Exception: _oauth_internal_error,
+    }
 
     @post(
         "/token",
         status_code=200,
         summary="RFC 8693 token exchange: identity token → scoped credential",
-        operation_class=_TOKEN_FORM,
+        operation_id="exchangeToken",
+        security=PUBLIC,
+        operation_class=operation(request_body=_TOKEN_FORM),
         responses={
             200: ResponseSpec(TokenResponse, description="The credential", generate_examples=False),
-            **_oauth_errors(400, 401, 429, 502, 503),
+            **oauth_errors(400, 401, 429, 502),
         },
     )
     async def token(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
@@ -443,10 +479,14 @@ class OAuthController(Controller):
         "/introspect",
         status_code=200,
         summary="RFC 7662 token introspection",
-        operation_class=_INTROSPECT_FORM,
+        operation_id="introspectToken",
+        security=CLIENT,
+        operation_class=operation(request_body=_INTROSPECT_FORM),
         responses={
-            200: ResponseSpec(IntrospectionResponse, generate_examples=False),
-            **_oauth_errors(400, 401, 403, 503),
+            200: ResponseSpec(
+                IntrospectionResponse, description="The token's facts", generate_examples=False
+            ),
+            **oauth_errors(400, 401, 403),
         },
     )
     async def introspect(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
@@ -477,8 +517,15 @@ class OAuthController(Controller):
         "/revoke",
         status_code=200,
         summary="RFC 7009 token revocation",
-        operation_class=_REVOKE_FORM,
-        responses=_oauth_errors(400, 401, 503),
+        operation_id="revokeToken",
+        security=CLIENT,
+        operation_class=operation(request_body=_REVOKE_FORM),
+        responses={
+            200: ResponseSpec(
+                RevocationResponse, description="Revoked (or unknown)", generate_examples=False
+            ),
+            **oauth_errors(400, 401),
+        },
     )
     async def revoke(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
         """The owner of a token, or a client with the ``revoke`` permission. A token the caller
@@ -528,34 +575,49 @@ class WellKnownOAuth(Controller):
     path = "/.well-known"
     tags = ["discovery"]
 
-    @get("/oauth-authorization-server", summary="RFC 8414 metadata")
-    async def metadata(self, request: Request[Any, Any, State]) -> dict[str, Any]:
+    @get(
+        "/oauth-authorization-server",
+        summary="RFC 8414 metadata",
+        operation_id="getAuthorizationServerMetadata",
+        security=PUBLIC,
+        responses=problems(),
+    )
+    async def metadata(self, request: Request[Any, Any, State]) -> AuthorizationServerMetadata:
         broker = broker_of(request)
         base = broker.settings.public_url.rstrip("/")
         auth_methods = ["client_secret_basic", "client_secret_post", "bearer_workload_token"]
-        return {
-            "issuer": base,
-            "token_endpoint": f"{base}/oauth/token",
-            "introspection_endpoint": f"{base}/oauth/introspect",
-            "revocation_endpoint": f"{base}/oauth/revoke",
-            "jwks_uri": f"{base}/.well-known/jwks.json",
-            "grant_types_supported": [GRANT_TOKEN_EXCHANGE],
-            "dpop_signing_alg_values_supported": sorted(broker.dpop.algorithms),
-            "response_types_supported": [],
-            "token_endpoint_auth_methods_supported": ["none"],
-            "introspection_endpoint_auth_methods_supported": auth_methods,
-            "revocation_endpoint_auth_methods_supported": auth_methods,
-            "authorization_details_types_supported": sorted(broker.issuers),
+        return AuthorizationServerMetadata(
+            issuer=base,
+            token_endpoint=f"{base}/oauth/token",
+            introspection_endpoint=f"{base}/oauth/introspect",
+            revocation_endpoint=f"{base}/oauth/revoke",
+            jwks_uri=f"{base}/.well-known/jwks.json",
+            grant_types_supported=[GRANT_TOKEN_EXCHANGE],
+            dpop_signing_alg_values_supported=sorted(broker.dpop.algorithms),
+            response_types_supported=[],
+            token_endpoint_auth_methods_supported=["none"],
+            introspection_endpoint_auth_methods_supported=auth_methods,
+            revocation_endpoint_auth_methods_supported=auth_methods,
+            authorization_details_types_supported=sorted(broker.issuers),
             # Extensions (RFC 8693 names no metadata): what /oauth/token takes as subject and
             # actor tokens, so an agent runtime can discover delegation (docs/agents.md).
             # There is deliberately no authorization_endpoint: the broker offers no browser
             # flow (RFC 8414 §2 makes it optional then); agents exchange identity tokens.
-            "subject_token_types_supported": [TT_JWT, TT_ID_TOKEN, TT_ACCESS_TOKEN],
-            "actor_token_types_supported": [TT_JWT, TT_ID_TOKEN],
-            "service_documentation": f"{base}/schema",
-        }
+            subject_token_types_supported=[TT_JWT, TT_ID_TOKEN, TT_ACCESS_TOKEN],
+            actor_token_types_supported=[TT_JWT, TT_ID_TOKEN],
+            service_documentation=f"{base}/schema",
+        )
 
-    @get("/jwks.json", summary="Public keys of the broker's signing issuers")
+    @get(
+        "/jwks.json",
+        summary="Public keys of the broker's signing issuers",
+        operation_id="getJwks",
+        security=PUBLIC,
+        responses={
+            200: ResponseSpec(JsonWebKeySet, description="A JWK set", generate_examples=False),
+            **problems(),
+        },
+    )
     async def jwks(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
         return Response(
             broker_of(request).documents.jwks(), headers={"Cache-Control": "public, max-age=60"}

@@ -5,14 +5,26 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 
 from broker.api.auth import bearer_token, broker_of
-from broker.api.errors import problems
+from broker.api.openapi import problems
+from broker.api.schemas import JsonWebKeySet
 from broker.errors import AuthenticationError, NotFound
 
-__all__ = ["audit_jwks", "healthz", "metrics", "readyz"]
+__all__ = ["Health", "Readiness", "audit_jwks", "healthz", "metrics", "readyz"]
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: str  # "ok"
+
+
+class Readiness(msgspec.Struct, frozen=True):
+    status: str  # "ready" or "not ready"
+    checks: dict[str, str]  # redis, state and each issuer: "ok" or why not
 
 
 @get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
@@ -32,16 +44,29 @@ async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
     return Response(content=body, headers={"Content-Type": content_type})
 
 
-@get("/healthz", tags=["ops"], summary="Liveness: the process answers")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@get(
+    "/healthz",
+    tags=["ops"],
+    summary="Liveness: the process answers",
+    operation_id="getHealth",
+    responses=problems(unavailable=False),
+)
+async def healthz() -> Health:
+    return Health(status="ok")
 
 
 @get(
     "/readyz",
     tags=["ops"],
     summary="Readiness: Redis answers (issuers' health is reported, not required)",
-    responses={503: problems(503)[503]},
+    operation_id="getReadiness",
+    responses={
+        200: ResponseSpec(Readiness, description="Ready", generate_examples=False),
+        **problems(unavailable=False),
+        503: ResponseSpec(
+            Readiness, description="Not ready: the checks say why", generate_examples=False
+        ),
+    },
 )
 async def readyz(request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
     ok, checks = await broker_of(request).ready()
@@ -55,6 +80,11 @@ async def readyz(request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
     "/.well-known/audit-jwks.json",
     tags=["discovery"],
     summary="Public keys that sign the audit chain's checkpoints",
+    operation_id="getAuditJwks",
+    responses={
+        200: ResponseSpec(JsonWebKeySet, description="A JWK set", generate_examples=False),
+        **problems(),
+    },
 )
 async def audit_jwks(request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
     return Response(

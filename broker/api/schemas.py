@@ -23,7 +23,10 @@ __all__ = [
     "CredentialRequest",
     "CredentialResponse",
     "ExplainRequest",
+    "JsonWebKey",
+    "JsonWebKeySet",
     "LeaseView",
+    "RevokeAllOut",
     "TaskIn",
     "TaskOut",
     "approval_out",
@@ -169,6 +172,28 @@ class LeaseView(msgspec.Struct, frozen=True):
     revoke_trigger: str | None = None
     revoke_attempts: int = 0
     overdue: bool = False
+
+
+class JsonWebKey(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A public key (RFC 7517): OKP (Ed25519), EC or RSA."""
+
+    kty: str
+    kid: str | None = None
+    alg: str | None = None
+    use: str | None = None
+    crv: str | None = None
+    x: str | None = None
+    y: str | None = None
+    n: str | None = None
+    e: str | None = None
+
+
+class JsonWebKeySet(msgspec.Struct, frozen=True):
+    keys: list[JsonWebKey]
+
+
+class RevokeAllOut(msgspec.Struct, frozen=True):
+    revoked: int  # how many live leases were revoked
 
 
 class TaskOut(msgspec.Struct, frozen=True):

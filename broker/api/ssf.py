@@ -5,21 +5,39 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 
 from broker.api.auth import broker_of
-from broker.api.errors import problems
+from broker.api.openapi import problems
+from broker.api.schemas import JsonWebKeySet
 from broker.errors import NotFound
 
-__all__ = ["ssf_configuration", "ssf_jwks"]
+__all__ = ["SsfConfiguration", "ssf_configuration", "ssf_jwks"]
+
+
+class SsfConfiguration(msgspec.Struct, frozen=True):
+    """The transmitter metadata the broker publishes (SSF 1.0 §7.1)."""
+
+    spec_version: str
+    issuer: str
+    jwks_uri: str
+    delivery_methods_supported: list[str]
+    default_subjects: str
+    events_supported: list[str]
 
 
 @get(
     "/.well-known/ssf-configuration",
     tags=["ssf"],
     summary="OpenID Shared Signals transmitter metadata",
-    responses=problems(404),
+    operation_id="getSsfConfiguration",
+    responses={
+        200: ResponseSpec(SsfConfiguration, description="SSF 1.0 §7.1", generate_examples=False),
+        **problems(404),
+    },
 )
 async def ssf_configuration(request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
     ssf = broker_of(request).ssf
@@ -32,7 +50,11 @@ async def ssf_configuration(request: Request[Any, Any, State]) -> Response[dict[
     "/ssf/jwks.json",
     tags=["ssf"],
     summary="Keys that verify the broker's Security Event Tokens",
-    responses=problems(404),
+    operation_id="getSsfJwks",
+    responses={
+        200: ResponseSpec(JsonWebKeySet, description="A JWK set", generate_examples=False),
+        **problems(404),
+    },
 )
 async def ssf_jwks(request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
     ssf = broker_of(request).ssf

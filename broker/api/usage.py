@@ -11,8 +11,8 @@ from litestar.datastructures import State
 from litestar.params import JSONBody
 
 from broker.api.auth import authenticate_caller, broker_of
-from broker.api.errors import problems
 from broker.api.oauth import use_params
+from broker.api.openapi import CLIENT, problems
 from broker.errors import InvalidRequest, PermissionDenied
 
 __all__ = ["UsageController", "UsageIn", "UsageOut"]
@@ -42,7 +42,9 @@ class UsageController(Controller):
         "/",
         status_code=200,
         summary="Report a use of a credential (resource servers)",
-        responses=problems(400, 401, 403, 404, 503),
+        operation_id="reportUsage",
+        security=CLIENT,
+        responses=problems(400, 401, 403, 404, body=True),
     )
     async def report(self, request: Request[Any, Any, State], data: JSONBody[UsageIn]) -> UsageOut:
         broker = broker_of(request)

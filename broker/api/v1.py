@@ -14,13 +14,23 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from broker.api.auth import broker_of, client_address, principal, request_id
-from broker.api.errors import problems
+from broker.api.openapi import (
+    BEARER,
+    DPOP,
+    IDEMPOTENCY_KEY,
+    ISSUER_DOCUMENT_TYPES,
+    LOCATION,
+    REPLAYED,
+    operation,
+    problems,
+)
 from broker.api.schemas import (
     ApprovalOut,
     CredentialRequest,
     CredentialResponse,
     ExplainRequest,
     LeaseView,
+    RevokeAllOut,
     TaskOut,
     approval_out,
     explain_intent,
@@ -48,7 +58,7 @@ def _auto_task(key: str, caller: Principal) -> str:
 
 LeaseId = Parameter(pattern=r"^[A-Za-z0-9._-]{1,64}$", max_length=64)
 TaskIdParam = Parameter(pattern=TASK_ID_PATTERN, max_length=128)
-_AUTH = (400, 401, 503)
+_AUTH = (400, 401)
 
 
 class V1Controller(Controller):
@@ -60,12 +70,23 @@ class V1Controller(Controller):
         "/credentials",
         status_code=201,
         summary="Request a credential for a task",
+        operation_id="requestCredential",
+        security=BEARER,
+        operation_class=operation(
+            parameters=[IDEMPOTENCY_KEY, DPOP], headers={201: REPLAYED, 202: LOCATION}
+        ),
         responses={
-            201: ResponseSpec(CredentialResponse, description="The credential and its lease"),
-            202: ResponseSpec(
-                ApprovalOut, description="The grant needs approval: the approval request"
+            201: ResponseSpec(
+                CredentialResponse,
+                description="The credential and its lease",
+                generate_examples=False,
             ),
-            **problems(*_AUTH, 403, 409, 413, 422, 429, 502),
+            202: ResponseSpec(
+                ApprovalOut,
+                description="The grant needs approval: the approval request (also Location)",
+                generate_examples=False,
+            ),
+            **problems(*_AUTH, 403, 404, 409, 422, 429, 502, body=True),
         },
     )
     async def request_credential(
@@ -145,7 +166,9 @@ class V1Controller(Controller):
         "/explain",
         status_code=200,
         summary="What the policy would answer the caller for a request, without minting",
-        responses=problems(*_AUTH),
+        operation_id="explainRequest",
+        security=BEARER,
+        responses=problems(*_AUTH, body=True),
     )
     async def explain(
         self,
@@ -157,7 +180,13 @@ class V1Controller(Controller):
         for the caller's own identity only: the same facts a real request would reveal."""
         return broker_of(request).issuance.explain(caller, explain_intent(data))
 
-    @get("/leases", summary="The caller's leases", responses=problems(*_AUTH))
+    @get(
+        "/leases",
+        summary="The caller's leases",
+        operation_id="listLeases",
+        security=BEARER,
+        responses=problems(*_AUTH),
+    )
     async def list_leases(
         self,
         request: Request[Any, Any, State],
@@ -170,6 +199,8 @@ class V1Controller(Controller):
     @get(
         "/leases/{lease_id:str}",
         summary="One of the caller's leases",
+        operation_id="getLease",
+        security=BEARER,
         responses=problems(*_AUTH, 404),
     )
     async def get_lease(
@@ -184,6 +215,8 @@ class V1Controller(Controller):
         "/leases/{lease_id:str}",
         status_code=200,
         summary="Revoke one of the caller's leases",
+        operation_id="revokeLease",
+        security=BEARER,
         responses=problems(*_AUTH, 404),
     )
     async def revoke_lease(
@@ -198,7 +231,12 @@ class V1Controller(Controller):
         "/leases/revoke-all",
         status_code=200,
         summary="Revoke every live lease of the caller",
-        responses=problems(*_AUTH),
+        operation_id="revokeAllLeases",
+        security=BEARER,
+        responses={
+            200: ResponseSpec(RevokeAllOut, description="How many", generate_examples=False),
+            **problems(*_AUTH),
+        },
     )
     async def revoke_all(
         self, request: Request[Any, Any, State], caller: NamedDependency[Principal]
@@ -208,6 +246,8 @@ class V1Controller(Controller):
     @get(
         "/tasks/{task_id:str}",
         summary="One of the caller's tasks with its leases",
+        operation_id="getTask",
+        security=BEARER,
         responses=problems(*_AUTH, 404),
     )
     async def get_task(
@@ -222,6 +262,8 @@ class V1Controller(Controller):
         "/tasks/{task_id:str}/complete",
         status_code=200,
         summary="Complete a task: revoke all its leases",
+        operation_id="completeTask",
+        security=BEARER,
         responses=problems(*_AUTH, 404),
     )
     async def complete_task(
@@ -243,7 +285,9 @@ class IssuerDocuments(Controller):
     @get(
         "/{issuer:str}/{document:str}",
         summary="A public document of an issuer (CA certificate, KRL, CRL)",
-        responses=problems(404, 503),
+        operation_id="getIssuerDocument",
+        operation_class=operation(binary={200: ISSUER_DOCUMENT_TYPES}),
+        responses=problems(400, 404),
         media_type="application/octet-stream",
     )
     async def document(
