@@ -35,6 +35,17 @@ async def test_a_lost_epoch_stops_the_replica_until_an_operator_accepts(api: Api
     assert refused.headers["retry-after"]
     mint = await api.client.post("/v1/credentials", json=request_body(), headers=headers)
     assert mint.status_code == 503
+    # Under /oauth/ the refusal is in the RFC 6749 shape, like every answer there.
+    for path in ("/oauth/token", "/oauth/introspect", "/oauth/revoke"):
+        oauth = await api.client.post(path, data={"token": "x"}, headers=headers)
+        assert oauth.status_code == 503, path
+        assert oauth.headers["content-type"].startswith("application/json"), path
+        assert oauth.headers["retry-after"]
+        assert oauth.headers["cache-control"] == "no-store"
+        body = oauth.json()
+        assert body["error"] == "temporarily_unavailable", body
+        assert "jit state accept" in body["error_description"]
+        assert "type" not in body
     ready = await api.client.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["checks"]["state"].startswith("lost")

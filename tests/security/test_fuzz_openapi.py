@@ -6,14 +6,14 @@ sent with the credentials the operation needs (and, in half the cases, with path
 that name real objects of the owner). For every answer:
 
 - no 5xx (schemathesis' ``not_a_server_error``), and no traceback text in the body;
-- the body is JSON: problem+json, the OAuth error shape, or the documented type (the public
-  issuer documents are PEM);
+- the answer is what the document says it is (schemathesis' conformance checks): a documented
+  status, the documented content type, a body valid against the documented schema
+  (problem+json, the OAuth error shape, or the route's type) and the documented headers;
+- the body is JSON, except a public issuer document (PEM);
 - a refused request (4xx) changed nothing in Redis (the audit trail aside).
 
-The OpenAPI document does not describe the problem+json error bodies nor every status yet
-(issue 10), so response-schema and status conformance checks are not enabled. The OAuth
-endpoints read their form bodies themselves, so the document has no body for them: this test
-adds the form parameters docs/api.md lists, so that they are fuzzed too.
+The OAuth endpoints' form bodies are in the document (broker/api/openapi.py), so they are
+fuzzed from it like the JSON bodies.
 
 Bounded and reproducible in CI: ``derandomize`` (a fixed seed) and a few examples per
 operation. ``JIT_FUZZ_EXAMPLES=500`` (for example) is the deeper run for local hunting.
@@ -34,6 +34,12 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from broker.api import create_app
 from tests.fakes.slack_api import FakeSlack
@@ -54,48 +60,6 @@ JSON_TYPES = ("application/json", "application/problem+json")
 TRACEBACK_MARKERS = ("Traceback (most recent call last)", 'File "/', "site-packages")
 
 T = TypeVar("T")
-
-#: The form parameters of the OAuth endpoints (docs/api.md), for the fuzzer.
-OAUTH_FORMS: dict[str, dict[str, Any]] = {
-    "/oauth/token": {
-        "grant_type": {
-            "type": "string",
-            "enum": ["urn:ietf:params:oauth:grant-type:token-exchange"],
-        },
-        "subject_token": {"type": "string"},
-        "subject_token_type": {
-            "type": "string",
-            "enum": [
-                "urn:ietf:params:oauth:token-type:jwt",
-                "urn:ietf:params:oauth:token-type:id_token",
-            ],
-        },
-        "resource": {"type": "string"},
-        "audience": {"type": "string"},
-        "scope": {"type": "string"},
-        "requested_token_type": {"type": "string"},
-        "authorization_details": {"type": "string"},
-        "actor_token": {"type": "string"},
-        "task_id": {"type": "string"},
-        "ttl": {"type": "string"},
-        "purpose": {"type": "string"},
-    },
-    "/oauth/introspect": {
-        "token": {"type": "string"},
-        "resource": {"type": "string"},
-        "action": {"type": "string"},
-        "client_address": {"type": "string"},
-        "client_id": {"type": "string"},
-        "client_secret": {"type": "string"},
-    },
-    "/oauth/revoke": {
-        "token": {"type": "string"},
-        "token_type_hint": {"type": "string"},
-        "client_id": {"type": "string"},
-        "client_secret": {"type": "string"},
-    },
-}
-
 
 class Background:
     """An event loop in a thread that owns the broker and its client: hypothesis runs the
@@ -146,15 +110,6 @@ def api_schema(fuzz: Fuzz) -> Any:
     document = copy.deepcopy(
         create_app(fuzz.world.broker, manage_lifecycle=False).openapi_schema.to_schema()
     )
-    for path, fields in OAUTH_FORMS.items():
-        document["paths"][path]["post"]["requestBody"] = {
-            "required": True,
-            "content": {
-                "application/x-www-form-urlencoded": {
-                    "schema": {"type": "object", "properties": fields}
-                }
-            },
-        }
     schema = schemathesis.openapi.from_dict(document)
     schema.config.generation.update(
         modes=[schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
@@ -192,6 +147,14 @@ def _httpx_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
         out["data"] = data
     return out
 
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 
 #: Every operation of the OpenAPI document (checked against it below).
 OPERATIONS = (
@@ -236,7 +199,7 @@ def check_case(fuzz: Fuzz, case: schemathesis.Case, use_real_ids: bool) -> None:
         return response, before == await world.snapshot()
 
     response, unchanged = fuzz.bg.run(call())
-    case.validate_response(response, checks=[not_a_server_error])
+    case.validate_response(response, checks=CHECKS)
     text = response.text
     for marker in TRACEBACK_MARKERS:
         assert marker not in text, f"traceback text in the answer: {text[:300]}"
