@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from broker.mcp import MISSING_EXTRA
+from broker.urls import check_url
 
 __all__ = ["mcp_command"]
 
@@ -24,7 +25,7 @@ __all__ = ["mcp_command"]
     "--token-file",
     envvar="JIT_TOKEN_FILE",
     type=click.Path(dir_okay=False),
-    help="File holding the identity token, re-read on every request (env JIT_TOKEN_FILE).",
+    help="File holding the identity token, read again whenever it changes (env JIT_TOKEN_FILE).",
 )
 @click.option(
     "--http",
@@ -64,25 +65,39 @@ def mcp_command(
     The agent gets the tools request_credential, wait_for_approval, list_credentials,
     revoke_credential, explain_access and complete_task (docs/agents.md)."""
     try:
-        from broker.mcp.http_adapter import HttpBroker
         from broker.mcp.server import Session, build_server
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] == "mcp":
             raise click.ClickException(MISSING_EXTRA) from None
         raise
-    if not token and not token_file:
+    from broker.client import Client, IdentitySource, StaticToken, TokenFile
+
+    try:
+        check_url(url)  # the SDK's rule: https, or plain http to a loopback address only
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--url / JIT_URL") from None
+    identity: IdentitySource
+    if token_file:
+        try:
+            blank = not Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot read {token_file}: {exc.strerror}", param_hint="--token-file"
+            ) from None
+        if blank:
+            raise click.BadParameter(f"{token_file} is empty", param_hint="--token-file")
+        identity = TokenFile(token_file)  # read again whenever the file changes
+    elif token is None:
         raise click.UsageError(
             "no workload token: pass --token, set JIT_TOKEN, or --token-file / JIT_TOKEN_FILE"
         )
-
-    def identity() -> str:
-        if token_file:
-            return Path(token_file).read_text().strip()
-        assert token is not None
-        return token
+    elif not token.strip():
+        raise click.BadParameter("the workload token is blank", param_hint="--token / JIT_TOKEN")
+    else:
+        identity = StaticToken(token)
 
     async def main() -> None:
-        broker = HttpBroker(url, identity)
+        broker = Client(url, identity)
         sessions: list[Session] = []
         server = build_server(
             broker, purpose=purpose, task_ttl=task_ttl, files_dir=files_dir, sessions=sessions

@@ -42,7 +42,15 @@ from broker.client.identity import (
     TokenFile,
     detect,
 )
-from broker.client.models import Approval, Credential, Exports, ExportSource, LeaseInfo, TaskInfo
+from broker.client.models import (
+    Approval,
+    Credential,
+    Explanation,
+    Exports,
+    ExportSource,
+    LeaseInfo,
+    TaskInfo,
+)
 from broker.client.sync import SyncClient, SyncTask
 from broker.client.transport import RetryPolicy
 from broker.types import Secret
@@ -59,6 +67,7 @@ __all__ = [
     "Conflict",
     "Credential",
     "Denied",
+    "Explanation",
     "ExportSource",
     "Exports",
     "GitHubActions",

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import httpx
 import msgspec
@@ -42,6 +42,7 @@ from broker.client.models import (
     ApprovalWire,
     Credential,
     CredentialWire,
+    Explanation,
     LeaseInfo,
     TaskInfo,
 )
@@ -56,6 +57,9 @@ log = logging.getLogger("broker.client")
 
 T = TypeVar("T")
 StatusCallback = Callable[[Approval], None]
+#: How the caller hands the secret on, recorded in the audit (docs/agents.md): a 0600 file, a
+#: process's environment, or an AI model (only where the grant has delivery.reveal_to_model).
+Delivery = Literal["file", "env", "model"]
 
 TOKEN_EXCHANGE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 (a URN)
 JWT_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 (a URN)
@@ -205,11 +209,14 @@ class Client:
         generate_key: keys.KeyKind | None = None,
         on_behalf_of: str | None = None,
         idempotency_key: str | None = None,
+        delivery: Delivery | None = None,
     ) -> Credential | Approval:
         """Ask once: the credential, or the approval request a grant opened (see
         :meth:`wait_for_approval`). Retried safely under one ``Idempotency-Key``.
         ``generate_key`` (``"ssh"`` or ``"pem"``): make a key pair here and send its public
-        half as ``params["public_key"]``; the private half is ``Credential.private_key``."""
+        half as ``params["public_key"]``; the private half is ``Credential.private_key``.
+        ``delivery`` tells the broker how the secret is handed on (``"model"`` is refused
+        unless the grant allows it); None: returned to the caller."""
         body: dict[str, Any] = {
             "issuer": issuer,
             "resource": resource,
@@ -231,6 +238,8 @@ class Client:
             body["params"] = all_params
         if on_behalf_of:
             body["on_behalf_of"] = on_behalf_of
+        if delivery is not None:
+            body["delivery"] = delivery
         key = idempotency_key or str(uuid.uuid4())
         resp = await self._http.send(
             "POST", "/v1/credentials", json=body, headers={"Idempotency-Key": key}
@@ -262,6 +271,7 @@ class Client:
         approval_timeout: float | None = None,
         on_status: StatusCallback | None = None,
         idempotency_key: str | None = None,
+        delivery: Delivery | None = None,
     ) -> Credential:
         """A credential. If its grant needs approval, wait for the decision (``approval_timeout``
         seconds at most, None: until the request expires), calling ``on_status`` with the
@@ -279,6 +289,7 @@ class Client:
             generate_key=generate_key,
             on_behalf_of=on_behalf_of,
             idempotency_key=idempotency_key,
+            delivery=delivery,
         )
         if isinstance(result, Credential):
             return result
@@ -312,11 +323,13 @@ class Client:
         *,
         approval_timeout: float | None = None,
         on_status: StatusCallback | None = None,
+        cancel_if_cancelled: bool = True,
     ) -> Credential:
         """Wait for an approval request of this workload; return the credential minted for
         it. Raises ApprovalDenied, ApprovalExpired (expired or cancelled), ApprovalTimeout
-        (``approval_timeout`` ran out: the request stays pending). If the waiting task is cancelled,
-        the request is cancelled too."""
+        (``approval_timeout`` ran out: the request stays pending). If the waiting task is
+        cancelled, the request is cancelled too — unless ``cancel_if_cancelled=False`` (a
+        caller that waits again later, such as ``jit mcp``): then it stays pending."""
         view = approval if isinstance(approval, Approval) else await self.approval(approval)
         aid = view.approval_id
         deadline = None if approval_timeout is None else time.monotonic() + approval_timeout
@@ -355,6 +368,8 @@ class Client:
                     wait = max(1, min(wait, int(left)))
                 view = await self._approval(aid, wait=wait)
         except asyncio.CancelledError:
+            if not cancel_if_cancelled:
+                raise
             try:
                 await shielded(self.cancel_approval(aid))
             except ClientError as exc:
@@ -415,6 +430,26 @@ class Client:
         return await self.wait_for_approval(
             aid, approval_timeout=approval_timeout, on_status=on_status
         )
+
+    async def explain(
+        self,
+        *,
+        resource: str,
+        actions: Sequence[str] | str,
+        issuer: str = "jwt",
+        ttl: str | int | None = None,
+    ) -> Explanation:
+        """What the policy would answer this workload (and only it) for this request, and
+        why; nothing is minted and nothing is recorded as a request."""
+        body: dict[str, Any] = {
+            "issuer": issuer,
+            "resource": resource,
+            "actions": _actions(actions),
+        }
+        if ttl is not None:
+            body["ttl"] = ttl
+        resp = await self._ok("POST", "/v1/explain", json=body)
+        return _decode(resp, Explanation)
 
     # -- leases, tasks, tokens ------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from broker.types import Secret
 __all__ = [
     "Approval",
     "Credential",
+    "Explanation",
     "ExportSource",
     "Exports",
     "LeaseInfo",
@@ -84,6 +85,19 @@ class LeaseInfo(msgspec.Struct, frozen=True, kw_only=True):
     revoke_trigger: str | None = None
     revoke_attempts: int = 0
     overdue: bool = False
+
+
+class Explanation(msgspec.Struct, frozen=True, kw_only=True):
+    """What the policy would answer this workload for a request (``POST /v1/explain``);
+    nothing is minted. ``decision`` is ``allow``, ``approval_required`` or ``deny``."""
+
+    decision: str
+    reasons: list[str]
+    policy_version: str = ""
+    grant: str | None = None
+    ttl: int | None = None  # seconds the credential would live (before issuer caps)
+    reveal_to_model: bool = False  # the grant allows delivery to an AI model
+    delegation_max_depth: int | None = None
 
 
 class TaskInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -18,7 +18,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from broker.client.client import Client, LeaseContext, Task
 from broker.client.identity import IdentitySource
-from broker.client.models import Approval, Credential, LeaseInfo, TaskInfo
+from broker.client.models import Approval, Credential, Explanation, LeaseInfo, TaskInfo
 from broker.types import Secret
 
 __all__ = ["SyncClient", "SyncTask"]
@@ -89,6 +89,18 @@ class SyncClient:
 
     def exchange(self, **options: Any) -> Credential:
         return self._call(self._client.exchange, **options)
+
+    def explain(
+        self,
+        *,
+        resource: str,
+        actions: Sequence[str] | str,
+        issuer: str = "jwt",
+        ttl: str | int | None = None,
+    ) -> Explanation:
+        return self._call(
+            self._client.explain, resource=resource, actions=actions, issuer=issuer, ttl=ttl
+        )
 
     def leases(self, *, include_inactive: bool = False) -> list[LeaseInfo]:
         return self._call(self._client.leases, include_inactive=include_inactive)

@@ -13,17 +13,20 @@ where the secret is, not the secret. With ``reveal: true`` the secret is in the 
 which the broker allows only for a grant with ``delivery.reveal_to_model``. The request tells
 the broker which it is, and the audit records it.
 
-Only the contract modules and :mod:`broker.mcp` itself are imported from ``broker``.
+The broker is reached through the workload SDK, :class:`broker.client.Client`: typed errors,
+an ``Idempotency-Key`` on every mint (a retried request never mints twice), retries with
+backoff, and a rotated identity token file re-read. Only the contract modules, the SDK and
+:mod:`broker.mcp` itself are imported from ``broker``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import secrets
 import shutil
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +37,16 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
-from broker.errors import BrokerError, PermissionDenied
-from broker.mcp.port import BrokerPort, Granted, LeaseInfo, Pending
+from broker.client import (
+    Approval,
+    ApprovalTimeout,
+    Client,
+    ClientError,
+    Credential,
+    Denied,
+    LeaseInfo,
+    NotFound,
+)
 
 __all__ = ["Session", "build_server"]
 
@@ -66,7 +77,7 @@ class Session:
         task_id = f"mcp-{secrets.token_hex(8)}"
         return cls(task_id=task_id, purpose=purpose, directory=directory, tasks=[task_id])
 
-    def deliver(self, granted: Granted, reveal: bool) -> dict[str, Any]:
+    def deliver(self, granted: Credential, reveal: bool) -> dict[str, Any]:
         """Hand the credential on as declared at request time; the tool result."""
         result: dict[str, Any] = {
             "status": "issued",
@@ -74,7 +85,7 @@ class Session:
             "task_id": granted.task_id,
             "issuer": granted.issuer,
             "resource": granted.resource,
-            "actions": granted.actions,
+            "actions": list(granted.actions),
             "expires_at": granted.expires_at.isoformat(),
             "token_type": granted.token_type,
             "metadata": granted.metadata,
@@ -102,17 +113,25 @@ class Session:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    async def end(self, broker: BrokerPort) -> None:
+    async def end(self, client: Client) -> None:
         """Complete the session's tasks and delete its files (also when the broker fails)."""
         try:
             for task_id in self.tasks:
-                await broker.complete(task_id)
+                await _complete(client, task_id)
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.files.clear()
 
 
-def _pending(session: Session, pending: Pending, reveal: bool) -> dict[str, Any]:
+async def _complete(client: Client, task_id: str) -> int:
+    """Complete a task (revoking its leases); how many leases it had (0: never created)."""
+    try:
+        return len((await client.complete_task(task_id)).leases)
+    except NotFound:
+        return 0
+
+
+def _pending(session: Session, pending: Approval, reveal: bool) -> dict[str, Any]:
     session.pending[pending.approval_id] = reveal
     return {
         "status": "approval_pending",
@@ -141,8 +160,10 @@ def _lease(info: LeaseInfo, session: Session) -> dict[str, Any]:
     return out
 
 
-def _refused(exc: BrokerError) -> ToolError:
-    reasons = f" Reasons: {'; '.join(exc.reasons)}" if isinstance(exc, PermissionDenied) else ""
+def _refused(exc: ClientError) -> ToolError:
+    reasons = (
+        f" Reasons: {'; '.join(exc.reasons)}" if isinstance(exc, Denied) and exc.reasons else ""
+    )
     return ToolError(f"{exc.message}.{reasons}" if reasons else exc.message)
 
 
@@ -153,14 +174,15 @@ def _session(ctx: Context) -> Session:
 
 
 def build_server(
-    broker: BrokerPort,
+    client: Client,
     *,
     purpose: str = "AI agent session (jit mcp)",
     task_ttl: int | None = None,
     files_dir: Path | None = None,
     sessions: list[Session] | None = None,
 ) -> MCPServer[Session]:
-    """The ``jit mcp`` server over ``broker``. ``files_dir``: where session directories are
+    """The ``jit mcp`` server over the SDK's ``client`` (whose identity is the agent's
+    workload identity). ``files_dir``: where session directories are
     made (default: the system's temporary directory). ``sessions``, if given, holds the open
     sessions, so that a signal handler can end them."""
     open_sessions = sessions if sessions is not None else []
@@ -174,7 +196,7 @@ def build_server(
         finally:
             open_sessions.remove(session)
             with anyio.CancelScope(shield=True):  # runs on cancellation too
-                await session.end(broker)
+                await session.end(client)
 
     server: MCPServer[Session] = MCPServer(
         "jit-broker", instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
@@ -202,22 +224,22 @@ def build_server(
         holding it and when it expires; or, if a human must approve, an approval id and a
         message to show (then call wait_for_approval)."""
         session = _session(ctx)
-        digest = hashlib.sha256(os.urandom(16)).hexdigest()[:32]
         try:
-            result = await broker.request(
-                task_id=session.task_id,
+            result = await client.request(
+                task=session.task_id,
                 purpose=purpose or session.purpose,
+                task_ttl=task_ttl,
                 issuer=issuer,
                 resource=resource,
                 actions=actions,
                 ttl=ttl_seconds,
-                task_ttl=task_ttl,
                 delivery="model" if reveal else "file",
-                idempotency_key=digest,
+                # One key per call: the SDK's retries of this call never mint twice.
+                idempotency_key=str(uuid.uuid4()),
             )
-        except BrokerError as exc:
+        except ClientError as exc:
             raise _refused(exc) from None
-        if isinstance(result, Pending):
+        if isinstance(result, Approval):
             return _pending(session, result, reveal)
         return session.deliver(result, reveal)
 
@@ -231,23 +253,32 @@ def build_server(
         credential once approved, or the request still pending."""
         session = _session(ctx)
         reveal = session.pending.get(approval_id, False)
+        view: Approval | None = None
         try:
-            result = await broker.approval(approval_id, wait=timeout_seconds)
-        except BrokerError as exc:
+            view = await client.approval(approval_id)
+            # A wait the agent runtime cancels leaves the request pending: the agent may
+            # wait again (the SDK's default would cancel the request).
+            granted = await client.wait_for_approval(
+                view, approval_timeout=timeout_seconds, cancel_if_cancelled=False
+            )
+        except ApprovalTimeout:
+            assert view is not None
+            return _pending(session, view, reveal)
+        except ClientError as exc:
             session.pending.pop(approval_id, None)
             raise _refused(exc) from None
-        if isinstance(result, Pending):
-            return _pending(session, result, reveal)
         session.pending.pop(approval_id, None)
-        return session.deliver(result, reveal)
+        return session.deliver(granted, reveal)
 
     @server.tool()
     async def list_credentials(ctx: Context) -> dict[str, Any]:
         """The credentials of this session's task, live and finished."""
         session = _session(ctx)
         try:
-            leases = await broker.leases(session.task_id)
-        except BrokerError as exc:
+            leases = (await client.get_task(session.task_id)).leases
+        except NotFound:
+            leases = []  # the task has no credential yet
+        except ClientError as exc:
             raise _refused(exc) from None
         return {"task_id": session.task_id, "credentials": [_lease(le, session) for le in leases]}
 
@@ -258,8 +289,8 @@ def build_server(
         """Revoke one credential now (and delete its file)."""
         session = _session(ctx)
         try:
-            info = await broker.revoke(lease_id)
-        except BrokerError as exc:
+            info = await client.revoke(lease_id)
+        except ClientError as exc:
             raise _refused(exc) from None
         session.forget(lease_id)
         return _lease(info, session)
@@ -274,10 +305,10 @@ def build_server(
         """What the policy would answer a request_credential with these arguments, and why,
         without asking for anything."""
         try:
-            out = await broker.explain(
+            out = await client.explain(
                 issuer=issuer, resource=resource, actions=actions, ttl=ttl_seconds
             )
-        except BrokerError as exc:
+        except ClientError as exc:
             raise _refused(exc) from None
         return {
             "decision": out.decision,
@@ -294,8 +325,8 @@ def build_server(
         session = _session(ctx)
         done = session.task_id
         try:
-            count = await broker.complete(done)
-        except BrokerError as exc:
+            count = await _complete(client, done)
+        except ClientError as exc:
             raise _refused(exc) from None
         for lease_id in list(session.files):
             session.forget(lease_id)

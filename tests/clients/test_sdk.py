@@ -295,6 +295,57 @@ async def test_cancelling_a_wait_cancels_the_approval_request(broker: Serve, job
         assert (await c.approval(aid)).state == "cancelled"
 
 
+async def test_a_wait_that_does_not_cancel_leaves_the_request_pending_when_cancelled(
+    broker: Serve, job: str
+) -> None:
+    """``cancel_if_cancelled=False`` (jit mcp's wait): the caller may wait again later."""
+    statuses: asyncio.Queue[str] = asyncio.Queue()
+    async with client(broker, job) as c:
+        pending = await c.request(resource="https://prod.internal", actions="deploy")
+        assert not isinstance(pending, Credential)
+        running = asyncio.create_task(
+            c.wait_for_approval(
+                pending,
+                on_status=lambda v: statuses.put_nowait(v.approval_id),
+                cancel_if_cancelled=False,
+            )
+        )
+        aid = await statuses.get()
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        assert (await c.approval(aid)).state == "pending"
+        await c.cancel_approval(aid)
+
+
+async def test_the_delivery_is_declared_to_the_broker(broker: Serve, job: str) -> None:
+    """A grant without ``delivery.reveal_to_model`` refuses ``delivery="model"``, so the SDK
+    sends what it is given."""
+    async with client(broker, job) as c:
+        cred = await c.credential(resource=API, actions="read", delivery="file")
+        await c.revoke(cred.lease_id)
+        with pytest.raises(Denied) as refused:
+            await c.credential(resource=API, actions="read", delivery="model")
+        assert "reveal_to_model" in refused.value.message
+
+
+async def test_explain_answers_for_the_callers_own_access_without_minting(
+    broker: Serve, job: str
+) -> None:
+    async with client(broker, job) as c:
+        allow = await c.explain(resource=API, actions="read", ttl="5m")
+        assert (allow.decision, allow.ttl) == ("allow", 300)
+        assert allow.grant
+        needs = await c.explain(resource="https://prod.internal", actions=["deploy"])
+        assert needs.decision == "approval_required"
+        deny = await c.explain(resource=API, actions="delete")
+        assert deny.decision == "deny"
+        assert deny.reasons
+        assert deny.grant is None
+    with SyncClient(broker.url, StaticToken(job)) as sync:
+        assert sync.explain(resource=API, actions="read").decision == "allow"
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 

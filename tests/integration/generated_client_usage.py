@@ -194,14 +194,14 @@ async def tour(
     )
     invalid = t.take(
         "requestCredential (invalid)",
-        await request_credential.asyncio_detailed(
-            client=workload, body=_request("oas-task-4", [])
-        ),
+        await request_credential.asyncio_detailed(client=workload, body=_request("oas-task-4", [])),
         400,
         Problem,
     )
     assert invalid.errors
-    t.take("listLeases (refused)", await list_leases.asyncio_detailed(client=stranger), 401, Problem)
+    t.take(
+        "listLeases (refused)", await list_leases.asyncio_detailed(client=stranger), 401, Problem
+    )
 
     # Explain, leases, tasks.
     explained = t.take(
@@ -217,7 +217,10 @@ async def tour(
     leases = t.take("listLeases", await list_leases.asyncio_detailed(client=workload), 200, list)
     assert first.lease_id in {le.id for le in leases if isinstance(le, LeaseView)}
     t.take(
-        "getLease", await get_lease.asyncio_detailed(first.lease_id, client=workload), 200, LeaseView
+        "getLease",
+        await get_lease.asyncio_detailed(first.lease_id, client=workload),
+        200,
+        LeaseView,
     )
     revoked = t.take(
         "revokeLease",
@@ -300,7 +303,10 @@ async def tour(
         CredentialResponse,
     )
     all_out = t.take(
-        "revokeAllLeases", await revoke_all_leases.asyncio_detailed(client=workload), 200, RevokeAllOut
+        "revokeAllLeases",
+        await revoke_all_leases.asyncio_detailed(client=workload),
+        200,
+        RevokeAllOut,
     )
     assert all_out.revoked == 1
 
@@ -318,7 +324,9 @@ async def tour(
     )
     assert audit_keys.keys
     t.take("getHealth", await get_health.asyncio_detailed(client=public), 200, Health)
-    ready = t.take("getReadiness", await get_readiness.asyncio_detailed(client=public), 200, Readiness)
+    ready = t.take(
+        "getReadiness", await get_readiness.asyncio_detailed(client=public), 200, Readiness
+    )
     assert ready.status == "ready"
     t.take(
         "getSsfConfiguration (off)",

@@ -22,9 +22,11 @@ import pytest
 import redis.asyncio as aioredis
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from broker.audit import read_chain
-from broker.mcp.http_adapter import HttpBroker
+from broker.client import Client as BrokerClient
+from broker.client import StaticToken
 from broker.mcp.server import build_server
 from tests.e2e.conftest import free_port
 from tests.integration.live import LiveBroker, live_broker, serve
@@ -81,8 +83,9 @@ class Env:
         self.agent = live.token("agent-1", team="agents")
 
     def server(self, **kwargs: Any) -> Any:
-        broker = HttpBroker(self.live.url, lambda: self.agent)
-        return build_server(broker, files_dir=self.files, **kwargs)
+        return build_server(
+            BrokerClient(self.live.url, StaticToken(self.agent)), files_dir=self.files, **kwargs
+        )
 
     async def introspect(self, token: str) -> dict[str, Any]:
         async with httpx.AsyncClient() as http:
@@ -232,6 +235,32 @@ async def test_a_request_that_needs_approval_returns_at_once_and_is_collected_af
         token = Path(issued["file"]).read_text()
         assert (await env.introspect(token))["active"] is True
     assert (await env.introspect(token))["active"] is False
+
+
+async def test_a_wait_the_agent_runtime_abandons_leaves_the_approval_pending(env: Env) -> None:
+    """The runtime gives up on a wait_for_approval call (its read timeout sends
+    notifications/cancelled, which interrupts the tool): the approval request stays pending,
+    so the agent can wait again and collect the credential."""
+    async with Client(env.server()) as agent:
+        pending = await call(agent, "request_credential", resource=env.orders, actions=["write"])
+        approval_id = pending["approval_id"]
+        with pytest.raises(MCPError):
+            await agent.call_tool(
+                "wait_for_approval",
+                {"approval_id": approval_id, "timeout_seconds": 3},
+                read_timeout_seconds=0.5,
+            )
+        still = await call(agent, "wait_for_approval", approval_id=approval_id, timeout_seconds=0)
+        assert still["status"] == "approval_pending"
+        async with httpx.AsyncClient() as http:
+            r = await http.post(
+                f"{env.live.url}/v1/approvals/{approval_id}/approve",
+                json={},
+                headers={"Authorization": f"Bearer {env.live.approver_key}"},
+            )
+        assert r.status_code == 200, r.text
+        issued = await call(agent, "wait_for_approval", approval_id=approval_id, timeout_seconds=5)
+        assert issued["status"] == "issued"
 
 
 async def test_explain_access_answers_for_the_agent_itself_without_minting(env: Env) -> None:

@@ -61,6 +61,7 @@ TRACEBACK_MARKERS = ("Traceback (most recent call last)", 'File "/', "site-packa
 
 T = TypeVar("T")
 
+
 class Background:
     """An event loop in a thread that owns the broker and its client: hypothesis runs the
     test synchronously and hands each request to this loop."""
