@@ -23,12 +23,14 @@ from broker.errors import (
 )
 
 __all__ = [
+    "NO_STORE",
     "PROBLEM",
     "RETRY_AFTER",
     "FieldError",
     "OAuthError",
     "Problem",
     "exception_handlers",
+    "oauth_error",
     "problem",
     "problem_response",
 ]
@@ -37,6 +39,8 @@ log = logging.getLogger("jit.api")
 PROBLEM = "application/problem+json"
 #: Seconds a client should wait before retrying a 503 (the store or an issuer is unavailable).
 RETRY_AFTER = "2"
+#: Headers of every /oauth answer (RFC 6749 §5.1).
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 _TITLES = {
     400: "Bad request",
@@ -91,6 +95,19 @@ class OAuthError(msgspec.Struct, frozen=True, omit_defaults=True):
     interval: int | None = None
 
 
+def oauth_error(
+    error: str, description: str, status: int = 400, **extra: Any
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {"error": error, "error_description": description}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    headers = dict(NO_STORE)
+    if status == 401:
+        headers["WWW-Authenticate"] = f'Bearer error="{error}"'
+    if status == 503:
+        headers["Retry-After"] = RETRY_AFTER
+    return Response(body, status_code=status, headers=headers)
+
+
 def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": f"https://jit-broker.dev/problems/{code}",
@@ -141,9 +158,18 @@ def _store_error(request: Request[Any, Any, State], exc: Exception) -> Response[
     )
 
 
+def _oauth_path(request: Request[Any, Any, State]) -> bool:
+    """Under /oauth/ every answer is in the RFC 6749 shape, an unmatched route's included."""
+    return request.url.path.startswith("/oauth/")
+
+
 def _http_error(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:
     assert isinstance(exc, HTTPException)
     status = exc.status_code
+    if _oauth_path(request):
+        return oauth_error(
+            "invalid_request" if status < 500 else "server_error", str(exc.detail), status
+        )
     detail = str(exc.detail)
     errors = None
     if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
@@ -164,6 +190,8 @@ def _http_error(request: Request[Any, Any, State], exc: Exception) -> Response[A
 def _internal_error(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:
     rid = request_id(request)
     log.error("unhandled %s (request %s)", exc.__class__.__name__, rid, exc_info=exc)
+    if _oauth_path(request):
+        return oauth_error("server_error", f"internal error; request id {rid}", 500)
     return problem_response(
         request, problem(500, "internal", "Internal error", f"internal error; request id {rid}")
     )

@@ -5,7 +5,6 @@ included, is in the RFC 6749 §5.2 shape, not problem+json."""
 from __future__ import annotations
 
 import ipaddress
-import logging
 import re
 from datetime import timedelta
 from typing import Any
@@ -14,14 +13,13 @@ from urllib.parse import parse_qsl
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Schema
 from litestar.openapi.spec.enums import OpenAPIType
 from redis.exceptions import RedisError
 
 from broker.api.auth import authenticate_caller, broker_of, client_address, request_id
-from broker.api.errors import OAuthError
+from broker.api.errors import NO_STORE, OAuthError, oauth_error
 from broker.api.openapi import CLIENT, FORM, PUBLIC, form, oauth_errors, operation, problems
 from broker.api.schemas import JsonWebKeySet, new_task_id, parse_ttl
 from broker.approvals import ApprovalState, ApprovalView
@@ -38,8 +36,6 @@ from broker.service import Broker, Issued
 from broker.service.delegation import Hop, authenticate_hop
 from broker.types import TASK_ID_RULE, Intent, Scope, Task, valid_task_id
 
-log = logging.getLogger("jit.api")
-
 __all__ = [
     "AuthorizationServerMetadata",
     "OAuthController",
@@ -55,7 +51,6 @@ GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa
 TT_JWT = "urn:ietf:params:oauth:token-type:jwt"
 TT_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105 (an RFC 8693 URN)
 TT_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 (an RFC 8693 URN)
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MULTI = {"resource", "audience"}
 _SECONDS = re.compile(r"[0-9]{1,9}", re.ASCII)
 
@@ -182,19 +177,6 @@ class AuthorizationDetail(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     type: str
     locations: list[str] = msgspec.field(default_factory=list)
     actions: list[str] = msgspec.field(default_factory=list)
-
-
-def oauth_error(
-    error: str, description: str, status: int = 400, **extra: Any
-) -> Response[dict[str, Any]]:
-    body: dict[str, Any] = {"error": error, "error_description": description}
-    body.update({k: v for k, v in extra.items() if v is not None})
-    headers = dict(NO_STORE)
-    if status == 401:
-        headers["WWW-Authenticate"] = f'Bearer error="{error}"'
-    if status == 503:
-        headers["Retry-After"] = "2"
-    return Response(body, status_code=status, headers=headers)
 
 
 def from_broker_error(exc: BrokerError, *, client_auth: bool = False) -> Response[dict[str, Any]]:
@@ -364,21 +346,9 @@ def _oauth_store_error(_: Request[Any, Any, State], exc: Exception) -> Response[
     )
 
 
-def _oauth_http_error(_: Request[Any, Any, State], exc: Exception) -> Response[Any]:
-    assert isinstance(exc, HTTPException)
-    error = "invalid_request" if exc.status_code < 500 else "server_error"
-    return oauth_error(error, str(exc.detail), exc.status_code)
-
-
 def _oauth_broker_error(_: Request[Any, Any, State], exc: Exception) -> Response[Any]:
     assert isinstance(exc, BrokerError)
     return from_broker_error(exc)
-
-
-def _oauth_internal_error(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:
-    rid = request_id(request)
-    log.error("unhandled %s (request %s)", exc.__class__.__name__, rid, exc_info=exc)
-    return oauth_error("server_error", f"internal error; request id {rid}", 500)
 
 
 def oauth_refusal(status: int, description: str) -> Response[dict[str, Any]]:
@@ -393,12 +363,9 @@ class OAuthController(Controller):
 
     path = "/oauth"
     tags = ["oauth"]
-    exception_handlers = {
-        RedisError: _oauth_store_error,
-        HTTPException: _oauth_http_error,
-        BrokerError: _oauth_broker_error,
-        Exception: _oauth_internal_error,
-    }
+    # HTTP errors (404, 405, 413, a bad form) and 500s under /oauth/ are answered in this
+    # shape by the app's handlers (broker.api.errors), an unmatched route's included.
+    exception_handlers = {RedisError: _oauth_store_error, BrokerError: _oauth_broker_error}
 
     @post(
         "/token",

@@ -204,6 +204,26 @@ async def test_token_exchange_errors_use_the_oauth_shape(
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/oauth/token", 405),
+        ("POST", "/oauth/nothing-here", 404),
+        ("POST", "/oauth/introspect/extra", 404),
+    ],
+)
+async def test_every_answer_under_oauth_is_in_the_oauth_shape_an_unmatched_route_too(
+    api: Api, method: str, path: str, status: int
+) -> None:
+    r = await api.client.request(method, path)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.headers["cache-control"] == "no-store"
+    assert r.json()["error"] == "invalid_request"
+    assert "type" not in r.json()
+    assert r.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
     ("over", "error", "says"),
     [
         pytest.param(
