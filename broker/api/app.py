@@ -4,7 +4,8 @@ broker.api is the only litestar code of the broker; each module is one protocol:
 ``v1`` (credentials, leases, tasks, issuer documents), ``approvals`` (approval requests, Slack),
 ``usage`` (governance reports), ``oauth`` (RFC 8693/7662/7009/8414), ``ssf`` (Shared Signals),
 ``ops`` (health, metrics, audit keys), ``dev`` (``jit dev`` only). ``errors`` is the wire shape
-of every failure, ``schemas`` the wire types, ``auth`` who calls.
+of every failure, ``schemas`` the wire types, ``openapi`` what the OpenAPI document says beyond
+the handlers' signatures, ``auth`` who calls.
 """
 
 from __future__ import annotations

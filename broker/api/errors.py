@@ -1,6 +1,7 @@
 """Errors on the wire: problem+json (RFC 9457) for /v1 and the operational routes, the
-RFC 6749 §5.2 shape for /oauth (broker.api.oauth). One handler per kind of failure, and the
-OpenAPI description of each, so the schema says what is sent."""
+RFC 6749 §5.2 shape (:class:`OAuthError`, :func:`oauth_error`) for every answer under /oauth/
+(an unmatched route's included). One handler per kind of failure; the OpenAPI document
+declares both shapes (broker.api.openapi)."""
 
 from __future__ import annotations
 
