@@ -22,6 +22,7 @@ import redis
 
 from broker.audit.signing import write_private_key
 from issuers.jwt.keys import generate_key
+from tests.conftest import REDIS_URL
 from tests.e2e.ci_support import APPROVER, POLICY_GITHUB, POLICY_GITLAB, OidcProvider
 from tests.e2e.conftest import JIT, free_port
 
@@ -167,7 +168,7 @@ class Serve:
 
     def cleanup(self) -> None:
         self.stop()
-        r = redis.Redis()
+        r = redis.Redis.from_url(REDIS_URL)
         for key in r.scan_iter(match=f"{self.prefix}:*"):
             r.unlink(key)
 
@@ -213,7 +214,7 @@ def serve(
     config: dict[str, Any] = {
         "public_url": url,
         "port": port,
-        "redis_url": "redis://127.0.0.1:6379/0",
+        "redis_url": REDIS_URL,
         "key_prefix": prefix,
         "policy_dir": str(policy_dir),
         "identity": [

@@ -16,6 +16,7 @@ from typing import Any
 import jwt as pyjwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.conftest import REDIS_URL
 from tests.e2e.conftest import JIT, free_port
 
 
@@ -111,7 +112,7 @@ def write_config(tmp: Path, idp: IdP, port: int, prefix: str, **over: Any) -> Pa
     config: dict[str, Any] = {
         "public_url": f"http://127.0.0.1:{port}",
         "port": port,
-        "redis_url": "redis://127.0.0.1:6379/0",
+        "redis_url": REDIS_URL,
         "key_prefix": prefix,
         "policy_dir": "policies",
         "identity": [
