@@ -26,7 +26,6 @@ import jwt as pyjwt
 import redis
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import REDIS_URL
 from tests.e2e.conftest import JIT, free_port
 
 # The repository and project the test policies trust (immutable ids, as docs/identity.md says).
@@ -295,7 +294,7 @@ def jit_serve(tmp: Path, oidc: OidcProvider) -> Iterator[Serve]:
     config = {
         "public_url": url,
         "port": port,
-        "redis_url": REDIS_URL,
+        "redis_url": "redis://127.0.0.1:6379/0",
         "key_prefix": prefix,
         "policy_dir": str(policies),
         "identity": [
@@ -341,7 +340,7 @@ def jit_serve(tmp: Path, oidc: OidcProvider) -> Iterator[Serve]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-        r = redis.Redis.from_url(REDIS_URL)
+        r = redis.Redis()
         for key in r.scan_iter(match=f"{prefix}:*"):
             r.unlink(key)
 

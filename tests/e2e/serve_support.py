@@ -16,7 +16,6 @@ from typing import Any
 import jwt as pyjwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.conftest import REDIS_URL
 from tests.e2e.conftest import JIT, free_port
 
 
@@ -112,7 +111,7 @@ def write_config(tmp: Path, idp: IdP, port: int, prefix: str, **over: Any) -> Pa
     config: dict[str, Any] = {
         "public_url": f"http://127.0.0.1:{port}",
         "port": port,
-        "redis_url": REDIS_URL,
+        "redis_url": "redis://127.0.0.1:6379/0",
         "key_prefix": prefix,
         "policy_dir": "policies",
         "identity": [

@@ -16,7 +16,6 @@ import jwt as pyjwt
 import pytest
 import redis
 
-from tests.conftest import REDIS_URL
 from tests.e2e.conftest import JIT, free_port
 from tests.e2e.serve_support import POLICY, IdP, serve, write_config
 
@@ -89,7 +88,7 @@ def test_jit_serve_issues_verifiable_credentials_from_files_and_redis(
         assert claims["sub"] == "ci:repo:acme/app"
         assert claims["jti"] == issued["lease_id"]
         # The lease lives in the real Redis under the configured prefix.
-        r = redis.Redis.from_url(REDIS_URL)
+        r = redis.Redis()
         task_key, suffix = issued["lease_id"].split(".")
         assert r.hget(f"{prefix}:{{t:{task_key}}}", suffix) == b"a"  # active
         shard = int(suffix, 16) % 1024
@@ -156,7 +155,7 @@ def test_jit_serve_issues_verifiable_credentials_from_files_and_redis(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        r = redis.Redis.from_url(REDIS_URL)
+        r = redis.Redis()
         for key in r.scan_iter(match=f"{prefix}:*"):
             r.unlink(key)
 
