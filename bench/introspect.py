@@ -9,7 +9,9 @@ real subprocess: JWT issuer, audit chain on) with a workload whose policy grants
 it answers ``active: true``, then runs wrk (``--conns`` connections, 2 threads, a warm-up, then
 ``--reps`` runs) posting ``/oauth/introspect`` of that credential with the workload's identity
 token, and prints the median rps, p50 and p99 (target: ≥ 3,000/s). Every introspection of a
-known token is an audited use (a ``lease.introspected`` record), so this measures that too.
+known token is an audited, governed use (``lease.used`` and ``lease.introspected`` records, the
+use counted against the grant's ``max_uses_per_minute``, set very high here so that the one
+credential stays active; the bench checks it still is at the end).
 ``--profile`` records one more run under py-spy (``pip install py-spy``) and prints the top
 functions.
 """
@@ -157,6 +159,10 @@ def main() -> None:
             )
             if args.profile:
                 profile(proc.pid, port, script, env, here)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                after = http.post("/oauth/introspect", headers=auth, data={"token": cred})
+            if after.json().get("active") is not True:  # a revoked credential is not measured
+                raise SystemExit(f"the credential is no longer active after the runs: {after.text}")
         finally:
             stop(proc)
             idp.close()
