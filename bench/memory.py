@@ -177,7 +177,8 @@ def report(title: str, client: redis.Redis, base: int, n: int) -> int:
     total = sum(size for _, size in parts.values())
     print(f"  {'sum of MEMORY USAGE':<38} {'':>9} {total:>14,} {total / n:>8.0f}")
     print(
-        f"  (used_memory also counts the keyspace's hash tables: {(used - total) / n:.0f} B/lease)"
+        f"  used_memory beyond the sum: {(used - total) / n:.0f} B/lease (the keyspace's tables, "
+        "the script cache, buffers; a stream's MEMORY USAGE is an estimate)"
     )
     return used
 

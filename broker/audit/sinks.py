@@ -7,7 +7,7 @@ past records a sink has not taken yet (logged as an error and counted in
 :attr:`AuditDelivery.lost`).
 
 Trimming: every replica that runs the delivery loop registers its sinks in the ``sinks`` hash
-(name → the time it last said so, on the injected clock, refreshed every few minutes). After it
+(name → the time it last said so, on the injected clock, refreshed every minute). After it
 moved a cursor, the deliverer runs one script (every key in the ``{audit}`` slot) that takes the
 smallest cursor over every registered sink — a sink without a cursor counts as 0 and holds
 everything back — and ``XTRIM``s the stream below it with ``MINID``, always keeping the newest
