@@ -15,6 +15,7 @@ Keys (one hash tag, ``{audit}``, so every script runs on one Redis Cluster slot)
     {prefix}:{audit}:stream          stream  one entry per record, id "<seq>-0", field r = JSON
     {prefix}:{audit}:cursor:<sink>   string  the last seq delivered to a sink
     {prefix}:{audit}:lock:<sink>     hash    owner, until (ms): who delivers to the sink now
+    {prefix}:{audit}:sinks           hash    sink name → when a replica last said it feeds it (ms)
 
 Appending is a compare-and-set: Python reads the head it last saw, hashes the new records
 (Lua has no SHA-256), and one script checks the head is unchanged, XADDs the records and moves
@@ -106,6 +107,7 @@ class ChainKeys:
         self.prefix = prefix
         self.head = f"{prefix}:{{audit}}:head"
         self.stream = f"{prefix}:{{audit}}:stream"
+        self.sinks = f"{prefix}:{{audit}}:sinks"
 
     def cursor(self, sink: str) -> str:
         return f"{self.prefix}:{{audit}}:cursor:{check_sink_name(sink)}"

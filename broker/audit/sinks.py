@@ -1,8 +1,19 @@
 """Durable audit sinks fed from the chain's Redis stream, and the loop that feeds them.
 
-The stream is the buffer: a sink that is down falls behind and catches up when it is back;
-nothing is dropped unless the stream is trimmed (``audit.stream_maxlen``) past records the sink
-has not taken yet (logged as an error and counted in :attr:`AuditDelivery.lost`).
+The stream is the buffer, not the archive: a sink that is down falls behind and catches up when
+it is back; a record leaves the stream once every registered sink has taken it (below); nothing
+is dropped unless the stream is trimmed by ``audit.stream_maxlen`` (the cap that still holds)
+past records a sink has not taken yet (logged as an error and counted in
+:attr:`AuditDelivery.lost`).
+
+Trimming: every replica that runs the delivery loop registers its sinks in the ``sinks`` hash
+(name → the time it last said so, on the injected clock, refreshed every minute). After it
+moved a cursor, the deliverer runs one script (every key in the ``{audit}`` slot) that takes the
+smallest cursor over every registered sink — a sink without a cursor counts as 0 and holds
+everything back — and ``XTRIM``s the stream below it with ``MINID``, always keeping the newest
+record (the chain's fallback head). A sink that no replica has registered for ``forget_after``
+(it was removed from every replica's configuration) stops holding records back. Without durable
+sinks there is no delivery loop and no such trimming: ``stream_maxlen`` alone bounds the stream.
 
 Per sink, Redis holds a cursor (the last seq delivered) and a lock with a visibility timeout
 (``owner``, ``until`` on the injected clock, like the reaper's claims). Every replica may run
@@ -47,6 +58,7 @@ from broker.errors import ConfigError
 from broker.replica import new_replica_id
 from broker.retry import backoff
 from broker.state import text
+from broker.state.scripts import Script
 from broker.types import Secret
 from broker.urls import check_url
 
@@ -324,6 +336,36 @@ return 1
 """
 
 
+# KEYS: sinks registry, stream, then the cursor of each name in ARGV[2..]
+# ARGV: forget_before_ms, then sink names
+# -> {-1, 0} a live registered sink was not among the names (ask again) | {trimmed, minid}
+# Trims the stream below the smallest cursor of the named sinks (a missing cursor is 0 and
+# trims nothing), keeping at least the newest entry; drops registrations older than ARGV[1].
+_TRIM = Script("""
+local given = {}
+for i = 2, #ARGV do given[ARGV[i]] = true end
+local reg = redis.call('HGETALL', KEYS[1])
+for i = 1, #reg, 2 do
+  if tonumber(reg[i + 1]) < tonumber(ARGV[1]) then
+    redis.call('HDEL', KEYS[1], reg[i])
+  elseif not given[reg[i]] then
+    return {-1, 0}
+  end
+end
+local low = nil
+for i = 3, #KEYS do
+  local c = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if low == nil or c < low then low = c end
+end
+if low == nil or low < 1 then return {0, 0} end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #last == 0 then return {0, 0} end
+local minid = math.min(low + 1, tonumber(string.match(last[1][1], '^(%d+)-')))
+local n = redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-0', minid))
+return {n, minid}
+""")
+
+
 class AuditDelivery:
     """Feeds the stream to the durable sinks. See the module docstring."""
 
@@ -338,7 +380,13 @@ class AuditDelivery:
         poll_interval: timedelta = timedelta(milliseconds=500),
         backoff_base: timedelta = timedelta(seconds=1),
         backoff_cap: timedelta = timedelta(minutes=1),
+        forget_after: timedelta = timedelta(hours=1),
+        trim_interval: timedelta = timedelta(seconds=1),
     ) -> None:
+        """``forget_after``: a sink no replica has registered for that long stops holding
+        records in the stream. ``trim_interval``: at most one trim per interval (monotonic)."""
+        if forget_after < timedelta(minutes=1):
+            raise ConfigError("audit sinks: forget_after must be at least 1 minute")
         names = [s.name for s in sinks]
         if len(names) != len(set(names)):
             raise ConfigError(f"audit sink names must be unique: {names}")
@@ -359,6 +407,14 @@ class AuditDelivery:
         self.lost: dict[str, int] = dict.fromkeys(self.sinks, 0)
         self.delivered: dict[str, int] = dict.fromkeys(self.sinks, 0)
         self._retry_at: dict[str, float] = dict.fromkeys(self.sinks, 0.0)
+        self.forget_after = forget_after
+        self.trim_interval = trim_interval
+        # Registrations are refreshed well within forget_after (and at least every minute).
+        self._register_every = min(forget_after / 4, timedelta(minutes=1)).total_seconds()
+        self._registered_at: float | None = None  # monotonic
+        self._trim_at = 0.0  # monotonic: no trim before
+        self._moved = False  # a cursor moved since the last trim
+        self.trimmed = 0  # records this replica trimmed from the stream (for tests and metrics)
 
     async def deliver_once(self, name: str) -> int:
         """Deliver the next batch to sink ``name``: returns how many records it took (0 when
@@ -404,13 +460,52 @@ class AuditDelivery:
             log.warning("audit sink %s: lost the delivery lock mid-batch", name)
             return 0
         self.delivered[name] += len(records)
+        self._moved = True
         return len(records)
+
+    async def register(self) -> None:
+        """Say in Redis that this replica feeds its sinks (now, on the injected clock)."""
+        now_ms = to_ms(self.clock.now())
+        await self.redis.hset(self.keys.sinks, mapping=dict.fromkeys(self.sinks, now_ms))
+        self._registered_at = self.clock.monotonic()
+
+    async def trim(self) -> int:
+        """Remove from the stream every record each registered sink has taken (keeping the
+        newest). Returns how many entries left the stream."""
+        forget_before = to_ms(self.clock.now()) - int(self.forget_after.total_seconds() * 1000)
+        for _ in range(3):
+            raw = await self.redis.hgetall(self.keys.sinks)
+            live = {text(k) for k, v in raw.items() if int(text(v)) >= forget_before}
+            names = sorted(live | set(self.sinks))
+            reply = await _TRIM(
+                self.redis,
+                [self.keys.sinks, self.keys.stream, *(self.keys.cursor(n) for n in names)],
+                [forget_before, *names],
+            )
+            if int(reply[0]) >= 0:
+                self.trimmed += int(reply[0])
+                return int(reply[0])
+        return 0  # sinks kept registering meanwhile: the next trim catches up
+
+    async def _housekeeping(self) -> None:
+        """Register now and then; trim after a cursor moved (at most once per interval)."""
+        now = self.clock.monotonic()
+        try:
+            if self._registered_at is None or now - self._registered_at >= self._register_every:
+                await self.register()
+            if self._moved and now >= self._trim_at:
+                self._moved = False
+                self._trim_at = now + self.trim_interval.total_seconds()
+                await self.trim()
+        except Exception as exc:  # Redis away: delivery reports it; try again next pass
+            log.warning("audit sinks: stream housekeeping failed (%s)", type(exc).__name__)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; a failing sink is retried with capped exponential
         backoff (on the injected clock's monotonic time) without holding up the others."""
         try:
             while not stop.is_set():
+                await self._housekeeping()
                 busy = False
                 for name in self.sinks:
                     if stop.is_set():

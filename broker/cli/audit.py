@@ -178,8 +178,8 @@ def export_cmd(redis_url: str, prefix: str, out: str, from_seq: int) -> None:
     click.echo(f"exported {count} records (seq {first}..{last})", err=True)
     if first > from_seq:
         click.secho(
-            f"warning: seq {from_seq}..{first - 1} are no longer in the stream (trimmed by "
-            "audit.stream_maxlen); verify this export with --partial",
+            f"warning: seq {from_seq}..{first - 1} are no longer in the stream (delivered to "
+            "every audit sink, or past audit.stream_maxlen); verify this export with --partial",
             fg="yellow",
             err=True,
         )

@@ -16,7 +16,7 @@ import fnmatch
 import ipaddress
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
@@ -49,6 +49,7 @@ __all__ = [
     "Grant",
     "PolicyDocument",
     "PolicySet",
+    "TrustIndex",
     "Workload",
     "claim_text",
     "compile_document",
@@ -87,7 +88,9 @@ class ClaimMatcher:
     claim: str
     kind: Literal["exact", "glob", "regex", "one_of"]
     shown: str
-    values: frozenset[str] = frozenset()  # exact and one_of
+    # exact and one_of; for a glob or regex without wildcards, the one text it matches (only
+    # the trust index reads it there: ``matches`` uses the pattern)
+    values: frozenset[str] = frozenset()
     pattern: re.Pattern[str] | None = None  # glob and regex, matched against the whole value
 
     def matches(self, text: str) -> bool:
@@ -195,16 +198,100 @@ class PolicyDocument:
 
 
 @dataclass(frozen=True, slots=True)
+class TrustIndex:
+    """Which documents can trust a principal, found without trying every document.
+
+    A workload entry trusts a principal only if each of its matchers matches, so an entry with
+    a matcher that admits a known set of texts (exact, ``one_of``, or a glob or regex without
+    wildcards, such as ``^acme/app$``) can only trust principals whose claim text is in that
+    set: such an entry is filed under ``(issuer, claim, text)`` for each text of its most
+    selective such matcher (the fewest texts). Entries with only wildcard globs and regexes (or
+    no matchers) are filed under their issuer, to be tried always. :meth:`candidates` is
+    therefore a superset of the documents that trust the principal, in document order;
+    ``decide`` and ``can`` still try each candidate's entries, so the index changes how many
+    documents are looked at, never an answer.
+    """
+
+    by_value: dict[tuple[str, str, str], tuple[int, ...]]
+    keys: dict[str, tuple[str, ...]]  # issuer → the claim names entries are filed under
+    always: dict[str, tuple[int, ...]]  # issuer → documents with an entry to try always
+
+    @classmethod
+    def build(cls, documents: tuple[PolicyDocument, ...]) -> TrustIndex:
+        by_value: dict[tuple[str, str, str], list[int]] = {}
+        keys: dict[str, list[str]] = {}
+        always: dict[str, list[int]] = {}
+        for i, document in enumerate(documents):
+            for entry in document.workloads:
+                known = [(m.claim, v) for m in entry.matchers if (v := _texts(m)) is not None]
+                if not known:
+                    _add(always.setdefault(entry.issuer, []), i)
+                    continue
+                claim, values = min(known, key=lambda cv: len(cv[1]))
+                claims = keys.setdefault(entry.issuer, [])
+                if claim not in claims:
+                    claims.append(claim)
+                for value in values:
+                    _add(by_value.setdefault((entry.issuer, claim, value), []), i)
+        return cls(
+            by_value={k: tuple(v) for k, v in by_value.items()},
+            keys={k: tuple(v) for k, v in keys.items()},
+            always={k: tuple(v) for k, v in always.items()},
+        )
+
+    def candidates(self, issuer: str, claims: Mapping[str, object]) -> list[int]:
+        """Indexes of the documents that may trust a principal of ``issuer`` with ``claims``
+        (ascending: document order)."""
+        found: set[int] = set(self.always.get(issuer, ()))
+        for claim in self.keys.get(issuer, ()):
+            if claim in claims:
+                text = claim_text(claims[claim])
+                if text is not None:
+                    found.update(self.by_value.get((issuer, claim, text), ()))
+        return sorted(found)
+
+
+# A regex body (between ^ and $) or a glob made only of these characters matches exactly itself.
+_LITERAL = re.compile(r"[A-Za-z0-9_/@:=,;~ -]*")
+
+
+def _literal(body: str, pattern: re.Pattern[str]) -> frozenset[str]:
+    """``{body}`` when ``pattern`` (compiled from a glob or an anchored regex whose text is
+    ``body``) matches exactly that one text; else empty."""
+    if body and _LITERAL.fullmatch(body) and pattern.fullmatch(body):
+        return frozenset({body})
+    return frozenset()
+
+
+def _texts(matcher: ClaimMatcher) -> frozenset[str] | None:
+    """Every claim text ``matcher`` admits, when that is a known finite set (None: any text
+    matching a wildcard pattern)."""
+    if matcher.pattern is None or matcher.values:
+        return matcher.values
+    return None
+
+
+def _add(into: list[int], i: int) -> None:
+    if not into or into[-1] != i:
+        into.append(i)
+
+
+@dataclass(frozen=True, slots=True)
 class PolicySet:
     """Every compiled document of a policy directory, in sorted file order.
 
     ``version`` is a short sha256 over the sorted file names and contents: two brokers with
     the same files report the same version. ``files`` are the files read, as shown in errors.
+    ``trust`` is built from the documents (:class:`TrustIndex`).
     """
 
     version: str
     documents: tuple[PolicyDocument, ...]
     files: tuple[str, ...]
+    trust: TrustIndex = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trust", TrustIndex.build(self.documents))
 
     def grant(self, grant_id: str) -> Grant | None:
         for document in self.documents:
@@ -389,7 +476,13 @@ class _Compiler:
             return None
         if spec.glob is not None:
             pattern = re.compile(fnmatch.translate(spec.glob))
-            return ClaimMatcher(claim, "glob", f"glob {spec.glob!r}", pattern=pattern)
+            return ClaimMatcher(
+                claim,
+                "glob",
+                f"glob {spec.glob!r}",
+                values=_literal(spec.glob, pattern),
+                pattern=pattern,
+            )
         if spec.regex is not None:
             regex_path = (*path, "regex")
             if not _anchored(spec.regex):
@@ -400,7 +493,13 @@ class _Compiler:
             except re.error as exc:
                 self.error(regex_path, f"invalid regex {spec.regex!r}: {exc}")
                 return None
-            return ClaimMatcher(claim, "regex", f"regex {spec.regex!r}", pattern=compiled)
+            return ClaimMatcher(
+                claim,
+                "regex",
+                f"regex {spec.regex!r}",
+                values=_literal(spec.regex[1:-1], compiled),
+                pattern=compiled,
+            )
         assert spec.one_of is not None
         if not spec.one_of:
             self.error((*path, "one_of"), "one_of needs at least one value")

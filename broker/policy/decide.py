@@ -73,9 +73,9 @@ def decide(policy: PolicySet, principal: Principal, intent: Intent, now: datetim
         return Deny(reasons=problems, policy_version=policy.version)
     evaluator = _Evaluator(principal, intent, now, verbose=False)
     pending: tuple[Grant, timedelta] | None = None
-    # The fast pass builds no text for documents that do not trust the principal; the
-    # reasons are written only when the answer is a deny.
-    for document in policy.documents:
+    # The fast pass looks only at the documents that may trust the principal (the policy's
+    # trust index) and builds no text; the reasons are written only when the answer is a deny.
+    for document in _candidates(policy, principal):
         if _trusting_entry(document, principal) is None:
             continue
         for grant in document.grants:
@@ -110,7 +110,7 @@ def can(policy: PolicySet, principal: Principal, permission: str) -> bool:
     permission name is simply never granted."""
     return any(
         permission in document.permissions and _trusting_entry(document, principal) is not None
-        for document in policy.documents
+        for document in _candidates(policy, principal)
     )
 
 
@@ -136,6 +136,16 @@ def _request_problems(intent: Intent, now: datetime) -> tuple[str, ...]:
     if intent.ttl is not None and intent.ttl <= timedelta(0):
         problems.append("the requested ttl must be longer than zero")
     return tuple(problems)
+
+
+def _candidates(policy: PolicySet, principal: Principal) -> Iterator[PolicyDocument]:
+    """The documents that may trust ``principal``, in document order (a superset of those
+    that do: see :class:`~broker.policy.compile.TrustIndex`)."""
+    if principal.kind != "workload":
+        return
+    documents = policy.documents
+    for i in policy.trust.candidates(principal.issuer, principal.claims):
+        yield documents[i]
 
 
 def _trusting_entry(document: PolicyDocument, principal: Principal) -> Workload | None:
@@ -216,8 +226,8 @@ class _Evaluator:
                 return None
             misses.append((entry, miss))
         if not misses:
-            trusted = ", ".join(sorted({e.issuer for e in document.workloads}))
             if self.verbose:
+                trusted = ", ".join(sorted({e.issuer for e in document.workloads}))
                 return f"no entry for identity issuer {principal.issuer!r} (trusts: {trusted})"
             return f"no entry for identity issuer {principal.issuer!r}"
         if len(misses) == 1:

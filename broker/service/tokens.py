@@ -4,13 +4,25 @@
 A token leads to its lease through the issuer that recognises it (``Introspectable``). Every
 introspection and report of a known credential is a *use*, recorded and checked against its
 grant's governance rules (which may revoke it, and its task, before the answer is given).
+
+A token an issuer recognised is remembered by its SHA-256 digest for a few seconds (never past
+its ``exp``, read from the very bytes that were verified; a token without a readable ``exp`` is
+not remembered), so a resource server that introspects the same credential again and again
+does not pay a signature check each time. The lease is still read on every call: revocation
+and expiry answer as before; a key removed from the issuer's key ring stops a remembered token
+within those seconds, as the key ring's own refresh does.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
+
+import msgspec
 
 from broker.audit import AuditLog
 from broker.clock import Clock
@@ -24,6 +36,26 @@ from broker.service.policy import LivePolicy
 from broker.types import Lease, LeaseState, Principal, act_claim
 
 __all__ = ["Tokens"]
+
+#: How long a recognised token is remembered (seconds), and how many are.
+REMEMBER_SECONDS = 5.0
+REMEMBER_MAX = 10_000
+
+
+def _jwt_exp(token: str) -> float | None:
+    """The integer ``exp`` of a compact JWS's JSON payload, or None (not a JWT, no ``exp``)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        claims = msgspec.json.decode(payload)
+    except (ValueError, msgspec.DecodeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if isinstance(exp, bool) or not isinstance(exp, int):
+        return None
+    return float(exp)
 
 
 class Tokens:
@@ -45,6 +77,8 @@ class Tokens:
         self.audit = audit
         self.clock = clock
         self.public_url = public_url
+        # digest of a recognised token → (lease id, remembered until, unix seconds)
+        self._known: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
 
     def resource_server(
         self, principal: Principal | None, client: Client | None, permissions: set[str]
@@ -57,16 +91,34 @@ class Tokens:
         return can(self.policy.current, principal, "introspect"), principal.id
 
     async def lease_of(self, token: str) -> Lease | None:
-        """The lease behind a token some issuer recognises (signature and expiry checked)."""
-        now = self.clock.now()
+        """The lease behind a token some issuer recognises (signature and expiry checked, or
+        the token was recognised moments ago: see the module docstring)."""
+        lease_id = self._identify(token)
+        if lease_id is None:
+            return None
+        try:
+            return await self.manager.get(lease_id)
+        except NotFound:
+            return None
+
+    def _identify(self, token: str) -> str | None:
+        now = self.clock.now().timestamp()
+        digest = hashlib.sha256(token.encode()).digest()
+        known = self._known.get(digest)
+        if known is not None:
+            if now < known[1]:
+                return known[0]
+            del self._known[digest]
         for issuer in self.issuers.values():
             if isinstance(issuer, Introspectable):
-                lease_id = issuer.identify(token, now)
+                lease_id = issuer.identify(token, self.clock.now())
                 if lease_id is not None:
-                    try:
-                        return await self.manager.get(lease_id)
-                    except NotFound:
-                        return None
+                    exp = _jwt_exp(token)
+                    if exp is not None:
+                        self._known[digest] = (lease_id, min(now + REMEMBER_SECONDS, exp))
+                        if len(self._known) > REMEMBER_MAX:
+                            self._known.popitem(last=False)
+                    return lease_id
         return None
 
     async def introspect(
