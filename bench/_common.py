@@ -72,7 +72,7 @@ def used_memory(client: redis.Redis) -> int:
 
 class JwtShapedIssuer(FakeIssuer):
     """The in-memory fake issuer, returning a handle shaped like the JWT issuer's
-    (``{"jti": lease id, "kid": RFC 7638 thumbprint}``) so the stored lease has its real size.
+    (``{"kid": RFC 7638 thumbprint}``) so the stored lease has its real size.
     It keeps nothing per credential (the fake's credential table would cost the bench's own
     memory, not Redis')."""
 
@@ -82,7 +82,7 @@ class JwtShapedIssuer(FakeIssuer):
         return Credential(
             secret=Secret(secrets.token_urlsafe(24)),
             expires_at=request.not_after,
-            handle={"jti": request.lease_id, "kid": self.KID},
+            handle={"kid": self.KID},
         )
 
 

@@ -13,8 +13,9 @@
 3. Reports ``used_memory`` minus the baseline per live lease, and what each kind of key costs
    (``MEMORY USAGE``: every key of the small kinds, a sample of 2,000 task hashes
    extrapolated), with the audit stream on its own line. ``--listpack-value N`` starts Redis
-   with ``hash-max-listpack-value N`` (a task hash with any value longer than that — the JWT
-   issuer's handle is 87 bytes — is stored as a hashtable, about three times the size).
+   with ``hash-max-listpack-value N`` (a task hash with any value longer than that, 64 bytes by
+   default, is stored as a hashtable, about three times the size; the JWT issuer's handle is
+   52 bytes since it no longer repeats the lease id).
 4. Delivers the stream to a JSON-lines file sink (``AuditDelivery``), which trims what every
    sink has (docs/audit.md), and reports both figures again.
 """

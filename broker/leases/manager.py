@@ -32,7 +32,7 @@ import builtins
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -90,32 +90,45 @@ def _describe(exc: BaseException) -> str:
 
 
 class IssuerSlots:
-    """The reaper's revocations per issuer: at most ``per_issuer`` calls in flight, at most
-    ``backlog`` leases holding or waiting for a slot. A lease of a *degraded* issuer (its
-    backend timed out or is down) that finds no free slot, or of any issuer whose backlog is
-    full, goes back on the due index for ``defer`` instead of queueing: one hung backend
-    delays no other issuer's revocations, and a healthy issuer's burst just waits its turn."""
+    """The reaper's revocations per issuer: at most ``per_issuer`` calls in flight.
 
-    def __init__(self, per_issuer: int, backlog: int, defer: timedelta) -> None:
+    A *healthy* issuer's leases queue for its slots, up to ``window`` of them (the reaper's
+    whole in-flight window): a burst of expiries on a backend that answers just waits its turn
+    and is revoked as fast as the backend allows. A *degraded* issuer (its backend timed out or
+    is down) gets no queue: a lease that finds every slot busy, or that finds the issuer
+    degraded once its turn comes, or that would take the issuer past ``backlog``, goes back on
+    the due index for ``defer`` — so one hung backend never fills the window that every other
+    issuer's revocations need. ``degraded`` is asked again when a queued lease gets its slot,
+    because a backend may fail while a queue waits on it."""
+
+    def __init__(self, per_issuer: int, backlog: int, defer: timedelta, window: int = 0) -> None:
         self.per_issuer = per_issuer
         self.backlog = backlog
+        self.window = max(window, backlog)
         self.defer_ms = int(defer.total_seconds() * 1000)
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._held: Counter[str] = Counter()
 
     @contextlib.asynccontextmanager
-    async def enter(self, issuer: str, *, degraded: bool = False) -> AsyncIterator[bool]:
+    async def enter(
+        self, issuer: str, *, degraded: Callable[[], bool] = lambda: False
+    ) -> AsyncIterator[bool]:
         """Yields True holding one of ``issuer``'s slots, or False: defer the lease."""
         slot = self._slots.get(issuer)
         if slot is None:
             slot = self._slots[issuer] = asyncio.Semaphore(self.per_issuer)
-        if self._held[issuer] >= self.backlog or (degraded and slot.locked()):
+        sick = degraded()
+        limit = self.backlog if sick else self.window
+        if self._held[issuer] >= limit or (sick and slot.locked()):
             yield False
             return
+        queued = slot.locked()
         self._held[issuer] += 1
         try:
             async with slot:
-                yield True
+                # It fell ill while this lease queued: do not add one more call to a backend
+                # that is timing out (the lease is retried after ``defer``).
+                yield not (queued and degraded())
         finally:
             self._held[issuer] -= 1
 
@@ -537,12 +550,16 @@ class LeaseManager:
         if slots is None:
             return await self._revoke(lease_id, trigger)
         issuer = lease.scope.issuer
-        degraded = self.health is not None and not self.health.healthy(issuer)
+        health = self.health
+
+        def degraded() -> bool:
+            return health is not None and not health.healthy(issuer)
+
         async with slots.enter(issuer, degraded=degraded) as entered:
             if entered:
                 return await self._revoke(lease_id, trigger)
-        # This issuer's calls are all busy (a slow or frozen backend): do not queue behind it,
-        # so every other issuer's revocations go on at their own pace.
+        # A degraded issuer's calls are all busy (a slow or frozen backend): do not queue
+        # behind it, so every other issuer's revocations go on at their own pace.
         await self.store.schedule(lease_id, now_ms + slots.defer_ms)
         return "deferred"
 

@@ -4,9 +4,10 @@ It claims due lease ids with one Lua script that pushes their due time a visibil
 ahead (a replica that dies holding a claim leaves them to the others) and hands each to
 :meth:`LeaseManager.reap` as its own task: it never waits for a batch to finish before it
 claims more, and each issuer has its own slots (``concurrency`` revocations in flight) and a
-bounded backlog. A lease of a degraded issuer (a backend that timed out or is down) that finds
-no free slot goes back on the due index for a moment instead of queueing, so one hung backend
-delays no other issuer's revocations (see :class:`IssuerSlots`). Between
+queue. A healthy issuer's leases queue for its slots (a burst of expiries is revoked as fast
+as the backend answers); a lease of a degraded issuer (a backend that timed out or is down)
+that finds no free slot goes back on the due index for a moment instead of queueing, so one
+hung backend delays no other issuer's revocations (see :class:`IssuerSlots`). Between
 rounds it sleeps until the next due entry or ``poll_interval``, whichever is sooner.
 
 Start-up costs nothing: no lease is loaded. On stop it lets in-flight revocations finish (they
@@ -45,12 +46,14 @@ class Reaper:
         self.settings = settings
         self.clock = clock
         self.replica_id = replica_id or manager.replica_id
-        # Room for several issuers' work; a hung issuer's backlog holds at most half of it.
+        # Room for several issuers' work: a healthy issuer may queue for all of it, a
+        # degraded one holds at most half of it (IssuerSlots).
         self.max_in_flight = settings.batch_size * 4
         self.slots = IssuerSlots(
             settings.concurrency,
             backlog=self.max_in_flight // 2,
             defer=settings.issuer_timeout / 2,
+            window=self.max_in_flight,
         )
         self._inflight: dict[str, asyncio.Task[str | None]] = {}
         self._wake = asyncio.Event()

@@ -259,7 +259,9 @@ class JWTIssuer:
             secret=Secret(token),
             expires_at=datetime.fromtimestamp(exp, UTC),
             token_type="DPoP" if cnf is not None else "Bearer",  # RFC 9449 §5
-            handle={"jti": request.lease_id, "kid": key.kid},
+            # The lease id is the jti already: only the signing key is worth keeping (which
+            # leases a compromised key signed). Short, so the task hash stays a listpack.
+            handle={"kid": key.kid},
             metadata={"kid": key.kid},
         )
 

@@ -199,7 +199,7 @@ async def test_every_claim_is_present_and_exact(issuer: JWTIssuer, clock: FakeCl
     }
     assert exp - iat == 600
     kid = issuer.ring.signing.kid
-    assert credential.handle == {"jti": req.lease_id, "kid": kid}
+    assert credential.handle == {"kid": kid}
     assert credential.metadata == {"kid": kid}
     assert credential.token_type == "Bearer"
     assert credential.expires_at == datetime.fromtimestamp(exp, UTC)
