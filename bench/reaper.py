@@ -277,6 +277,12 @@ def _replica(url: str, prefix: str, name: str, until: float, out: Any) -> None:
             (name, [x * 1000 for x in lags.lags], [c.lease_id for c in issuer.calls_to("revoke")])
         )
 
+    try:  # the event loop `jit serve` runs on (ADR 0061)
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
     asyncio.run(go())
 
 

@@ -56,7 +56,6 @@ from broker.leases.keys import new_lease_id, split_lease_id, task_key, validate_
 from broker.leases.store import LeaseRecord, LeaseStore, Quota, TaskRecord
 from broker.replica import new_replica_id
 from broker.retry import backoff
-from broker.state.scripts import run
 from broker.types import Credential, Lease, LeaseState, MintRequest, Principal, Scope, Task
 
 __all__ = ["IssuerSlots", "LeaseManager", "TaskView"]
@@ -759,7 +758,7 @@ class LeaseManager:
 
 
 async def run_one(store: LeaseStore, op: Any) -> list[Any]:
-    return await run(store.redis, [op])
+    return await store.batch([op])
 
 
 def _text(value: Any) -> str:
