@@ -103,9 +103,11 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     master (``SentinelConnectionPool``)."""
 
 
-def redis_client(r: RedisSettings) -> Any:
-    """A client for ``r`` (``redis.asyncio.Redis`` or ``RedisCluster``); closing it closes its
-    pools. Raises ConfigError for an unreadable credential file."""
+def redis_client(r: RedisSettings | str) -> Any:
+    """A client for ``r`` (``redis.asyncio.Redis`` or ``RedisCluster``; a string is a standalone
+    URL); closing it closes its pools. Raises ConfigError for an unreadable credential file."""
+    if isinstance(r, str):
+        r = RedisSettings(url=r)
     password = read_secret_file(r.password_file, "redis.password_file") if r.password_file else None
     timeout = r.timeout.total_seconds()
     common: dict[str, Any] = {
