@@ -30,7 +30,7 @@ import redis
 
 from broker.config import RedisSettings
 
-__all__ = ["Farm"]
+__all__ = ["Farm", "redis_config_file"]
 
 STANDALONE = 7100
 SENTINEL_MASTER, SENTINEL_REPLICA = 7110, 7111
@@ -75,9 +75,10 @@ class Farm:
             "username": USER,
             "password_file": str(self.password_file),
             "max_connections": 64,
+            **over,
         }
         if mode == "standalone":
-            return RedisSettings(url=f"redis://127.0.0.1:{STANDALONE}/0", **common, **over)
+            return RedisSettings(url=f"redis://127.0.0.1:{STANDALONE}/0", **common)
         if mode == "sentinel":
             return RedisSettings(
                 mode="sentinel",
@@ -85,10 +86,9 @@ class Farm:
                 master_name=SERVICE,
                 sentinel_password_file=str(self.sentinel_password_file),
                 **common,
-                **over,
             )
         return RedisSettings(
-            mode="cluster", nodes=[f"127.0.0.1:{p}" for p in CLUSTER[:3]], **common, **over
+            mode="cluster", nodes=[f"127.0.0.1:{p}" for p in CLUSTER[:3]], **common
         )
 
     def admin(self, port: int) -> redis.Redis:
@@ -272,3 +272,16 @@ class Farm:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
+
+
+def redis_config_file(where: Path, settings: RedisSettings, **top: Any) -> Path:
+    """A config file whose ``redis:`` block is ``settings`` (for the CLI's ``--config``)."""
+    import msgspec
+    import yaml
+
+    block = {k: v for k, v in msgspec.to_builtins(settings).items() if v is not None}
+    for key in ("timeout", "wait_timeout"):
+        block[key] = f"{int(getattr(settings, key).total_seconds() * 1000)}ms"
+    path = where / "redis-config.yaml"
+    path.write_text(yaml.safe_dump({"redis": block, **top}))
+    return path

@@ -79,6 +79,7 @@ async def api(
     settings = Settings(
         public_url=BASE,
         key_prefix=key_prefix,
+        redis=test_redis,
         policy_dir=str(policy_dir),
         issuers={
             "jwt": IssuerInstanceSettings(

@@ -43,14 +43,17 @@ from broker.config import (
     ClientSettings,
     IssuerInstanceSettings,
     PersonSettings,
+    RedisSettings,
     Settings,
     WebhookSinkSettings,
 )
 from broker.identity import DevIdentityIssuer
 from broker.service import build_broker
+from broker.state.connect import redis_client
 from broker.testing import FakeClock
 from issuers.jwt.keys import generate_key
 from tests.conftest import REDIS_URL
+from tests.redisfarm import redis_config_file
 
 pytestmark = pytest.mark.integration
 
@@ -82,10 +85,15 @@ async def until(check: Any, what: str, *, clock: FakeClock | None = None) -> Non
 
 
 async def test_two_brokers_on_two_clients_write_one_chain_that_exports_and_verifies(
-    real_redis: aioredis.Redis, key_prefix: str, clock: FakeClock, tmp_path: Path
+    real_redis: aioredis.Redis,
+    test_redis: RedisSettings,
+    key_prefix: str,
+    clock: FakeClock,
+    tmp_path: Path,
 ) -> None:
     signer = CheckpointSigner.generate()
-    other_client = aioredis.Redis.from_url(REDIS_URL)
+    other_client = redis_client(test_redis)
+    config = redis_config_file(tmp_path, test_redis)
     a = chained(real_redis, key_prefix, clock, signer)
     b = chained(other_client, key_prefix, clock, signer)
     per_writer = 300
@@ -101,7 +109,7 @@ async def test_two_brokers_on_two_clients_write_one_chain_that_exports_and_verif
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps(signer.jwks()))
     exported = await cli(
-        "export", "--redis-url", REDIS_URL, "--prefix", key_prefix, "--out", str(out)
+        "export", "--config", str(config), "--prefix", key_prefix, "--out", str(out)
     )
     assert exported.exit_code == 0, exported.output
     records = [msgspec.json.decode(line) for line in out.read_bytes().splitlines()]
@@ -120,8 +128,8 @@ async def test_two_brokers_on_two_clients_write_one_chain_that_exports_and_verif
     partial = tmp_path / "from-100.jsonl"
     result = await cli(
         "export",
-        "--redis-url",
-        REDIS_URL,
+        "--config",
+        str(config),
         "--prefix",
         key_prefix,
         "--out",
@@ -228,6 +236,7 @@ def webhook_replica(
 
 async def test_a_webhook_that_is_down_for_a_while_gets_every_record_once_in_order(
     real_redis: aioredis.Redis,
+    test_redis: RedisSettings,
     key_prefix: str,
     clock: FakeClock,
     tmp_path: Path,
@@ -237,7 +246,7 @@ async def test_a_webhook_that_is_down_for_a_while_gets_every_record_once_in_orde
     token_file.write_text(TOKEN)
     signer = CheckpointSigner.generate()
     writer = chained(real_redis, key_prefix, clock, signer)
-    second_client = aioredis.Redis.from_url(REDIS_URL)
+    second_client = redis_client(test_redis)
     replicas = [
         webhook_replica(real_redis, key_prefix, token_file, receiver.port, "a"),
         webhook_replica(second_client, key_prefix, token_file, receiver.port, "b"),
