@@ -30,7 +30,7 @@ import redis
 
 from broker.config import RedisSettings
 
-__all__ = ["Farm", "redis_config_file"]
+__all__ = ["SENTINEL_MASTER", "SENTINEL_REPLICA", "Farm", "redis_config_file"]
 
 STANDALONE = 7100
 SENTINEL_MASTER, SENTINEL_REPLICA = 7110, 7111
@@ -113,6 +113,7 @@ class Farm:
         conf.write_text(
             f"port {port}\nbind 127.0.0.1\nprotected-mode yes\ndir {d}\ndaemonize no\n"
             "save ''\nappendonly yes\nappendfsync everysec\nlogfile redis.log\n"
+            "repl-diskless-sync-delay 0\n"
             f"requirepass {self.admin_password}\nmasterauth {self.admin_password}\n"
             f"user {USER} on >{self.password} ~* &* +@all\n" + extra
         )
@@ -218,10 +219,18 @@ class Farm:
         proc.kill()
         proc.wait()
 
-    def restart(self, port: int) -> None:
-        """Start a killed node again with its config (a sentinel rewrote it to follow the new
-        master when it was demoted)."""
-        self._spawn(port, self.base / str(port) / "redis.conf")
+    def restart(self, port: int, *, replicaof: int | None = None) -> None:
+        """Start a killed node again with its config (and its AOF); ``replicaof``: as a
+        replica of that node, as an orchestrator restarting a failed master would."""
+        conf = self.base / str(port) / "redis.conf"
+        if replicaof is not None:
+            lines = [
+                line
+                for line in conf.read_text().splitlines()
+                if not line.startswith(("replicaof ", "slaveof "))
+            ]
+            conf.write_text("\n".join([*lines, f"replicaof 127.0.0.1 {replicaof}"]) + "\n")
+        self._spawn(port, conf)
         self._ping(port)
 
     def _cluster(self) -> None:
