@@ -19,6 +19,7 @@ in files (the broker reads credentials from files only).
 from __future__ import annotations
 
 import secrets
+import socket
 import shutil
 import subprocess
 import time
@@ -120,6 +121,12 @@ class Farm:
         return conf
 
     def _spawn(self, port: int, conf: Path, *extra: str) -> None:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                raise RuntimeError(
+                    f"redis farm: port {port} is taken (a redis-server left from an earlier "
+                    "run? the farm uses 7100-7139)"
+                )
         binary = "redis-sentinel" if "--sentinel" in extra else "redis-server"
         exe = shutil.which(binary) or binary
         args = [exe, str(conf)]

@@ -19,6 +19,7 @@ echo "== installing jit-broker with its test extras"
 need_apt() { command -v "$1" >/dev/null 2>&1 || APT_PKGS="${APT_PKGS:-} $2"; }
 need_apt redis-server redis-server
 need_apt redis-cli redis-tools
+need_apt redis-sentinel redis-sentinel   # tests/redisfarm.py: the Sentinel topology
 need_apt pg_isready postgresql
 need_apt psql postgresql-client
 need_apt ssh openssh-client
