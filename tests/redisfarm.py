@@ -19,8 +19,8 @@ in files (the broker reads credentials from files only).
 from __future__ import annotations
 
 import secrets
-import socket
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable
