@@ -216,13 +216,14 @@ async def test_the_jwt_issuer_refuses_an_unknown_param(api: Api) -> None:
 
 def redis_down(monkeypatch: pytest.MonkeyPatch) -> None:
     """From now on no Redis connection can be had (commands, pipelines and scripts alike)."""
-    from redis.asyncio.connection import ConnectionPool
+    from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     async def refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
         raise RedisConnectionError("Connection refused")
 
     monkeypatch.setattr(ConnectionPool, "get_connection", refuse)
+    monkeypatch.setattr(BlockingConnectionPool, "get_connection", refuse)
 
 
 @pytest.mark.parametrize(
