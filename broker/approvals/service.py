@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 import msgspec
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from broker.approvals.model import ApprovalState, ApprovalView, Review
 from broker.approvals.people import People
@@ -427,7 +427,7 @@ class Approvals:
         while not stop.is_set():
             try:
                 await self.sweep()
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 log.warning("approval sweep: Redis unavailable (%s)", type(exc).__name__)
             except Exception:
                 log.exception("approval sweep failed")

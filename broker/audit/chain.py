@@ -53,7 +53,7 @@ from typing import Any, Final
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from broker.audit.log import CHECKPOINT, AuditEvent
 from broker.audit.signing import CheckpointSigner
@@ -268,7 +268,7 @@ class AuditChain:
         if writer is not None and not writer.done():
             await asyncio.wait({writer}, timeout=10)
         if self._cleanup:  # markers whose records are in: clear them before leaving
-            with contextlib.suppress(StoreUnavailable, RedisError, OSError):
+            with contextlib.suppress(StoreUnavailable, RedisError, RedisClusterException, OSError):
                 await asyncio.wait_for(self._submit(None, []), timeout=5)
 
     # -- the writer -------------------------------------------------------------------------
@@ -355,7 +355,7 @@ class AuditChain:
                     return self._split(items, groups, op_results)
                 self.conflicts += 1
                 head = self._head = self._parse_head(results[-1])
-        except (RedisError, OSError, ReplicasBehind):
+        except (RedisError, RedisClusterException, OSError, ReplicasBehind):
             self._head = None  # the write may or may not have happened: ask next time
             raise
         self._head = None
@@ -439,7 +439,7 @@ class AuditChain:
 def _store_error(exc: Exception) -> Exception:
     if isinstance(exc, StoreUnavailable):
         return StoreUnavailable(exc.message)
-    if isinstance(exc, RedisError | OSError):
+    if isinstance(exc, RedisError | RedisClusterException | OSError):
         return StoreUnavailable(f"audit chain: Redis unavailable ({type(exc).__name__})")
     return exc
 

@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from broker.audit import AuditEvent, AuditLog
 from broker.clock import Clock, from_ms, to_ms
@@ -324,7 +324,7 @@ class LeaseManager:
             # the credential is not handed out. Revoke it now if Redis answers; otherwise the
             # write-ahead lease is still there (minting, due at the mint grace) and the
             # reaper revokes it — revoke-on-doubt.
-            with contextlib.suppress(BrokerError, RedisError, OSError):
+            with contextlib.suppress(BrokerError, RedisError, RedisClusterException, OSError):
                 await self._revoke(lease.id, "mint_failed")
             raise
         if _text(results[0]) != "ok":

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from broker.approvals import Approvals
 from broker.audit import AuditLog
@@ -107,7 +107,7 @@ class Broker:
         try:
             await self.redis.ping()
             checks["redis"] = "ok"
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             checks["redis"] = f"unavailable: {exc.__class__.__name__}"
         checks.update(self.health.report())
         checks["state"] = "lost: run `jit state accept`" if self.guard.lost else "ok"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from broker.audit import AuditLog
 from broker.clock import Clock
@@ -150,7 +150,7 @@ class Reconciler:
                 report = await self.reconcile()
                 if report.errors:
                     log.warning("reconcile: %s", report.errors)
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 log.warning("reconcile: Redis unavailable (%s)", type(exc).__name__)
 
 

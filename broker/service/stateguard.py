@@ -27,7 +27,7 @@ import secrets
 from datetime import timedelta
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from broker.audit import AuditLog
 from broker.clock import Clock, to_ms
@@ -113,7 +113,7 @@ class StateGuard:
             self.epoch,
             "gone" if current is None else f"now {current}",
         )
-        with contextlib.suppress(BrokerError, RedisError, OSError):
+        with contextlib.suppress(BrokerError, RedisError, RedisClusterException, OSError):
             await self.audit.emit(
                 "state.lost",
                 outcome="error",
@@ -130,5 +130,5 @@ class StateGuard:
                 return
             try:
                 await self.check()
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 log.warning("state guard: Redis unavailable (%s)", type(exc).__name__)

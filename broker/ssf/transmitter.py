@@ -31,7 +31,7 @@ from typing import Any, Final
 import httpx
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from broker.audit import AuditEvent, AuditLog
 from broker.clock import Clock, to_ms
@@ -277,7 +277,7 @@ class SsfTransmitter:
         total = 0
         redis_error: BaseException | None = None
         for name, res in zip(self.receivers, results, strict=True):
-            if isinstance(res, RedisError | OSError):
+            if isinstance(res, RedisError | RedisClusterException | OSError):
                 redis_error = redis_error or res
             elif isinstance(res, BaseException):
                 if not isinstance(res, Exception):
@@ -460,7 +460,7 @@ class SsfTransmitter:
                     redis_down = False
                 if delivered >= self.batch_size:
                     wait = 0.0  # a backlog: go on at once
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 if not redis_down:
                     log.warning("ssf: Redis unavailable (%s); retrying", type(exc).__name__)
                 redis_down = True
@@ -559,7 +559,7 @@ class SsfSink:
                         exc,
                     )
                     break
-                except (RedisError, OSError) as exc:
+                except (RedisError, RedisClusterException, OSError) as exc:
                     if attempt == self.attempts:
                         log.error(
                             "ssf: revocation of lease %s could not be queued for receivers: %s",

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.exceptions import SlotNotCoveredError
 
 from broker.config import RedisSettings
 from broker.state.scripts import ReplicaWait
@@ -92,3 +95,28 @@ async def test_a_write_ahead_too_few_replicas_acknowledged_is_a_503_and_stays_fo
     assert await api.broker.reaper.run_once() == 1
     after = await api.client.get(f"/v1/leases/{lease['id']}", headers=headers)
     assert after.json()["state"] == "revoked"
+
+
+@pytest.mark.parametrize("test_redis", [("cluster", {})], indirect=True)
+async def test_a_cluster_without_a_slot_master_is_a_503_and_not_ready(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    headers = api.auth("alice")
+    minted = await api.client.post("/v1/credentials", json=request_body(), headers=headers)
+    assert minted.status_code == 201, minted.text
+
+    async def uncovered(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise SlotNotCoveredError("slot 866 is not covered by the cluster")
+
+    # What redis-py raises while a failed master's slots have no master yet: not a RedisError.
+    monkeypatch.setattr(RedisCluster, "execute_command", uncovered)
+    monkeypatch.setattr(ClusterPipeline, "execute", uncovered)
+    r = await api.client.get(f"/v1/leases/{minted.json()['lease_id']}", headers=headers)
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"]
+    token = minted.json()["credential"]["secret"]
+    oauth = await api.client.post("/oauth/introspect", data={"token": token}, headers=headers)
+    assert oauth.status_code == 503, oauth.text
+    assert oauth.json()["error"] == "temporarily_unavailable"
+    assert (await api.client.get("/readyz")).status_code == 503
+    monkeypatch.undo()
