@@ -377,6 +377,8 @@ def _check_redis(s: Settings, source: str) -> None:
                 f"{where}.url: the scheme must be redis://, rediss:// or unix:// in mode "
                 "standalone (sentinel and cluster have their own mode)"
             )
+        if r.tls and parts.scheme == "unix":
+            raise ConfigError(f"{where}.tls: not with a unix:// url")
         if parts.password is not None or "password=" in parts.query:
             raise ConfigError(
                 f"{where}.url: a password in the URL is refused (use redis.password_file)"

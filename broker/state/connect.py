@@ -146,7 +146,15 @@ def redis_client(r: RedisSettings | str) -> Any:
             **common,
             **_tls(r),
         )
-    kwargs: dict[str, Any] = {**_tls(r)}
+    url = r.url or "redis://127.0.0.1:6379/0"
+    kwargs: dict[str, Any] = {}
+    if r.tls or url.startswith("rediss://"):
+        # from_url picks the TLS connection class by the scheme (an ``ssl`` argument is not
+        # understood there); certificates are always verified.
+        url = "rediss://" + url.removeprefix("rediss://").removeprefix("redis://")
+        kwargs["ssl_cert_reqs"] = "required"
+        if r.ca_file is not None:
+            kwargs["ssl_ca_certs"] = _tls(r)["ssl_ca_certs"]
     if r.db is not None:
         kwargs["db"] = r.db
     if r.username is not None:
@@ -155,7 +163,7 @@ def redis_client(r: RedisSettings | str) -> Any:
         kwargs["password"] = password.reveal()
     kwargs["socket_connect_timeout"] = timeout
     pool = aioredis.BlockingConnectionPool.from_url(
-        r.url or "redis://127.0.0.1:6379/0",
+        url,
         max_connections=r.max_connections,
         timeout=timeout,
         **kwargs,

@@ -243,3 +243,32 @@ def test_an_unreadable_password_file_is_named(
 def test_redacted_urls_carry_no_password() -> None:
     assert redact_url("redis://u:hunter2@h:1/0?password=x") == "redis://u@h:1/0"
     assert "hunter2" not in redact_url("rediss://:hunter2@h/0")
+
+
+@pytest.mark.parametrize(
+    ("url", "tls"),
+    [("redis://127.0.0.1:6379/0", True), ("rediss://127.0.0.1:6379/0", False)],
+)
+async def test_tls_in_standalone_mode_verifies_certificates(
+    tmp_path: Path, url: str, tls: bool
+) -> None:
+    from redis.asyncio.connection import SSLConnection
+
+    from broker.config import RedisSettings
+    from broker.state.connect import redis_client
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read until a connection is made\n")
+    client = redis_client(RedisSettings(url=url, tls=tls, ca_file=str(ca) if tls else None))
+    pool = client.connection_pool
+    assert issubclass(pool.connection_class, SSLConnection)
+    assert pool.connection_kwargs["ssl_cert_reqs"] == "required"
+    if tls:
+        assert pool.connection_kwargs["ssl_ca_certs"] == str(ca)
+    await client.aclose()
+
+
+def test_tls_with_a_unix_socket_is_refused(tmp_path: Path) -> None:
+    text = "redis:\n  url: unix:///run/redis.sock\n  tls: true\n"
+    with pytest.raises(ConfigError, match=r"redis\.tls: not with a unix:// url"):
+        load_settings(write(tmp_path, text), env={})
