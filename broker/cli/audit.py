@@ -142,7 +142,7 @@ async def _export(
     from broker.state.connect import redis_client
 
     try:
-        if config_path is not None:
+        if config_path is not None:  # it wins (JIT_REDIS_URL applies to it as to jit serve)
             settings = load_settings(config_path)
             client = redis_client(redis_settings(settings))
         else:
@@ -194,8 +194,8 @@ def export_cmd(
 ) -> None:
     """Write the chain from the Redis stream as JSON lines: every replica's records, in order,
     up to the head at the start of the export."""
-    if (redis_url is None) == (config_path is None):
-        raise click.UsageError("give one of --redis-url (or JIT_REDIS_URL) and --config")
+    if redis_url is None and config_path is None:
+        raise click.UsageError("give --redis-url (or JIT_REDIS_URL) or --config")
     if prefix is None and config_path is not None:
         from broker.config import load_settings
         from broker.errors import BrokerError
