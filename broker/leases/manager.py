@@ -304,6 +304,9 @@ class LeaseManager:
                 "actions": list(scope.actions),
                 "not_after": not_after.isoformat(),
                 "ttl_seconds": int(ttl.total_seconds()),
+                # what the issuer says it made (no secret, by contract): the record answers
+                # "which credentials did signing key K / role R / certificate serial S come from"
+                **{f"metadata.{k}": str(v) for k, v in credential.metadata.items()},
             },
             **common,
         )
