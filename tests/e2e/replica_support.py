@@ -43,13 +43,15 @@ def free_port(taken: set[int] | None = None) -> int:
 
 
 class RedisServer:
-    """A private redis-server: AOF (appendfsync everysec) when ``aof``, else no persistence."""
+    """A private redis-server: AOF (appendfsync everysec) when ``aof``, else no persistence;
+    with ``acl`` its ACL users are kept in an aclfile (``ACL SAVE`` before a restart)."""
 
-    def __init__(self, workdir: Path, port: int, *, aof: bool = False) -> None:
+    def __init__(self, workdir: Path, port: int, *, aof: bool = False, acl: bool = False) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port
         self.aof = aof
+        self.acl = acl
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,6 +65,10 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", "everysec"]
         else:
             args += ["--appendonly", "no"]
+        if self.acl:
+            aclfile = self.dir / "users.acl"
+            aclfile.touch()
+            args += ["--aclfile", str(aclfile)]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
@@ -96,6 +102,9 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def users(self, prefix: str) -> list[str]:
+        return [u for u in self.client().acl_users() if u.startswith(prefix)]
+
     def deluser_calls(self) -> int:
         """``ACL DELUSER`` calls since start (MONITOR does not show ACL commands)."""
         stats = self.client().info("commandstats")
@@ -103,8 +112,10 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server(workdir: Path, port: int, *, aof: bool = False) -> Iterator[RedisServer]:
-    server = RedisServer(workdir, port, aof=aof).start()
+def redis_server(
+    workdir: Path, port: int, *, aof: bool = False, acl: bool = False
+) -> Iterator[RedisServer]:
+    server = RedisServer(workdir, port, aof=aof, acl=acl).start()
     try:
         yield server
     finally:
@@ -177,14 +188,18 @@ class Replica:
         return int(self.proc.returncode or 0)
 
 
-def leases_in_store(client: redis.Redis, prefix: str) -> dict[str, str]:
+def leases_in_store(server: RedisServer, prefix: str) -> dict[str, str]:
     """Every lease the state Redis holds: lease id → state letter (m a r R F)."""
+    raw = redis.Redis(host="127.0.0.1", port=server.port)  # some fields are binary
     out: dict[str, str] = {}
-    for key in client.scan_iter(match=f"{prefix}:{{t:*", count=1000):
-        tkey = key.split("{t:", 1)[1].rstrip("}")
-        for field, value in client.hgetall(key).items():
-            if len(field) == 8:
-                out[f"{tkey}.{field}"] = value
+    try:
+        for key in raw.scan_iter(match=f"{prefix}:{{t:*", count=1000):
+            tkey = key.decode().split("{t:", 1)[1].rstrip("}")
+            for field, value in raw.hgetall(key).items():
+                if len(field) == 8:
+                    out[f"{tkey}.{field.decode()}"] = value.decode()
+    finally:
+        raw.close()
     return out
 
 
