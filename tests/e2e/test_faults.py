@@ -288,6 +288,19 @@ def test_the_state_redis_restarts_with_aof_under_load(farm: Farm) -> None:
         state.stop()  # SHUTDOWN: the AOF is written out (appendfsync everysec)
         before = sum(load.statuses.values())
         until(lambda: load.statuses[503] >= 5, "503s during the outage")
+        # Every other route that needs the state answers 503 with Retry-After too, never 500.
+        auth = {"Authorization": f"Bearer {token}"}
+        lease = load.got[0]
+        for answer in (
+            httpx.get(f"{a.url}/v1/leases", headers=auth),
+            httpx.get(f"{b.url}/v1/leases/{lease}", headers=auth),
+            httpx.delete(f"{a.url}/v1/leases/{lease}", headers=auth),
+            httpx.post(f"{b.url}/v1/tasks/some-task/complete", headers=auth),
+            httpx.get(f"{a.url}/readyz"),
+        ):
+            assert answer.status_code == 503, (answer.request.url, answer.text)
+            if "readyz" not in str(answer.request.url):
+                assert answer.headers["retry-after"], answer.request.url
         state.start()
         until(lambda: len(load.got) >= 60 and load.statuses[201] > before, "mints again")
     for r in (a, b):
