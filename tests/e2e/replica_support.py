@@ -174,6 +174,16 @@ class Replica:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
 
+    def close(self) -> None:
+        """Clean-up: SIGTERM (a drained replica writes its coverage data), -9 if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+
     def stop(self, timeout: float = 90) -> int:
         if self.proc is None:
             return 0

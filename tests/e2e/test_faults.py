@@ -131,7 +131,7 @@ class Farm:
     def replica(self, name: str, wait: bool = True) -> Replica:
         assert self.config is not None
         r = Replica(self.config, free_port(self.ports), name)
-        self.stack.callback(lambda: r.proc is not None and r.proc.poll() is None and r.kill9())
+        self.stack.callback(r.close)
         return r.start(wait=wait)
 
     def jit(self, *args: str, redis_url: str | None = None) -> subprocess.CompletedProcess[str]:
