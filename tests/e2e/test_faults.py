@@ -348,7 +348,11 @@ def test_backends_refusing_and_frozen_hold_back_no_other_issuer(farm: Farm) -> N
 
     before = mint_many("jwt", 40, "2s")
     until(lambda: revoked(before), "the jwt leases revoked (healthy backends)")
-    stuck = mint_many("refusing", 20, "2s") | mint_many("frozen", 20, "2s")
+    # Due a few seconds from now, when both backends are out: none may be revoked before the
+    # ACL SAVE below, or the restarted backend would bring back a user already deleted.
+    stuck = mint_many("refusing", 20, "6s") | mint_many("frozen", 20, "6s")
+    at_save = leases_in_store(state, farm.prefix)
+    assert {at_save[i] for i in stuck} == {"a"}, "minting took longer than the leases' TTL"
     refusing.client().acl_save()  # its users survive its restart (an outage, not a reset)
     refusing.stop()
     frozen.signal(signal.SIGSTOP)
@@ -359,8 +363,11 @@ def test_backends_refusing_and_frozen_hold_back_no_other_issuer(farm: Farm) -> N
     c = farm.replica("c")  # a replica starts meanwhile
     ready = httpx.get(f"{c.url}/readyz").json()["checks"]
     assert ready["issuer:jwt"] == "ok"
-    assert not revoked(stuck)
-    time.sleep(3)  # the out backends' leases are due and failing meanwhile
+    # The out backends' leases fall due and their revocations fail meanwhile.
+    until(
+        lambda: {leases_in_store(state, farm.prefix)[i] for i in stuck} == {"r"},
+        "every lease of the two backends tried while they are out",
+    )
     refusing.start()
     frozen.signal(signal.SIGCONT)
     recovered = until(
