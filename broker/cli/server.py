@@ -84,8 +84,8 @@ class _DrainingServer(uvicorn.Server):
     ``shutdown.drain_delay`` (while load balancers notice), then stops accepting and gives
     requests in flight ``shutdown.drain_timeout`` to finish (approval long-polls answer at
     once); then the lifespan stops the background work (the reaper gives back its claims).
-    A second signal skips what is left of the delay; a second SIGINT, as in uvicorn, exits
-    without waiting."""
+    A second signal skips what is left of the delay; a SIGINT once the server stops accepting
+    (as in uvicorn) exits without waiting for requests in flight."""
 
     def __init__(self, config: uvicorn.Config, broker: Broker) -> None:
         super().__init__(config)

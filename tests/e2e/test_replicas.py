@@ -221,3 +221,22 @@ def test_an_abandoned_long_poll_does_not_hold_the_drain(
         assert "Cancel" not in a.tail(20000), a.tail()
     finally:
         a.stop()
+
+
+def test_a_second_sigterm_skips_the_rest_of_the_drain_delay(
+    tmp_path: Path, idp: IdP, state: RedisServer, ports: set[int]
+) -> None:
+    config = setup(tmp_path, idp, state, ports, shutdown={"drain_delay": "10m"})
+    a = Replica(config, free_port(ports), "a").start()
+    try:
+        a.terminate()
+        deadline = time.monotonic() + 5
+        while httpx.get(f"{a.url}/readyz").status_code != 503:
+            assert time.monotonic() < deadline, "readiness did not go false"
+            time.sleep(0.02)
+        assert httpx.get(f"{a.url}/healthz").status_code == 200  # serving through the delay
+        a.terminate()
+        assert a.proc is not None
+        assert a.proc.wait(timeout=60) == 0, a.tail()  # well before the 10 minutes
+    finally:
+        a.stop()
