@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 import yaml
@@ -36,6 +37,7 @@ __all__ = [
     "QuotaLimit",
     "QuotaSettings",
     "ReaperSettings",
+    "RedisSettings",
     "Settings",
     "ShutdownSettings",
     "SlackSettings",
@@ -45,6 +47,7 @@ __all__ = [
     "json_schema",
     "load_settings",
     "parse_duration",
+    "redis_settings",
     "settings_from_mapping",
 ]
 
@@ -212,6 +215,32 @@ class QuotaSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     owners: dict[str, QuotaLimit] = msgspec.field(default_factory=dict)  # per policy owner
 
 
+class RedisSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where Redis is and how to reach it (docs/configuration.md "redis"); credentials come from
+    files only. Mode-specific keys (url; sentinels, master_name; nodes) are refused in another
+    mode."""
+
+    mode: Literal["standalone", "sentinel", "cluster"] = "standalone"
+    url: str | None = None  # standalone only; no password in it (password_file)
+    sentinels: list[str] | None = None  # sentinel only: "host:port" of each sentinel
+    master_name: str | None = None  # sentinel only
+    nodes: list[str] | None = None  # cluster only: "host:port" seed nodes
+    db: int | None = None  # standalone/sentinel (default 0); cluster: 0 only
+    username: str | None = None  # ACL user
+    password_file: str | None = None  # read at start, one trailing newline stripped
+    sentinel_username: str | None = None  # sentinel only
+    sentinel_password_file: str | None = None  # sentinel only
+    tls: bool = False
+    ca_file: str | None = None  # with tls only
+    max_connections: int = 64  # per replica (per node in cluster mode)
+    timeout: timedelta = timedelta(seconds=5)  # connect, socket and pool wait
+    wait_replicas: int = 0  # >0: WAIT this many replicas after the write-ahead and the commit
+    wait_timeout: timedelta = timedelta(milliseconds=100)
+
+
+_DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
 class LoggingSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     format: Literal["json", "text"] = "json"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -221,7 +250,8 @@ class Settings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     public_url: str = "http://127.0.0.1:8200"
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8200
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = _DEFAULT_REDIS_URL  # standalone shorthand for ``redis: {url: ...}``
+    redis: RedisSettings | None = None
     key_prefix: str = "jit"
     policy_dir: str = "policies"
     identity: list[IdentityIssuerSettings] = msgspec.field(default_factory=list)
@@ -329,6 +359,94 @@ def _check(s: Settings, source: str) -> None:
         )
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    _check_redis(s, source)
+
+
+def _host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535)
+
+
+def _check_redis(s: Settings, source: str) -> None:
+    r = s.redis
+    if r is None:
+        return
+    where = f"{source}: redis"
+    if s.redis_url != _DEFAULT_REDIS_URL:
+        raise ConfigError(
+            f"{source}: redis_url and a redis: block are both set; keep one (redis.url is the "
+            "standalone form)"
+        )
+    given = {
+        "url": r.url is not None,
+        "sentinels": r.sentinels is not None,
+        "master_name": r.master_name is not None,
+        "sentinel_username": r.sentinel_username is not None,
+        "sentinel_password_file": r.sentinel_password_file is not None,
+        "nodes": r.nodes is not None,
+    }
+    allowed = {
+        "standalone": {"url"},
+        "sentinel": {"sentinels", "master_name", "sentinel_username", "sentinel_password_file"},
+        "cluster": {"nodes"},
+    }[r.mode]
+    for key, present in given.items():
+        if present and key not in allowed:
+            raise ConfigError(f"{where}.{key}: not used in mode {r.mode} (remove it)")
+    if r.mode == "standalone" and r.url is not None:
+        parts = urlsplit(r.url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                f"{where}.url: the scheme must be redis://, rediss:// or unix:// in mode "
+                "standalone (sentinel and cluster have their own mode)"
+            )
+        if parts.password is not None or "password=" in parts.query:
+            raise ConfigError(
+                f"{where}.url: a password in the URL is refused (use redis.password_file)"
+            )
+        if parts.username is not None and r.username is not None:
+            raise ConfigError(f"{where}.username: the url names a user too; keep one")
+        path_db = parts.path.strip("/")
+        if r.db is not None and path_db and path_db != str(r.db):
+            raise ConfigError(f"{where}.db: the url names database {path_db}; keep one")
+    if r.mode == "sentinel":
+        if not r.sentinels:
+            raise ConfigError(f"{where}.sentinels: mode sentinel needs at least one sentinel")
+        if not r.master_name:
+            raise ConfigError(f"{where}.master_name: mode sentinel needs the master's name")
+    if r.mode == "cluster" and not r.nodes:
+        raise ConfigError(f"{where}.nodes: mode cluster needs at least one seed node")
+    for key, addrs in (("sentinels", r.sentinels), ("nodes", r.nodes)):
+        for addr in addrs or ():
+            if not _host_port(addr):
+                raise ConfigError(f"{where}.{key}: {addr!r} is not host:port")
+    if r.db is not None:
+        if r.db < 0:
+            raise ConfigError(f"{where}.db: must be >= 0")
+        if r.mode == "cluster" and r.db != 0:
+            raise ConfigError(f"{where}.db: a cluster has database 0 only")
+    if r.ca_file is not None and not r.tls:
+        raise ConfigError(f"{where}.ca_file: only with tls: true")
+    if r.max_connections < 1:
+        raise ConfigError(f"{where}.max_connections: must be >= 1")
+    if r.timeout <= timedelta(0):
+        raise ConfigError(f"{where}.timeout: must be positive")
+    if r.wait_replicas < 0:
+        raise ConfigError(f"{where}.wait_replicas: must be >= 0")
+    if r.wait_replicas and r.mode == "cluster":
+        raise ConfigError(
+            f"{where}.wait_replicas: not available in mode cluster (a cluster relies on "
+            'asynchronous replication and AOF; docs/deploy.md "Redis topologies")'
+        )
+    if r.wait_replicas and r.wait_timeout <= timedelta(0):
+        raise ConfigError(f"{where}.wait_timeout: must be positive with wait_replicas")
+
+
+def redis_settings(s: Settings) -> RedisSettings:
+    """The ``redis:`` block, or the standalone one ``redis_url`` stands for."""
+    if s.redis is not None:
+        return s.redis
+    return RedisSettings(mode="standalone", url=s.redis_url)
 
 
 def load_settings(path: str | Path, env: dict[str, str] | None = None) -> Settings:

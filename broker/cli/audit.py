@@ -132,11 +132,23 @@ def _output(path: str) -> Iterator[IO[bytes]]:
         yield fh
 
 
-async def _export(url: str, prefix: str, out: IO[bytes], from_seq: int) -> tuple[int, int, int]:
-    import redis.asyncio as aioredis
+async def _export(
+    url: str | None, config_path: str | None, prefix: str, out: IO[bytes], from_seq: int
+) -> tuple[int, int, int]:
     from redis.exceptions import RedisError
 
-    client = aioredis.Redis.from_url(url)
+    from broker.config import RedisSettings, load_settings, redis_settings
+    from broker.errors import BrokerError
+    from broker.state.connect import redis_client
+
+    try:
+        if config_path is not None:
+            settings = load_settings(config_path)
+            client = redis_client(redis_settings(settings))
+        else:
+            client = redis_client(RedisSettings(url=url))
+    except BrokerError as exc:
+        raise click.ClickException(exc.message) from None
     count, first, last = 0, 0, 0
     try:
         async for record in read_chain(client, prefix, from_seq=from_seq):
@@ -155,10 +167,20 @@ async def _export(url: str, prefix: str, out: IO[bytes], from_seq: int) -> tuple
 @click.option(
     "--redis-url",
     envvar="JIT_REDIS_URL",
-    required=True,
-    help="Redis URL (env JIT_REDIS_URL; keep a password out of the command line).",
+    default=None,
+    help="Redis URL of a standalone Redis (env JIT_REDIS_URL; keep a password out of the "
+    "command line). Sentinel, Cluster or a password file: --config.",
 )
-@click.option("--prefix", "prefix", default="jit", show_default=True, help="The key prefix.")
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The config file `jit serve` uses: its redis settings and key_prefix.",
+)
+@click.option(
+    "--prefix", "prefix", default=None, help="The key prefix [default: jit, or the config's]."
+)
 @click.option(
     "--out",
     "out",
@@ -167,11 +189,25 @@ async def _export(url: str, prefix: str, out: IO[bytes], from_seq: int) -> tuple
     help="Output file (mode 0600), or - for stdout.",
 )
 @click.option("--from", "from_seq", default=1, show_default=True, type=click.IntRange(min=1))
-def export_cmd(redis_url: str, prefix: str, out: str, from_seq: int) -> None:
+def export_cmd(
+    redis_url: str | None, config_path: str | None, prefix: str | None, out: str, from_seq: int
+) -> None:
     """Write the chain from the Redis stream as JSON lines: every replica's records, in order,
     up to the head at the start of the export."""
+    if (redis_url is None) == (config_path is None):
+        raise click.UsageError("give one of --redis-url (or JIT_REDIS_URL) and --config")
+    if prefix is None and config_path is not None:
+        from broker.config import load_settings
+        from broker.errors import BrokerError
+
+        try:
+            prefix = load_settings(config_path).key_prefix
+        except BrokerError as exc:
+            raise click.ClickException(exc.message) from None
     with _output(out) as fh:
-        count, first, last = asyncio.run(_export(redis_url, prefix, fh, from_seq))
+        count, first, last = asyncio.run(
+            _export(redis_url, config_path, prefix or "jit", fh, from_seq)
+        )
     if count == 0:
         click.echo(f"no records from seq {from_seq}", err=True)
         return

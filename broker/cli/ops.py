@@ -78,6 +78,7 @@ def accept(config_path: str) -> None:
 
     Run `jit reconcile` first: what the backends still hold of the lost leases must be revoked
     before the broker serves on."""
+    from broker.config import redis_settings
     from broker.service.stateguard import accept_epoch
     from broker.state.connect import redis_client
 
@@ -87,7 +88,7 @@ def accept(config_path: str) -> None:
         raise click.ClickException(exc.message) from None
 
     async def run() -> str:
-        client = redis_client(settings.redis_url)
+        client = redis_client(redis_settings(settings))
         try:
             return await accept_epoch(client, settings.key_prefix, SystemClock())
         finally:

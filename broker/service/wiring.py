@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import redis.asyncio as aioredis
@@ -18,7 +17,7 @@ from redis.exceptions import RedisError
 from broker.approvals import Approvals, ApprovalStore, People
 from broker.audit import AuditSink, LoggingSink, build_audit
 from broker.clock import Clock, SystemClock
-from broker.config import ClientSettings, PersonSettings, Settings
+from broker.config import ClientSettings, PersonSettings, Settings, redis_settings
 from broker.errors import ConfigError, StoreUnavailable
 from broker.governance import Governance
 from broker.identity import DevIdentityIssuer, TokenVerifier
@@ -42,7 +41,7 @@ from broker.service.supervisor import Component, Supervisor
 from broker.service.tokens import Tokens
 from broker.service.workloads import Workloads
 from broker.ssf import SsfTransmitter
-from broker.state.connect import redis_client
+from broker.state.connect import describe, redact_text, redis_client
 from broker.types import Secret
 
 __all__ = ["build_broker"]
@@ -67,13 +66,14 @@ async def build_broker(
     replica_id = new_replica_id()
     validate_issuer_configs(settings.issuers)  # a config mistake is named before Redis is asked
     if redis is None:
-        redis = redis_client(settings.redis_url)
+        redis = redis_client(redis_settings(settings))
     try:
         await redis.ping()
     except (RedisError, OSError) as exc:
         await redis.aclose()
         raise StoreUnavailable(
-            f"Redis at {_redact_url(settings.redis_url)} is not answering: {exc}"
+            f"{describe(redis_settings(settings))} is not answering: {type(exc).__name__}: "
+            f"{redact_text(str(exc))}"
         ) from None
 
     identity = list(settings.identity)
@@ -350,15 +350,3 @@ def _slack_notifier(settings: Settings, clock: Clock) -> Any:
     from broker.approvals.slack import SlackNotifier
 
     return SlackNotifier(slack, clock, broker_url=settings.public_url)
-
-
-def _redact_url(url: str) -> str:
-    """Drop a password from a redis:// URL before it reaches a message."""
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        user = f"{parts.username}:***@" if parts.username else "***@"
-        return urlunsplit(parts._replace(netloc=user + host))
-    return url
