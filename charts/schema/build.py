@@ -36,10 +36,6 @@ CHART_OWNED: dict[str, set[str]] = {
     "MetricsSettings": {"token_file"},
 }
 
-#: Chart-owned keys that broker/config.py may not have yet: the ``redis:`` block lands with the
-#: Redis topologies (branch redis-topo). Empty this set once it has.
-NOT_YET: set[str] = {"redis"}
-
 DURATION = {
     "type": ["string", "number"],
     "description": "a duration: 200ms, 90s, 15m, 1h30m, 7d, or a number of seconds",
@@ -72,7 +68,7 @@ def broker_definitions() -> dict[str, Any]:
         schema = dict(schema)
         owned = CHART_OWNED.get(name, set())
         props = schema.get("properties", {})
-        missing = owned - set(props) - NOT_YET
+        missing = owned - set(props)
         if missing:
             raise SystemExit(f"{name} has no key {sorted(missing)}: update CHART_OWNED")
         schema["properties"] = {k: v for k, v in props.items() if k not in owned}

@@ -66,8 +66,8 @@ class Farm:
             *more,
         ]
 
-    def client(self, port: int, password: str | None = None) -> redis.Redis:
-        return redis.Redis(port=port, password=password or self.password, socket_timeout=5)
+    def client(self, port: int, password: str | None = None, db: int = 0) -> redis.Redis:
+        return redis.Redis(port=port, password=password or self.password, db=db, socket_timeout=5)
 
     def _wait(self, what: str, check: object, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

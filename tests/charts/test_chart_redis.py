@@ -11,10 +11,17 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.charts import brokerconfig
+from broker.config import RedisSettings, settings_from_mapping
 from tests.charts.chartkit import CHART, Manifests, helm, render
 
 CI = CHART / "ci"
+
+
+def loaded(m: Manifests) -> RedisSettings:
+    """The redis: block as the broker's own loader reads it from the rendered config."""
+    redis = settings_from_mapping(m.broker_config, source="config.yaml").redis
+    assert redis is not None
+    return redis
 
 
 def secret_volumes(m: Manifests) -> dict[str, dict[str, Any]]:
@@ -56,7 +63,7 @@ def test_sentinel_values_render_the_sentinel_block_and_both_password_files() -> 
         "wait_replicas": 1,
         "wait_timeout": "100ms",
     }
-    brokerconfig.check_redis_shape(redis)
+    assert loaded(m).sentinel_password_file == "/etc/jit/secrets/redis-sentinel/password"
     volumes = secret_volumes(m)
     assert volumes["/etc/jit/secrets/redis"]["secret"] == {
         "secretName": "jit-redis",
@@ -81,7 +88,7 @@ def test_cluster_values_render_the_seed_nodes_and_no_database() -> None:
     assert set(redis) & {"url", "sentinels", "master_name", "db", "sentinel_password_file"} == set()
     assert redis["password_file"] == "/etc/jit/secrets/redis/password"
     assert (redis["max_connections"], redis["timeout"]) == (32, "2s")
-    brokerconfig.check_redis_shape(redis)
+    assert loaded(m).nodes == redis["nodes"]
     volumes = secret_volumes(m)
     assert set(volumes) == {"/etc/jit/secrets/redis"}
     assert volumes["/etc/jit/secrets/redis"]["secret"]["items"] == [
@@ -96,7 +103,7 @@ def test_tls_values_render_rediss_and_the_ca_from_a_secret() -> None:
     assert redis["url"] == "rediss://redis.example.internal:6380/0"
     assert redis["tls"] is True
     assert redis["ca_file"] == "/etc/jit/redis-ca/ca.crt"
-    brokerconfig.check_redis_shape(redis)
+    assert loaded(m).ca_file == "/etc/jit/redis-ca/ca.crt"
     volumes = secret_volumes(m)
     assert volumes["/etc/jit/redis-ca"]["secret"] == {
         "secretName": "jit-redis-ca",
@@ -162,7 +169,7 @@ def test_network_policy_adds_the_ports_an_operator_names() -> None:
 
 def drain_of(m: Manifests) -> tuple[int, int, float, float]:
     """preStop sleep, grace period, and the broker's drain_delay and drain_timeout (seconds)."""
-    settings = brokerconfig.load(m.broker_config)
+    settings = settings_from_mapping(m.broker_config)
     sleep = int(m.container["lifecycle"]["preStop"]["exec"]["command"][1])
     return (
         sleep,
@@ -188,7 +195,7 @@ def test_a_grace_period_set_by_hand_is_kept_when_it_covers_the_drain() -> None:
 def test_no_pre_stop_sleep_turns_the_hook_off_and_the_broker_delays_instead() -> None:
     m = render(CI / "minimal-values.yaml", sets=["preStopSleepSeconds=0", "drain.delaySeconds=5"])
     assert "lifecycle" not in m.container
-    settings = brokerconfig.load(m.broker_config)
+    settings = settings_from_mapping(m.broker_config)
     assert settings.shutdown.drain_delay.total_seconds() == 5
     assert m.pod["terminationGracePeriodSeconds"] == 80
 

@@ -20,8 +20,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from broker.config import settings_from_mapping
 from broker.policy import lint_policy_dir
-from tests.charts import brokerconfig
 from tests.charts.chartkit import (
     CHART,
     CI_VALUES,
@@ -130,7 +130,7 @@ def test_service_monitor_can_use_the_authorization_field() -> None:
 
 
 def test_the_rendered_config_is_accepted_by_the_broker(rendered: Manifests) -> None:
-    settings = brokerconfig.load(rendered.broker_config)
+    settings = settings_from_mapping(rendered.broker_config)
     assert settings.host == "0.0.0.0"
     assert settings.port == rendered.container["ports"][0]["containerPort"]
     assert settings.policy_dir == "/etc/jit/policies"
@@ -138,7 +138,7 @@ def test_the_rendered_config_is_accepted_by_the_broker(rendered: Manifests) -> N
 
 def test_the_production_example_renders_quotas_into_the_config() -> None:
     """docs/configuration.md says the production example sets quotas: they reach the broker."""
-    settings = brokerconfig.load(render(CHART / "ci" / "production-values.yaml").broker_config)
+    settings = settings_from_mapping(render(CHART / "ci" / "production-values.yaml").broker_config)
     assert settings.quotas.workload.live_leases == 200
     assert settings.quotas.workload.mints_per_minute == 120
     assert settings.quotas.owner.live_leases == 5000
@@ -325,7 +325,7 @@ def test_the_drain_fits_in_the_grace_period(rendered: Manifests) -> None:
     """preStop sleep (endpoints drop the pod), then the broker's shutdown: drain_delay and
     drain_timeout, then closing: all before the kubelet's SIGKILL; and the longest request (an
     approval long-poll, approvals.max_wait) finishes within drain_timeout."""
-    settings = brokerconfig.load(rendered.broker_config)
+    settings = settings_from_mapping(rendered.broker_config)
     grace = rendered.pod["terminationGracePeriodSeconds"]
     sleep = int(rendered.container["lifecycle"]["preStop"]["exec"]["command"][1])
     assert rendered.container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"

@@ -40,7 +40,6 @@ import redis
 import yaml
 
 from tests.charts import tools
-from tests.charts.brokerconfig import BROKER_HAS_REDIS
 from tests.charts.chartkit import (
     CHART,
     expand_env,
@@ -56,7 +55,6 @@ from tests.e2e.serve_support import IdP
 pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
-NO_REDIS_BLOCK = "the broker has no redis: config block yet (branch redis-topo)"
 
 
 def create_secrets(workdir: Path) -> dict[str, dict[str, bytes]]:
@@ -145,7 +143,6 @@ def get(url: str, **kw: Any) -> int:
         return 0
 
 
-@pytest.mark.skipif(not BROKER_HAS_REDIS, reason=NO_REDIS_BLOCK)
 def test_the_rendered_pod_starts_and_serves_a_credential(
     tmp_path: Path, idp: IdP, receiver: Receiver
 ) -> None:

@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 import redis
 import yaml
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
 
 from tests.charts import redis_topologies as topo
 from tests.charts import tools
-from tests.charts.brokerconfig import BROKER_HAS_REDIS
 from tests.charts.chartkit import CHART, expand_env, lay_out_pod, render
 from tests.charts.test_chart_smoke import (
     BIN,
-    NO_REDIS_BLOCK,
     create_secrets,
     get,
     idp,  # noqa: F401  (a fixture)
@@ -37,7 +37,7 @@ from tests.charts.test_chart_smoke import (
 from tests.e2e.conftest import free_port
 from tests.e2e.serve_support import IdP
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not BROKER_HAS_REDIS, reason=NO_REDIS_BLOCK)]
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +59,10 @@ def where_redis_is(mode: str, farm: topo.Farm) -> dict[str, Any]:
     return {"nodes": [f"127.0.0.1:{p}" for p in topo.CLUSTER]}
 
 
-def keys_with(prefix: str, mode: str, farm: topo.Farm) -> list[bytes]:
+def keys_with(prefix: str, mode: str, farm: topo.Farm, db: int = 0) -> list[bytes]:
     if mode == "sentinel":
-        return list(farm.client(topo.SENTINEL_MASTER).scan_iter(match=f"{prefix}:*"))
+        master = farm.client(topo.SENTINEL_MASTER, db=db)
+        return list(master.scan_iter(match=f"{prefix}:*"))
     cluster = RedisCluster(
         startup_nodes=[ClusterNode("127.0.0.1", p) for p in topo.CLUSTER],
         password=farm.password,
@@ -161,7 +162,11 @@ def test_the_rendered_pod_runs_on_this_topology(
         )
         # The lease lives in this topology's Redis (on the master Sentinel names, or spread
         # over the cluster's masters), under the configured prefix.
-        assert keys_with(prefix, mode, farm)
+        db = int(redis_config.get("db", 0))
+        assert keys_with(prefix, mode, farm, db)
+        if mode == "sentinel":  # in the database the values name (ci: 1), not in another
+            assert db == 1
+            assert not keys_with(prefix, mode, farm, 0)
         if mode == "sentinel":  # the broker talks to the master as the ACL user
             users = {c.get("user") for c in farm.client(topo.SENTINEL_MASTER).client_list()}
             assert topo.ACL_USER in users
@@ -181,9 +186,12 @@ def test_the_rendered_pod_runs_on_this_topology(
 
 def test_the_farm_answers_only_with_its_passwords(farm: topo.Farm) -> None:
     """The smoke test above proves the mounted passwords work only if Redis wants them."""
+    once = Retry(NoBackoff(), 0)  # an authentication error is not retried
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=topo.SENTINEL_MASTER, username=topo.ACL_USER, password="x").ping()
+        redis.Redis(
+            port=topo.SENTINEL_MASTER, username=topo.ACL_USER, password="x", retry=once
+        ).ping()
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=topo.SENTINELS[0], password="x").ping()
+        redis.Redis(port=topo.SENTINELS[0], password="x", retry=once).ping()
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=topo.CLUSTER[0], password="x").ping()
+        redis.Redis(port=topo.CLUSTER[0], password="x", retry=once).ping()

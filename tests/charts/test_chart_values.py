@@ -59,6 +59,11 @@ CASES = [
         "redis.db must be one of the following: 0",
     ),
     (
+        "cluster with WAIT is refused",
+        ["redis.mode=cluster", "redis.host=", "redis.nodes[0]=n0:6379", "redis.waitReplicas=1"],
+        "redis.waitReplicas must be one of the following: 0",
+    ),
+    (
         "a sentinel address without a port is refused",
         ["redis.mode=sentinel", "redis.host=", "redis.masterName=m", "redis.sentinels[0]=s0"],
         "redis.sentinels.0",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import kubernetes_validate
 
+from broker.config import settings_from_mapping
 from broker.policy import lint_policy_dir
-from tests.charts import brokerconfig
 from tests.charts.chartkit import (
     CHART,
     KUBE_VERSION,
@@ -50,7 +50,7 @@ def test_the_example_values_install_as_documented(tmp_path: Path) -> None:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
     # --set-file with the escaped dot made one policy file of that name
     assert m.config_map("policies")["data"] == {"platform.yaml": POLICY}
-    settings = brokerconfig.load(m.broker_config)
+    settings = settings_from_mapping(m.broker_config)
     assert settings.public_url == "https://jit.example.com"
     assert m.broker_config["redis"]["mode"] == "sentinel"
     assert settings.public_url == "https://jit.example.com"
