@@ -153,6 +153,7 @@ def test_the_rendered_pod_starts_and_serves_a_credential(
         "jit-audit-keys",
         "jit-metrics",
         "jit-redis",
+        "jit-redis-sentinel",
         "jit-client-orders-api",
         "jit-slack",
         "jit-ssf",
@@ -211,7 +212,7 @@ def test_the_rendered_pod_starts_and_serves_a_credential(
     argv = [str(BIN / "jit"), *(pod.local(a) for a in container["args"])]
     assert argv[1:] == ["serve", "--config", str(config_file)]
 
-    password = secret_objects["jit-redis"]["redis-password"].decode()
+    password = secret_objects["jit-redis"]["redis-password"].decode().removesuffix("\n")
     r = redis.Redis()
     r.acl_setuser(
         acl_user,
