@@ -229,15 +229,13 @@ def notes(tmp_path: Path, values: Path) -> str:
 
 def test_notes_name_the_topology(tmp_path: Path) -> None:
     sentinel = notes(tmp_path / "s", CI / "sentinel-values.yaml")
-    assert "Topology: sentinel" in sentinel
-    assert 'the master "jit" (db 1)' in sentinel
-    assert "redis-sentinel-0.redis-sentinel.redis.svc:26379" in sentinel
+    assert 'Topology: sentinel, the master "jit" (db 1) named by the sentinels' in sentinel
+    assert "\n     redis-sentinel-0.redis-sentinel.redis.svc:26379\n" in sentinel
     assert "sentinel password: jit-redis-sentinel (key sentinel-password)" in sentinel
     cluster = notes(tmp_path / "c", CI / "cluster-values.yaml")
-    assert "Topology: cluster" in cluster
+    assert "Topology: cluster, discovered from the seed nodes" in cluster
     assert "redis-cluster-2.redis-cluster-headless.redis.svc:6379" in cluster
     tls = notes(tmp_path / "t", CI / "tls-values.yaml")
-    assert "Topology: standalone, TLS" in tls
-    assert "rediss://redis.example.internal:6380/0" in tls
+    assert "Topology: standalone, TLS, at rediss://redis.example.internal:6380/0" in tls
     assert "redis CA: jit-redis-ca (key ca.pem)" in tls
     assert "terminationGracePeriodSeconds is 80" in tls

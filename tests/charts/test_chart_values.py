@@ -28,6 +28,16 @@ CASES = [
         "redis_url",
     ),
     (
+        "a redis block in config is refused (the chart renders it from redis)",
+        ["config.redis.mode=cluster"],
+        "config: Additional property redis is not allowed",
+    ),
+    (
+        "a shutdown block in config is refused (the chart renders it from drain)",
+        ["config.shutdown.drain_timeout=5s"],
+        "config: Additional property shutdown is not allowed",
+    ),
+    (
         "a secret file path in config is refused",
         ["config.audit.signing_key_file=/x.pem"],
         "signing_key_file",
