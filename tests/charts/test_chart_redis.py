@@ -4,6 +4,7 @@ ci/production-values.yaml (standalone, TLS, CA from a ConfigMap, WAIT) and the o
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from broker.config import RedisSettings, settings_from_mapping
+from broker.config import ReaperSettings, RedisSettings, settings_from_mapping
 from tests.charts.chartkit import CHART, Manifests, helm, render
 
 CI = CHART / "ci"
@@ -180,12 +181,38 @@ def drain_of(m: Manifests) -> tuple[int, int, float, float]:
 
 
 def test_the_grace_period_is_derived_from_the_drain() -> None:
-    assert drain_of(render(CI / "minimal-values.yaml")) == (5, 80, 0, 65)
+    """preStop sleep + drain_delay + drain_timeout + reaper.issuer_timeout (revocations in
+    flight finish) + 5 s (closing)."""
+    assert drain_of(render(CI / "minimal-values.yaml")) == (5, 85, 0, 65)
     longer = render(
         CI / "minimal-values.yaml",
         sets=["preStopSleepSeconds=15", "drain.delaySeconds=3", "drain.timeoutSeconds=120"],
     )
-    assert drain_of(longer) == (15, 148, 3, 120)
+    assert drain_of(longer) == (15, 153, 3, 120)
+
+
+@pytest.mark.parametrize(
+    ("issuer_timeout", "grace"),
+    [("1m30s", 165), ("1500ms", 77), ("12", 87), ("2m", 195)],
+)
+def test_the_grace_period_follows_the_reapers_issuer_timeout(
+    issuer_timeout: str, grace: int
+) -> None:
+    m = render(
+        CI / "minimal-values.yaml",
+        sets=[
+            f"config.reaper.issuer_timeout={issuer_timeout}",
+            "config.reaper.visibility_timeout=5m",
+        ],
+    )
+    settings = settings_from_mapping(m.broker_config)
+    assert math.ceil(settings.reaper.issuer_timeout.total_seconds()) + 5 + 65 + 5 == grace
+    assert m.pod["terminationGracePeriodSeconds"] == grace
+
+
+def test_the_charts_default_issuer_timeout_is_the_brokers() -> None:
+    """The chart assumes 10 s when config.reaper.issuer_timeout is not set."""
+    assert ReaperSettings().issuer_timeout.total_seconds() == 10
 
 
 def test_a_grace_period_set_by_hand_is_kept_when_it_covers_the_drain() -> None:
@@ -197,7 +224,7 @@ def test_no_pre_stop_sleep_turns_the_hook_off_and_the_broker_delays_instead() ->
     assert "lifecycle" not in m.container
     settings = settings_from_mapping(m.broker_config)
     assert settings.shutdown.drain_delay.total_seconds() == 5
-    assert m.pod["terminationGracePeriodSeconds"] == 80
+    assert m.pod["terminationGracePeriodSeconds"] == 85
 
 
 # -- NOTES.txt ----------------------------------------------------------------------------------
@@ -238,4 +265,4 @@ def test_notes_name_the_topology(tmp_path: Path) -> None:
     tls = notes(tmp_path / "t", CI / "tls-values.yaml")
     assert "Topology: standalone, TLS, at rediss://redis.example.internal:6380/0" in tls
     assert "redis CA: jit-redis-ca (key ca.pem)" in tls
-    assert "terminationGracePeriodSeconds is 80" in tls
+    assert "terminationGracePeriodSeconds is 85" in tls

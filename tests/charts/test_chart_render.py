@@ -333,7 +333,9 @@ def test_the_drain_fits_in_the_grace_period(rendered: Manifests) -> None:
     delay = settings.shutdown.drain_delay.total_seconds()
     timeout = settings.shutdown.drain_timeout.total_seconds()
     assert timeout < grace - sleep - delay
-    assert grace - sleep - delay - timeout >= 10  # releasing reaper claims, closing Redis
+    # the reaper's revocations in flight finish (each within issuer_timeout), then closing
+    closing = settings.reaper.issuer_timeout.total_seconds() + 5
+    assert grace - sleep - delay - timeout >= closing
     assert timeout > settings.approvals.max_wait.total_seconds()
 
 

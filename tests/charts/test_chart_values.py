@@ -131,7 +131,8 @@ CASES = [
         "a grace period shorter than the drain is refused",
         ["terminationGracePeriodSeconds=60"],
         "terminationGracePeriodSeconds 60 is shorter than preStopSleepSeconds + "
-        "drain.delaySeconds + drain.timeoutSeconds + 10 s to close (80)",
+        "drain.delaySeconds + drain.timeoutSeconds + config.reaper.issuer_timeout + 5 s to "
+        "close (85)",
     ),
     (
         "a drain timeout the broker would refuse is refused",

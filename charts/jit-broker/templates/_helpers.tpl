@@ -170,20 +170,44 @@ the mounted password and CA files. No password is ever in it.
 {{- end }}
 
 {{/*
-The drain timings: preStop sleep, the broker's shutdown delay and timeout, and the grace period
-(terminationGracePeriodSeconds or derived from the others). YAML with integer seconds.
+Whole seconds (rounded up) of a duration as the broker writes them: a number of seconds, or
+"1h30m", "90s", "200ms", "7d". The schema has checked the syntax of config durations.
+*/}}
+{{- define "jit-broker.seconds" -}}
+{{- $text := toString . -}}
+{{- if regexMatch "^[0-9]+(\\.[0-9]+)?$" $text -}}
+{{- ceil $text -}}
+{{- else -}}
+{{- $total := 0.0 -}}
+{{- range regexFindAll "[0-9]+(ms|d|h|m|s)" $text -1 -}}
+{{- $n := regexFind "^[0-9]+" . -}}
+{{- $unit := trimPrefix $n . -}}
+{{- $scale := get (dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 "d" 86400.0) $unit -}}
+{{- $total = addf $total (mulf $n $scale) -}}
+{{- end -}}
+{{- ceil $total -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+The drain timings (docs/deploy.md, Draining): the preStop sleep, the broker's shutdown delay and
+timeout, the least grace period that covers them (+ reaper.issuer_timeout for the revocations
+in flight to finish, + 5 s to close), and the grace period (terminationGracePeriodSeconds, or
+that least one). YAML with integer seconds.
 */}}
 {{- define "jit-broker.drain" -}}
 {{- $v := .Values -}}
 {{- $sleep := int $v.preStopSleepSeconds -}}
 {{- $delay := int $v.drain.delaySeconds -}}
 {{- $timeout := int $v.drain.timeoutSeconds -}}
-{{- $least := add $sleep $delay $timeout 10 -}}
+{{- /* the broker's default reaper.issuer_timeout (a test keeps it equal) */ -}}
+{{- $issuer := int (include "jit-broker.seconds" ((($v.config).reaper).issuer_timeout | default "10s")) -}}
+{{- $least := add $sleep $delay $timeout $issuer 5 -}}
 {{- $grace := $least -}}
 {{- if not (kindIs "invalid" $v.terminationGracePeriodSeconds) -}}
 {{- $grace = int $v.terminationGracePeriodSeconds -}}
 {{- end -}}
-{{- toYaml (dict "preStopSleep" $sleep "delay" $delay "timeout" $timeout "least" $least "grace" $grace) -}}
+{{- toYaml (dict "preStopSleep" $sleep "delay" $delay "timeout" $timeout "issuerTimeout" $issuer "least" $least "grace" $grace) -}}
 {{- end }}
 
 {{/*
@@ -197,7 +221,7 @@ Checks that the schema cannot express. Each failure names the value to set.
 {{- include "jit-broker.validateRedis" . -}}
 {{- $drain := include "jit-broker.drain" . | fromYaml -}}
 {{- if lt (int $drain.grace) (int $drain.least) -}}
-{{- fail (printf "terminationGracePeriodSeconds %d is shorter than preStopSleepSeconds + drain.delaySeconds + drain.timeoutSeconds + 10 s to close (%d): the kubelet would kill the broker while it drains. Raise it, or set it to null to derive it" (int $drain.grace) (int $drain.least)) -}}
+{{- fail (printf "terminationGracePeriodSeconds %d is shorter than preStopSleepSeconds + drain.delaySeconds + drain.timeoutSeconds + config.reaper.issuer_timeout + 5 s to close (%d): the kubelet would kill the broker while it drains. Raise it, or set it to null to derive it" (int $drain.grace) (int $drain.least)) -}}
 {{- end -}}
 {{- if not (include "jit-broker.auditSecret" .) -}}
 {{- fail "secrets.audit.existingSecret is required: a Secret with the audit checkpoint signing key (jit audit keygen) and the audit HMAC key (docs/deploy.md, Secrets)" -}}
