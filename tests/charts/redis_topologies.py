@@ -5,6 +5,8 @@
   sentinels their own password (Sentinel's ``requirepass``).
 - Cluster: three masters (7310-7312), no replicas (they would add start-up time and prove
   nothing about the chart), with a default-user password.
+- TLS: one server on a TLS port only (7315), its certificate (for 127.0.0.1) signed by a CA made
+  here with openssl; clients are not asked for certificates.
 
 redis-server from Debian's package runs both (``--sentinel`` is what the redis-sentinel
 package's binary does). Every process is started here and stopped here, by its own pid.
@@ -29,6 +31,7 @@ REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 SENTINEL_MASTER, SENTINEL_REPLICA = 7300, 7301
 SENTINELS = (7302, 7303, 7304)
 CLUSTER = (7310, 7311, 7312)
+TLS = 7315
 MASTER_NAME = "jit"
 ACL_USER = "jit"
 
@@ -117,6 +120,51 @@ class Farm:
                     "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME
                 ),
             )
+
+    # -- TLS ------------------------------------------------------------------------------------
+
+    @property
+    def ca_file(self) -> Path:
+        return self.root / "tls" / "ca.crt"
+
+    def start_tls(self) -> None:
+        work = self.root / "tls"
+        work.mkdir(parents=True)
+        (work / "san").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"]
+        ca = ["-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=jit chart test CA"]
+        csr = ["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]
+        sign = ["-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"]
+        for argv in (
+            ["req", "-x509", *ec, *ca],
+            ["req", *ec, *csr],
+            ["x509", "-req", *sign, "-out", "server.crt", "-days", "1", "-extfile", "san"],
+        ):
+            subprocess.run(
+                ["openssl", *argv], cwd=work, check=True, capture_output=True, timeout=30
+            )
+        self._start(
+            "tls-server",
+            [
+                *self._data_server(0),
+                f"tls-port {TLS}",
+                f"tls-cert-file {work / 'server.crt'}",
+                f"tls-key-file {work / 'server.key'}",
+                f"tls-ca-cert-file {work / 'ca.crt'}",
+                "tls-auth-clients no",
+            ],
+        )
+        self._wait("the TLS server", lambda: self.tls_client().ping())
+
+    def tls_client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(
+            port=TLS,
+            password=self.password,
+            db=db,
+            ssl=True,
+            ssl_ca_certs=str(self.ca_file),
+            socket_timeout=5,
+        )
 
     # -- Cluster ----------------------------------------------------------------------------
 

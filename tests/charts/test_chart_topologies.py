@@ -1,9 +1,10 @@
-"""The chart on Redis Sentinel and Redis Cluster, for real: ci/sentinel-values.yaml and
-ci/cluster-values.yaml rendered with their Redis addresses pointed at real servers on loopback
-(tests/charts/redis_topologies.py), the pod laid out as the kubelet would (the Redis password,
-and the sentinels' own, as mounted files), and the exact rendered `jit serve` started until its
-probes pass; then it issues a credential, whose lease is in that Redis, and stops on SIGTERM
-within the grace period. Both topologies share one set of Redis processes.
+"""The chart on Redis Sentinel, Redis Cluster and a TLS Redis, for real: ci/sentinel-values.yaml,
+ci/cluster-values.yaml and ci/tls-values.yaml rendered with their Redis addresses pointed at real
+servers on loopback (tests/charts/redis_topologies.py), the pod laid out as the kubelet would
+(the Redis password, the sentinels' own and the Redis CA as mounted files), and the exact
+rendered `jit serve` started until its probes pass; then it issues a credential, whose lease is
+in that Redis, and stops on SIGTERM within the grace period. The three share one set of Redis
+processes.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[topo.Farm]:
     with topo.farm(tmp_path_factory.mktemp("redis")) as f:
         f.start_sentinel()
         f.start_cluster()
+        f.start_tls()
         yield f
 
 
@@ -56,6 +58,8 @@ def where_redis_is(mode: str, farm: topo.Farm) -> dict[str, Any]:
             "masterName": topo.MASTER_NAME,
             "username": topo.ACL_USER,
         }
+    if mode == "tls":
+        return {"url": f"rediss://127.0.0.1:{topo.TLS}/0"}
     return {"nodes": [f"127.0.0.1:{p}" for p in topo.CLUSTER]}
 
 
@@ -63,6 +67,8 @@ def keys_with(prefix: str, mode: str, farm: topo.Farm, db: int = 0) -> list[byte
     if mode == "sentinel":
         master = farm.client(topo.SENTINEL_MASTER, db=db)
         return list(master.scan_iter(match=f"{prefix}:*"))
+    if mode == "tls":
+        return list(farm.tls_client(db=db).scan_iter(match=f"{prefix}:*"))
     cluster = RedisCluster(
         startup_nodes=[ClusterNode("127.0.0.1", p) for p in topo.CLUSTER],
         password=farm.password,
@@ -73,7 +79,18 @@ def keys_with(prefix: str, mode: str, farm: topo.Farm, db: int = 0) -> list[byte
         cluster.close()
 
 
-@pytest.mark.parametrize("mode", ["sentinel", "cluster"])
+# The broker (branch redis-topo, broker/state/connect.py) gives `ssl=True` to
+# BlockingConnectionPool.from_url for a standalone `tls: true`, which redis-py's connection
+# classes refuse (TypeError: unexpected keyword argument 'ssl'): a standalone TLS Redis does not
+# start. Strict: this fails as soon as the broker is fixed, to take the mark off.
+STANDALONE_TLS_BROKEN = pytest.mark.xfail(
+    strict=True, reason="broker: standalone tls passes ssl=True to from_url (redis-topo)"
+)
+
+
+@pytest.mark.parametrize(
+    "mode", ["sentinel", "cluster", pytest.param("tls", marks=STANDALONE_TLS_BROKEN)]
+)
 def test_the_rendered_pod_runs_on_this_topology(
     mode: str,
     farm: topo.Farm,
@@ -105,7 +122,7 @@ def test_the_rendered_pod_runs_on_this_topology(
     override.write_text(yaml.safe_dump(here))
     manifests = render(values, override)
     redis_config = manifests.broker_config["redis"]
-    assert redis_config["mode"] == mode
+    assert redis_config["mode"] == {"tls": "standalone"}.get(mode, mode)
 
     # The Secrets: docs/deploy.md's commands, then the farm's passwords under the keys and
     # names the ci file gives (what the operator's Secrets would hold).
@@ -114,6 +131,9 @@ def test_the_rendered_pod_runs_on_this_topology(
     secret_objects[r["existingSecret"]] = {
         r.get("passwordKey", "redis-password"): farm.password.encode() + b"\n"
     }
+    if mode == "tls":  # the CA that signed the server's certificate
+        ca = r["tls"]["ca"]
+        secret_objects[ca["existingSecret"]] = {ca["key"]: farm.ca_file.read_bytes()}
     if mode == "sentinel":
         auth = r["sentinelAuth"]
         secret_objects[auth["existingSecret"]] = {
@@ -184,8 +204,10 @@ def test_the_rendered_pod_runs_on_this_topology(
     assert farm.sentinel_password not in output
 
 
-def test_the_farm_answers_only_with_its_passwords(farm: topo.Farm) -> None:
-    """The smoke test above proves the mounted passwords work only if Redis wants them."""
+def test_the_farm_answers_only_with_its_passwords_and_over_tls_only_with_its_ca(
+    farm: topo.Farm,
+) -> None:
+    """The smoke test above proves the mounted files work only if Redis wants them."""
     once = Retry(NoBackoff(), 0)  # an authentication error is not retried
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(
@@ -195,3 +217,5 @@ def test_the_farm_answers_only_with_its_passwords(farm: topo.Farm) -> None:
         redis.Redis(port=topo.SENTINELS[0], password="x", retry=once).ping()
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(port=topo.CLUSTER[0], password="x", retry=once).ping()
+    with pytest.raises(redis.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        redis.Redis(port=topo.TLS, password=farm.password, ssl=True, retry=once).ping()
