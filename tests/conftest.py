@@ -7,20 +7,26 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from broker.audit import AuditLog
+from broker.config import RedisSettings
 from broker.state.connect import redis_client
 from broker.testing import FakeClock
 from broker.types import Secret
 from tests.leakscan import LEAKS, CaptureHandler, redis_values
+from tests.redisfarm import Farm
 
 REDIS_URL = os.environ.get("JIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Run the Redis tests on one of tests/redisfarm.py's topologies instead of REDIS_URL:
+# JIT_TEST_REDIS_MODE=standalone|sentinel|cluster (the topology tests choose theirs themselves).
+REDIS_MODE = os.environ.get("JIT_TEST_REDIS_MODE") or None
 
 _secret_init = Secret.__init__
 _audit_fan_out = AuditLog._fan_out
@@ -75,22 +81,55 @@ def key_prefix() -> str:
     return f"jittest-{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(scope="session")
+def redis_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    """Real standalone, Sentinel and Cluster topologies (tests/redisfarm.py), each started on
+    first use, all stopped at the end of the session."""
+    farm = Farm(tmp_path_factory.mktemp("redisfarm"))
+    try:
+        yield farm
+    finally:
+        farm.stop()
+
+
 @pytest.fixture
-async def real_redis(key_prefix: str) -> AsyncIterator[aioredis.Redis]:
-    """The real Redis on 127.0.0.1:6379; every key under ``key_prefix`` is deleted after."""
-    client = redis_client(REDIS_URL)
+def test_redis(request: pytest.FixtureRequest) -> RedisSettings:
+    """The Redis the tests use: REDIS_URL, or the farm's topology JIT_TEST_REDIS_MODE names."""
+    if REDIS_MODE is None:
+        return RedisSettings(url=REDIS_URL)
+    farm: Farm = request.getfixturevalue("redis_farm")
+    return farm.settings(REDIS_MODE)
+
+
+@pytest.fixture
+async def real_redis(key_prefix: str, test_redis: RedisSettings) -> AsyncIterator[Any]:
+    """The real Redis (``test_redis``); every key under ``key_prefix`` is deleted after."""
+    async for client in redis_under(test_redis, key_prefix):
+        yield client
+
+
+async def redis_under(settings: RedisSettings, key_prefix: str) -> AsyncIterator[Any]:
+    """A client for ``settings``; after, the keys under ``key_prefix`` are scanned for leaks
+    and deleted (one slot at a time on a cluster)."""
+    client = redis_client(settings)
     try:
         await client.ping()
     except Exception as exc:  # the README's test command starts Redis; this should not happen
-        pytest.fail(f"Redis at {REDIS_URL} is not answering: {exc}")
+        pytest.fail(f"Redis ({settings.mode}) is not answering: {exc}")
     yield client
     LEAKS.redis.extend(await redis_values(client, f"{key_prefix}:*"))
     async for batch in _scan(client, f"{key_prefix}:*"):
-        await client.unlink(*batch)
+        if isinstance(client, RedisCluster):
+            async with client.pipeline(transaction=False) as pipe:
+                for key in batch:
+                    pipe.execute_command("UNLINK", key)
+                await pipe.execute()
+        else:
+            await client.unlink(*batch)
     await client.aclose()
 
 
-async def _scan(client: aioredis.Redis, pattern: str) -> AsyncIterator[list[bytes]]:
+async def _scan(client: Any, pattern: str) -> AsyncIterator[list[bytes]]:
     batch: list[bytes] = []
     async for key in client.scan_iter(match=pattern, count=1000):
         batch.append(key)

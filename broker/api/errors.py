@@ -12,7 +12,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from broker.api.auth import request_id
 from broker.errors import (
@@ -202,6 +202,8 @@ def exception_handlers() -> dict[int | type[Exception], Any]:
     return {
         BrokerError: _broker_error,
         RedisError: _store_error,
+        # A cluster that lost a slot's master or cannot be reached (not a RedisError).
+        RedisClusterException: _store_error,
         HTTPException: _http_error,
         Exception: _internal_error,
     }

@@ -16,7 +16,7 @@ from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Schema
 from litestar.openapi.spec.enums import OpenAPIType
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from broker.api.auth import authenticate_caller, broker_of, client_address, request_id
 from broker.api.errors import NO_STORE, OAuthError, oauth_error
@@ -365,7 +365,11 @@ class OAuthController(Controller):
     tags = ["oauth"]
     # HTTP errors (404, 405, 413, a bad form) and 500s under /oauth/ are answered in this
     # shape by the app's handlers (broker.api.errors), an unmatched route's included.
-    exception_handlers = {RedisError: _oauth_store_error, BrokerError: _oauth_broker_error}
+    exception_handlers = {
+        RedisError: _oauth_store_error,
+        RedisClusterException: _oauth_store_error,
+        BrokerError: _oauth_broker_error,
+    }
 
     @post(
         "/token",

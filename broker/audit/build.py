@@ -19,6 +19,7 @@ from broker.audit.sinks import AuditDelivery, JsonLinesFileSink, StreamSink, Web
 from broker.clock import Clock
 from broker.config import AuditSettings
 from broker.errors import ConfigError
+from broker.state.scripts import ReplicaWait
 
 __all__ = ["build_audit", "load_audit_keys"]
 
@@ -62,6 +63,7 @@ def build_audit(
     dev: bool = False,
     replica_id: str | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    wait: ReplicaWait | None = None,
 ) -> AuditLog:
     """The broker's :class:`AuditLog`: chained in Redis under ``key_prefix``, with the
     in-process ``sinks`` (e.g. the logging sink) and the durable sinks of ``settings`` (the
@@ -75,6 +77,7 @@ def build_audit(
         checkpoint_every=settings.checkpoint_every,
         checkpoint_interval=settings.checkpoint_interval,
         stream_maxlen=settings.stream_maxlen,
+        wait=wait,
     )
     durable: list[StreamSink] = []
     if settings.file:

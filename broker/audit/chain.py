@@ -60,7 +60,7 @@ from broker.audit.signing import CheckpointSigner
 from broker.clock import Clock, to_ms
 from broker.errors import ConfigError, StoreUnavailable
 from broker.state import text
-from broker.state.scripts import Op, Script, run
+from broker.state.scripts import Op, ReplicasBehind, ReplicaWait, Script, run
 
 __all__ = [
     "CHECKPOINT",
@@ -198,6 +198,7 @@ class AuditChain:
         stream_maxlen: int = 1_000_000,
         max_batch: int = 256,
         max_attempts: int = 100,
+        wait: ReplicaWait | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise ConfigError("audit.checkpoint_every must be at least 1")
@@ -216,6 +217,8 @@ class AuditChain:
         self.stream_maxlen = stream_maxlen
         self.max_batch = max_batch
         self.max_attempts = max_attempts
+        # wait_replicas (docs/deploy.md "Redis topologies"): every batch ends with WAIT.
+        self.wait = wait
         self._head: _Head | None = None  # the head as last seen; None: ask Redis
         self._queue: deque[_Item] = deque()
         self._cleanup: list[Op] = []  # ride along with the next batch
@@ -343,7 +346,7 @@ class AuditChain:
                 append = [_APPEND.op(keys, args)] if new_head is not None else []
                 if not pending and not append:  # only ticks, and no checkpoint is due
                     return [(g, []) for g in groups]
-                results = await run(self.redis, [*pending, *append])
+                results = await run(self.redis, [*pending, *append], wait=self.wait)
                 if attempt == 0:
                     op_results = results[len(cleanup) : len(cleanup) + len(ops)]
                 if not append or int(results[-1][0]) == 1:
@@ -352,7 +355,7 @@ class AuditChain:
                     return self._split(items, groups, op_results)
                 self.conflicts += 1
                 head = self._head = self._parse_head(results[-1])
-        except (RedisError, OSError):
+        except (RedisError, OSError, ReplicasBehind):
             self._head = None  # the write may or may not have happened: ask next time
             raise
         self._head = None

@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
+from redis.exceptions import RedisError
 
 from broker.audit import AuditEvent, AuditLog
 from broker.clock import Clock, from_ms, to_ms
@@ -49,6 +50,7 @@ from broker.errors import (
     IssuerUnavailable,
     NotFound,
     QuotaExceeded,
+    StoreUnavailable,
 )
 from broker.issuer import Issuer
 from broker.leases.health import IssuerHealth
@@ -321,14 +323,23 @@ class LeaseManager:
             **common,
         )
         committed_ms = to_ms(self.clock.now())
-        results = await self._commit(
-            [*decided, minted],
-            [
-                self.store.activate_op(lease.id, credential.handle, committed_ms),
-                *self.store.due_ops(lease.id, to_ms(not_after)),
-            ],
-            [self.store.clear_marker_op(lease.id, "minted", committed_ms)],
-        )
+        try:
+            results = await self._commit(
+                [*decided, minted],
+                [
+                    self.store.activate_op(lease.id, credential.handle, committed_ms),
+                    *self.store.due_ops(lease.id, to_ms(not_after)),
+                ],
+                [self.store.clear_marker_op(lease.id, "minted", committed_ms)],
+            )
+        except StoreUnavailable:
+            # The activation may or may not be in Redis (or not on enough replicas: WAIT):
+            # the credential is not handed out. Revoke it now if Redis answers; otherwise the
+            # write-ahead lease is still there (minting, due at the mint grace) and the
+            # reaper revokes it — revoke-on-doubt.
+            with contextlib.suppress(BrokerError, RedisError, OSError):
+                await self._revoke(lease.id, "mint_failed")
+            raise
         if _text(results[0]) != "ok":
             # Revocation began while the issuer was minting (task completed, TTL ran out).
             await self.store.schedule(lease.id, to_ms(self.clock.now()))

@@ -42,6 +42,7 @@ from broker.service.tokens import Tokens
 from broker.service.workloads import Workloads
 from broker.ssf import SsfTransmitter
 from broker.state.connect import describe, redact_text, redis_client
+from broker.state.scripts import ReplicaWait
 from broker.types import Secret
 
 __all__ = ["build_broker"]
@@ -126,6 +127,7 @@ async def build_broker(
         sinks=sinks,
         dev=dev,
         replica_id=replica_id,
+        wait=_replica_wait(settings),
     )
     ssf: SsfTransmitter | None = None
     if settings.ssf.receivers or settings.ssf.signing_key_file:
@@ -350,3 +352,12 @@ def _slack_notifier(settings: Settings, clock: Clock) -> Any:
     from broker.approvals.slack import SlackNotifier
 
     return SlackNotifier(slack, clock, broker_url=settings.public_url)
+
+
+def _replica_wait(settings: Settings) -> ReplicaWait | None:
+    """``redis.wait_replicas`` (docs/deploy.md "Redis topologies"): every state batch (the
+    write-ahead, the activation and its audit records) ends with WAIT on its connection."""
+    r = redis_settings(settings)
+    if r.wait_replicas < 1:
+        return None
+    return ReplicaWait(r.wait_replicas, max(1, int(r.wait_timeout.total_seconds() * 1000)))

@@ -21,7 +21,23 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError
 
-__all__ = ["Op", "Script", "run"]
+from broker.errors import StoreUnavailable
+
+__all__ = ["Op", "ReplicaWait", "ReplicasBehind", "Script", "run"]
+
+
+@dataclass(frozen=True)
+class ReplicaWait:
+    """``WAIT replicas timeout_ms`` after a batch, on the batch's own connection (the end of
+    its pipeline), so the answer counts the replicas that have every write of the batch."""
+
+    replicas: int
+    timeout_ms: int
+
+
+class ReplicasBehind(StoreUnavailable):
+    """The batch was written on the master but fewer replicas than asked acknowledged it in
+    time: a failover now could lose it, so the caller treats the batch as in doubt (503)."""
 
 
 class Script:
@@ -67,12 +83,16 @@ async def load(client: Any, scripts: Sequence[Script]) -> None:
         await client.script_load(script.source)
 
 
-async def run(client: Any, ops: Sequence[Op]) -> list[Any]:
+async def run(client: Any, ops: Sequence[Op], *, wait: ReplicaWait | None = None) -> list[Any]:
     """Send ``ops`` in one pipeline; a script Redis did not know is loaded and its op sent
-    again (the others are not repeated). Returns one result per op; raises the first error."""
+    again (the others are not repeated). Returns one result per op; raises the first error.
+
+    ``wait``: each pipeline ends with ``WAIT`` (same connection: it covers every write before
+    it); fewer replicas than asked raises :class:`ReplicasBehind` after the op errors are
+    checked. Not for a cluster client (a keyless WAIT there goes to other connections)."""
     if not ops:
         return []
-    results = await _send(client, ops)
+    results = await _send(client, ops, wait)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
         scripts: dict[str, Script] = {}
@@ -81,7 +101,7 @@ async def run(client: Any, ops: Sequence[Op]) -> list[Any]:
             if script is not None:
                 scripts[script.sha] = script
         await load(client, list(scripts.values()))
-        again = await _send(client, [ops[i] for i in missing])
+        again = await _send(client, [ops[i] for i in missing], wait)
         for i, result in zip(missing, again, strict=True):
             results[i] = result
     for result in results:
@@ -90,8 +110,25 @@ async def run(client: Any, ops: Sequence[Op]) -> list[Any]:
     return results
 
 
-async def _send(client: Any, ops: Sequence[Op]) -> list[Any]:
+async def _send(client: Any, ops: Sequence[Op], wait: ReplicaWait | None = None) -> list[Any]:
     async with client.pipeline(transaction=False) as pipe:
         for op in ops:
             op.queue(pipe)
-        return list(await pipe.execute(raise_on_error=False))
+        if wait is not None:
+            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+        results = list(await pipe.execute(raise_on_error=False))
+    if wait is None:
+        return results
+    acked = results.pop()
+    if isinstance(acked, RedisError):
+        raise acked
+    if int(acked) < wait.replicas:
+        # Op errors first (the caller would see those anyway), then the doubt.
+        for result in results:
+            if isinstance(result, RedisError) and not isinstance(result, NoScriptError):
+                raise result
+        raise ReplicasBehind(
+            f"Redis: {int(acked)} of {wait.replicas} replicas acknowledged the write within "
+            f"{wait.timeout_ms} ms"
+        )
+    return results

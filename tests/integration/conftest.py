@@ -17,13 +17,13 @@ import redis.asyncio as aioredis
 from broker.api import create_app
 from broker.audit import MemorySink
 from broker.cli.server import dev_policy_dir
-from broker.config import ClientSettings, IssuerInstanceSettings, Settings
+from broker.config import ClientSettings, IssuerInstanceSettings, RedisSettings, Settings
 from broker.identity import DevIdentityIssuer
 from broker.service import Broker, build_broker
+from broker.state.connect import redis_client
 from broker.testing import FakeClock
 from broker.types import Secret
 from issuers.jwt.keys import generate_key
-from tests.conftest import REDIS_URL
 
 BASE = "http://testserver.local"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -64,6 +64,7 @@ def settings_over() -> dict[str, Any]:
 @pytest.fixture
 async def api(
     real_redis: aioredis.Redis,
+    test_redis: RedisSettings,
     key_prefix: str,
     clock: FakeClock,
     tmp_path: Path,
@@ -92,7 +93,7 @@ async def api(
     broker = await build_broker(
         settings,
         clock=clock,
-        redis=aioredis.Redis.from_url(REDIS_URL),
+        redis=redis_client(test_redis),
         dev=True,
         dev_identity=dev,
         dev_admin_key=Secret("a" * 43),

@@ -24,15 +24,16 @@ from broker.config import (
     ApprovalSettings,
     IssuerInstanceSettings,
     PersonSettings,
+    RedisSettings,
     Settings,
     SlackSettings,
 )
 from broker.identity import DevIdentityIssuer
 from broker.service import Broker, build_broker
+from broker.state.connect import redis_client
 from broker.testing import FakeClock
 from issuers.jwt.keys import generate_key
 from tests.auditkeys import audit_settings
-from tests.conftest import REDIS_URL
 from tests.fakes.slack_api import FakeSlack, interaction_body, sign_request
 
 pytestmark = pytest.mark.integration
@@ -147,7 +148,12 @@ def slack() -> Iterator[FakeSlack]:
 
 @pytest.fixture
 async def env(
-    real_redis: aioredis.Redis, key_prefix: str, clock: FakeClock, tmp_path: Path, slack: FakeSlack
+    test_redis: RedisSettings,
+    real_redis: aioredis.Redis,
+    key_prefix: str,
+    clock: FakeClock,
+    tmp_path: Path,
+    slack: FakeSlack,
 ) -> AsyncIterator[Env]:
     keys = tmp_path / "keys"
     keys.mkdir()
@@ -185,7 +191,7 @@ async def env(
     broker = await build_broker(
         settings,
         clock=clock,
-        redis=aioredis.Redis.from_url(REDIS_URL),
+        redis=redis_client(test_redis),
         dev_identity=dev,
         audit_sinks=[sink],
     )

@@ -18,14 +18,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.api import create_app
 from broker.cli.server import dev_policy_dir
-from broker.config import IssuerInstanceSettings, Settings
+from broker.config import IssuerInstanceSettings, RedisSettings, Settings
 from broker.identity import DevIdentityIssuer
 from broker.identity.dpop import check_bound, thumbprint
 from broker.service import Broker, build_broker
+from broker.state.connect import redis_client
 from broker.testing import FakeClock
 from broker.types import Secret
 from issuers.jwt.keys import generate_key
-from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,11 @@ def proof(key: ec.EllipticCurvePrivateKey, url: str, *, now: float, method: str 
 
 @pytest.fixture
 async def env(
-    real_redis: aioredis.Redis, key_prefix: str, clock: FakeClock, tmp_path: Path
+    test_redis: RedisSettings,
+    real_redis: aioredis.Redis,
+    key_prefix: str,
+    clock: FakeClock,
+    tmp_path: Path,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Broker, DevIdentityIssuer, FakeClock]]:
     generate_key(tmp_path, "EdDSA", clock.now())
     settings = Settings(
@@ -59,7 +63,7 @@ async def env(
     broker = await build_broker(
         settings,
         clock=clock,
-        redis=aioredis.Redis.from_url(REDIS_URL),
+        redis=redis_client(test_redis),
         dev=True,
         dev_identity=dev,
         dev_admin_key=Secret("d" * 43),
