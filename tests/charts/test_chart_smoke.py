@@ -193,6 +193,7 @@ def test_the_rendered_pod_starts_and_serves_a_credential(
             "db": 0,
             "tls": {"enabled": False, "ca": {"existingConfigMap": ""}},
             "username": acl_user,
+            "waitReplicas": 0,  # this Redis has no replica to WAIT for
         },
         "ingress": {"host": "127.0.0.1"},
     }
