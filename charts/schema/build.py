@@ -26,7 +26,7 @@ OUT = HERE.parent / "jit-broker" / "values.schema.json"
 #: Keys of the broker's config structs that the chart renders itself (mount paths, listener,
 #: Redis URL); a struct whose every key is here is left out entirely.
 CHART_OWNED: dict[str, set[str]] = {
-    "Settings": {"host", "port", "redis_url", "policy_dir", "metrics"},
+    "Settings": {"host", "port", "redis_url", "redis", "shutdown", "policy_dir", "metrics"},
     "ClientSettings": {"secret_file"},
     "SlackSettings": {"bot_token_file", "signing_secret_file"},
     "AuditSettings": {"signing_key_file", "hmac_key_file", "file"},
@@ -65,8 +65,6 @@ def broker_definitions() -> dict[str, Any]:
         raise SystemExit(f"broker/config.py has no struct {sorted(unknown)}: update CHART_OWNED")
     out: dict[str, Any] = {}
     for name, schema in defs.items():
-        if name == "MetricsSettings":
-            continue  # its only key is chart-owned
         schema = dict(schema)
         owned = CHART_OWNED.get(name, set())
         props = schema.get("properties", {})
@@ -77,7 +75,26 @@ def broker_definitions() -> dict[str, Any]:
         schema["required"] = [k for k in schema.get("required", []) if k not in owned]
         schema["additionalProperties"] = False
         out[f"broker.{name}"] = _fix(schema)
-    return out
+    # Only the structs reachable from Settings through keys the values may set (those under a
+    # chart-owned key, e.g. MetricsSettings, RedisSettings, ShutdownSettings, are left out).
+    reachable: set[str] = set()
+    todo = ["broker.Settings"]
+    while todo:
+        name = todo.pop()
+        if name in reachable:
+            continue
+        reachable.add(name)
+        todo += [r.removeprefix("#/definitions/") for r in _refs(out[name])]
+    return {k: v for k, v in out.items() if k in reachable}
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
 
 
 def build() -> str:

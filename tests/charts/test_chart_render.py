@@ -20,7 +20,6 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from broker.clock import parse_duration
 from broker.config import settings_from_mapping
 from broker.policy import lint_policy_dir
 from tests.charts.chartkit import (
@@ -55,7 +54,7 @@ def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def test_the_ci_directory_has_the_values_files_the_tests_name() -> None:
-    assert set(IDS) >= {"minimal", "production", "hpa", "dev"}
+    assert set(IDS) >= {"minimal", "production", "hpa", "dev", "sentinel", "cluster", "tls"}
 
 
 def test_chart_app_version_is_the_broker_version() -> None:
@@ -131,7 +130,7 @@ def test_service_monitor_can_use_the_authorization_field() -> None:
 
 
 def test_the_rendered_config_is_accepted_by_the_broker(rendered: Manifests) -> None:
-    settings = settings_from_mapping(rendered.broker_config, source="config.yaml")
+    settings = settings_from_mapping(rendered.broker_config)
     assert settings.host == "0.0.0.0"
     assert settings.port == rendered.container["ports"][0]["containerPort"]
     assert settings.policy_dir == "/etc/jit/policies"
@@ -139,9 +138,7 @@ def test_the_rendered_config_is_accepted_by_the_broker(rendered: Manifests) -> N
 
 def test_the_production_example_renders_quotas_into_the_config() -> None:
     """docs/configuration.md says the production example sets quotas: they reach the broker."""
-    settings = settings_from_mapping(
-        render(CHART / "ci" / "production-values.yaml").broker_config, source="config.yaml"
-    )
+    settings = settings_from_mapping(render(CHART / "ci" / "production-values.yaml").broker_config)
     assert settings.quotas.workload.live_leases == 200
     assert settings.quotas.workload.mints_per_minute == 120
     assert settings.quotas.owner.live_leases == 5000
@@ -215,7 +212,8 @@ def test_no_secret_value_is_inline_in_a_config_map_or_the_environment(
         for text in cm["data"].values():
             assert "PRIVATE KEY" not in text
     config = rendered.broker_config
-    assert urlsplit(config["redis_url"]).password is None
+    assert "redis_url" not in config
+    assert urlsplit(config["redis"].get("url", "redis://x")).password is None
 
     def walk(node: Any, path: str) -> None:
         if isinstance(node, dict):
@@ -231,8 +229,7 @@ def test_no_secret_value_is_inline_in_a_config_map_or_the_environment(
     for var in rendered.container.get("env", []):
         if words.search(var["name"]):
             assert "valueFrom" in var, f"{var['name']} is given inline"
-        if var["name"] == "JIT_REDIS_URL":
-            assert urlsplit(var["value"]).password == "$(JIT_REDIS_PASSWORD)"
+        assert "REDIS" not in var["name"], "Redis settings come from the config file only"
 
 
 def test_the_chart_renders_a_secret_only_for_dev_secrets() -> None:
@@ -243,22 +240,28 @@ def test_the_chart_renders_a_secret_only_for_dev_secrets() -> None:
     assert set(secret["data"]) == {"audit-signing.pem", "audit-hmac", "metrics-token"}
 
 
-def test_the_redis_password_reaches_the_broker_only_through_a_secret_reference() -> None:
+def test_the_redis_password_reaches_the_broker_only_as_a_mounted_file() -> None:
     m = render(CHART / "ci" / "production-values.yaml")
-    env = {e["name"]: e for e in m.container["env"]}
-    assert env["JIT_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-        "name": "jit-redis",
-        "key": "redis-password",
+    assert "env" not in m.container or all("REDIS" not in e["name"] for e in m.container["env"])
+    redis = m.broker_config["redis"]
+    assert redis["password_file"] == "/etc/jit/secrets/redis/password"
+    assert redis["username"] == "jit-broker"
+    volume = m.volume("redis-password")["secret"]
+    assert volume == {
+        "secretName": "jit-redis",
+        "defaultMode": 0o440,
+        "items": [{"key": "redis-password", "path": "password"}],
     }
-    url = urlsplit(env["JIT_REDIS_URL"]["value"])
-    assert url.scheme == "rediss"
-    assert url.username == "jit-broker"
-    assert url.password == "$(JIT_REDIS_PASSWORD)"
-    # the variable it expands must come first (the kubelet expands earlier variables only)
-    names = [e["name"] for e in m.container["env"]]
-    assert names.index("JIT_REDIS_PASSWORD") < names.index("JIT_REDIS_URL")
-    assert "JIT_REDIS_PASSWORD" not in " ".join(m.container["args"])
-    assert "ssl_ca_certs=/etc/ssl/corporate/ca.crt" in m.broker_config["redis_url"]
+    (mount,) = [v for v in m.container["volumeMounts"] if v["name"] == "redis-password"]
+    assert mount == {
+        "name": "redis-password",
+        "mountPath": "/etc/jit/secrets/redis",
+        "readOnly": True,
+    }
+    assert urlsplit(redis["url"]).scheme == "rediss"
+    assert redis["tls"] is True
+    assert redis["ca_file"] == "/etc/jit/redis-ca/ca.crt"
+    assert m.volume("redis-ca")["configMap"]["name"] == "corporate-ca-bundle"
 
 
 # -- the pod -------------------------------------------------------------------------------------
@@ -316,13 +319,24 @@ def test_probes_check_liveness_readiness_and_start_up(rendered: Manifests) -> No
 def test_rolling_updates_keep_every_replica_serving(rendered: Manifests) -> None:
     spec = rendered.deployment["spec"]
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    pod = rendered.pod
-    # Draining: the preStop sleep plus the longest request (an approval long-poll) fit in the
-    # grace period.
-    config = rendered.broker_config
-    max_wait = parse_duration(config.get("approvals", {}).get("max_wait", "60s"))
+
+
+def test_the_drain_fits_in_the_grace_period(rendered: Manifests) -> None:
+    """preStop sleep (endpoints drop the pod), then the broker's shutdown: drain_delay and
+    drain_timeout, then closing: all before the kubelet's SIGKILL; and the longest request (an
+    approval long-poll, approvals.max_wait) finishes within drain_timeout."""
+    settings = settings_from_mapping(rendered.broker_config)
+    grace = rendered.pod["terminationGracePeriodSeconds"]
     sleep = int(rendered.container["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert pod["terminationGracePeriodSeconds"] > sleep + max_wait.total_seconds()
+    assert rendered.container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    assert sleep >= 5  # endpoints take a few seconds to drop a terminating pod
+    delay = settings.shutdown.drain_delay.total_seconds()
+    timeout = settings.shutdown.drain_timeout.total_seconds()
+    assert timeout < grace - sleep - delay
+    # the reaper's revocations in flight finish (each within issuer_timeout), then closing
+    closing = settings.reaper.issuer_timeout.total_seconds() + 5
+    assert grace - sleep - delay - timeout >= closing
+    assert timeout > settings.approvals.max_wait.total_seconds()
 
 
 def test_two_replicas_by_default_and_none_rendered_under_an_autoscaler(
@@ -379,9 +393,13 @@ def test_network_policy_ports_match_the_service_and_redis(rendered: Manifests) -
     assert service_port["targetPort"] in container_ports
     ingress_ports = [p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]]
     assert ingress_ports == [service_port["targetPort"]]
-    redis_port = urlsplit(rendered.broker_config["redis_url"]).port
+    redis = rendered.broker_config["redis"]
+    seeds = redis.get("sentinels", []) + redis.get("nodes", [])
+    redis_ports = {int(s.rpartition(":")[2]) for s in seeds}
+    if "url" in redis:
+        redis_ports.add(urlsplit(redis["url"]).port or 6379)
     egress_ports = {p["port"] for rule in np["spec"]["egress"] for p in rule.get("ports", [])}
-    assert {53, redis_port, 443} <= egress_ports
+    assert {53, 443} | redis_ports <= egress_ports
 
 
 def test_a_config_change_rolls_the_pods_and_an_unrelated_one_does_not() -> None:

@@ -153,6 +153,7 @@ def test_the_rendered_pod_starts_and_serves_a_credential(
         "jit-audit-keys",
         "jit-metrics",
         "jit-redis",
+        "jit-redis-sentinel",
         "jit-client-orders-api",
         "jit-slack",
         "jit-ssf",
@@ -187,9 +188,12 @@ def test_the_rendered_pod_starts_and_serves_a_credential(
             },
         },
         "redis": {
-            "standalone": {"host": "127.0.0.1", "port": 6379, "db": 0},
-            "tls": {"enabled": False, "caFile": ""},
-            "auth": {"username": acl_user},
+            "host": "127.0.0.1",
+            "port": 6379,
+            "db": 0,
+            "tls": {"enabled": False, "ca": {"existingConfigMap": ""}},
+            "username": acl_user,
+            "waitReplicas": 0,  # this Redis has no replica to WAIT for
         },
         "ingress": {"host": "127.0.0.1"},
     }
@@ -209,7 +213,7 @@ def test_the_rendered_pod_starts_and_serves_a_credential(
     argv = [str(BIN / "jit"), *(pod.local(a) for a in container["args"])]
     assert argv[1:] == ["serve", "--config", str(config_file)]
 
-    password = secret_objects["jit-redis"]["redis-password"].decode()
+    password = secret_objects["jit-redis"]["redis-password"].decode().removesuffix("\n")
     r = redis.Redis()
     r.acl_setuser(
         acl_user,
@@ -235,7 +239,7 @@ def test_the_rendered_pod_starts_and_serves_a_credential(
         wait_for("readiness", lambda: get(url + probes["readinessProbe"]) == 200, proc)
         assert get(url + container["livenessProbe"]["httpGet"]["path"]) == 200
 
-        # Redis is used as the ACL user, with the password from the Secret (JIT_REDIS_URL).
+        # Redis is used as the ACL user, with the password from the Secret's mounted file.
         users = {c.get("user") for c in r.client_list()}
         assert acl_user in users
 

@@ -28,21 +28,116 @@ CASES = [
         "redis_url",
     ),
     (
+        "a redis block in config is refused (the chart renders it from redis)",
+        ["config.redis.mode=cluster"],
+        "config: Additional property redis is not allowed",
+    ),
+    (
+        "a shutdown block in config is refused (the chart renders it from drain)",
+        ["config.shutdown.drain_timeout=5s"],
+        "config: Additional property shutdown is not allowed",
+    ),
+    (
         "a secret file path in config is refused",
         ["config.audit.signing_key_file=/x.pem"],
         "signing_key_file",
     ),
     ("an unknown log level is refused", ["config.logging.level=VERBOSE"], "level"),
-    ("an unknown redis mode is refused", ["redis.mode=proxy"], "mode"),
     (
-        "redis sentinel mode is refused until the broker supports it",
-        ["redis.mode=sentinel"],
-        "redis.mode=sentinel is not supported by this broker version yet",
+        "an unknown redis mode is refused",
+        ["redis.mode=proxy"],
+        'redis.mode must be one of the following: "standalone", "sentinel", "cluster"',
     ),
     (
-        "redis cluster mode is refused until the broker supports it",
-        ["redis.mode=cluster"],
-        "redis.mode=cluster is not supported by this broker version yet",
+        "sentinel without sentinels is refused",
+        ["redis.mode=sentinel", "redis.host=", "redis.masterName=jit"],
+        "redis.sentinels: Array must have at least 1 items",
+    ),
+    (
+        "sentinel without a master name is refused",
+        ["redis.mode=sentinel", "redis.host=", "redis.sentinels[0]=s0:26379"],
+        "redis.masterName: String length must be greater than or equal to 1",
+    ),
+    (
+        "cluster without nodes is refused",
+        ["redis.mode=cluster", "redis.host="],
+        "redis.nodes: Array must have at least 1 items",
+    ),
+    (
+        "cluster with a database other than 0 is refused",
+        ["redis.mode=cluster", "redis.host=", "redis.nodes[0]=n0:6379", "redis.db=2"],
+        "redis.db must be one of the following: 0",
+    ),
+    (
+        "cluster with WAIT is refused",
+        ["redis.mode=cluster", "redis.host=", "redis.nodes[0]=n0:6379", "redis.waitReplicas=1"],
+        "redis.waitReplicas must be one of the following: 0",
+    ),
+    (
+        "a sentinel address without a port is refused",
+        ["redis.mode=sentinel", "redis.host=", "redis.masterName=m", "redis.sentinels[0]=s0"],
+        "redis.sentinels.0",
+    ),
+    (
+        "a password in the redis url is refused",
+        ["redis.host=", "redis.url=redis://jit:hunter2@redis:6379/0"],
+        "redis.url: Does not match pattern",
+    ),
+    (
+        "a redis host with a standalone url is refused",
+        ["redis.url=redis://redis:6379/0"],
+        "set redis.host or redis.url, not both",
+    ),
+    (
+        "a redis host in sentinel mode is refused",
+        ["redis.mode=sentinel", "redis.masterName=m", "redis.sentinels[0]=s0:26379"],
+        "redis.host and redis.url are for redis.mode=standalone; with redis.mode=sentinel",
+    ),
+    (
+        "sentinels in standalone mode are refused",
+        ["redis.sentinels[0]=s0:26379"],
+        "redis.sentinels, redis.masterName and redis.sentinelAuth are for redis.mode=sentinel",
+    ),
+    (
+        "cluster nodes in standalone mode are refused",
+        ["redis.nodes[0]=n0:6379"],
+        "redis.nodes is for redis.mode=cluster, not standalone",
+    ),
+    (
+        "a redis url without tls when tls is on is refused",
+        ["redis.host=", "redis.url=redis://redis:6379/0", "redis.tls.enabled=true"],
+        "redis.tls.enabled needs a rediss:// redis.url",
+    ),
+    (
+        "a redis ca without tls is refused",
+        ["redis.tls.ca.existingSecret=ca"],
+        "redis.tls.ca is set but TLS is off",
+    ),
+    (
+        "a redis ca from both a secret and a config map is refused",
+        [
+            "redis.tls.enabled=true",
+            "redis.tls.ca.existingSecret=a",
+            "redis.tls.ca.existingConfigMap=b",
+        ],
+        "redis.tls.ca: set existingSecret or existingConfigMap, not both",
+    ),
+    (
+        "a redis timeout that is not a duration is refused",
+        ["redis.timeout=five seconds"],
+        "redis.timeout",
+    ),
+    (
+        "a grace period shorter than the drain is refused",
+        ["terminationGracePeriodSeconds=60"],
+        "terminationGracePeriodSeconds 60 is shorter than preStopSleepSeconds + "
+        "drain.delaySeconds + drain.timeoutSeconds + config.reaper.issuer_timeout + 5 s to "
+        "close (85)",
+    ),
+    (
+        "a drain timeout the broker would refuse is refused",
+        ["drain.timeoutSeconds=0"],
+        "drain.timeoutSeconds",
     ),
     (
         "a policy file that the broker would not read is refused",
@@ -62,8 +157,8 @@ CASES = [
     ),
     (
         "a missing redis host is named",
-        ["redis.standalone.host="],
-        "redis.standalone.host is required",
+        ["redis.host="],
+        "redis.host (or redis.url) is required with redis.mode=standalone",
     ),
     (
         "missing audit keys are named",

@@ -52,6 +52,8 @@ def test_the_example_values_install_as_documented(tmp_path: Path) -> None:
     assert m.config_map("policies")["data"] == {"platform.yaml": POLICY}
     settings = settings_from_mapping(m.broker_config)
     assert settings.public_url == "https://jit.example.com"
+    assert m.broker_config["redis"]["mode"] == "sentinel"
+    assert settings.public_url == "https://jit.example.com"
     assert m.deployment["spec"]["replicas"] == 3
     assert m.one("Ingress")["spec"]["rules"][0]["host"] == "jit.example.com"
 
@@ -80,3 +82,20 @@ def test_a_policies_config_map_made_as_documented_is_what_the_broker_loads(
 def test_the_readme_and_the_architecture_page_link_the_deploy_guide() -> None:
     for page in ("README.md", "docs/architecture.md"):
         assert re.search(r"\]\((docs/)?deploy\.md\)", (ROOT / page).read_text()), page
+
+
+def test_the_sentinel_example_renders_what_it_says(tmp_path: Path) -> None:
+    example = tmp_path / "redis-values.yaml"
+    example.write_text(doc_block("redis-sentinel-example"))
+    m = render(CHART / "ci" / "minimal-values.yaml", example, sets=["redis.host="])
+    redis = settings_from_mapping(m.broker_config).redis
+    assert redis is not None
+    assert (redis.mode, redis.master_name, redis.db, redis.wait_replicas) == (
+        "sentinel",
+        "jit",
+        1,
+        1,
+    )
+    assert redis.password_file == "/etc/jit/secrets/redis/password"
+    assert redis.sentinel_password_file == "/etc/jit/secrets/redis-sentinel/password"
+    assert len(redis.sentinels or []) == 3

@@ -1,8 +1,9 @@
 {{/*
 The broker's config file (broker/config.py), built key by key: only keys the broker knows are
 rendered (it refuses unknown ones). values.schema.json already refused any other key under
-.Values.config; here the chart adds what it owns: host, port, redis_url, policy_dir and every
-*_file key, pointing at the mounts of templates/deployment.yaml.
+.Values.config; here the chart adds what it owns: host, port, redis (from .Values.redis),
+shutdown (from .Values.drain), policy_dir and every *_file key, pointing at the mounts of
+templates/deployment.yaml.
 */}}
 {{- define "jit-broker.brokerConfig" -}}
 {{- $v := .Values -}}
@@ -14,7 +15,7 @@ rendered (it refuses unknown ones). values.schema.json already refused any other
   "key_prefix" $c.key_prefix
   "host" "0.0.0.0"
   "port" (int $v.containerPort)
-  "redis_url" (include "jit-broker.redisURL" (dict "ctx" .))
+  "redis" (include "jit-broker.redisConfig" . | fromYaml)
   "policy_dir" $p.policies
 -}}
 {{- with $c.identity }}{{ $_ := set $out "identity" . }}{{ end -}}
@@ -84,6 +85,8 @@ rendered (it refuses unknown ones). values.schema.json already refused any other
 {{- if include "jit-broker.metricsSecret" . -}}
 {{- $_ := set $out "metrics" (dict "token_file" (printf "%s/token" $p.metrics)) -}}
 {{- end -}}
+{{- $drain := include "jit-broker.drain" . | fromYaml -}}
+{{- $_ := set $out "shutdown" (dict "drain_delay" (printf "%ds" (int $drain.delay)) "drain_timeout" (printf "%ds" (int $drain.timeout))) -}}
 {{- with $c.logging }}{{ $_ := set $out "logging" . }}{{ end -}}
 {{- toYaml $out -}}
 {{- end }}
