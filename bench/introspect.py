@@ -117,6 +117,7 @@ def main() -> None:
     p.add_argument("--conns", type=int, default=32)
     p.add_argument("--port", type=int, default=19020, help="redis; the broker gets +1, the IdP +2")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--profile-raw", type=Path, help="keep py-spy's raw stacks in this file")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -173,6 +174,8 @@ def main() -> None:
             )
             if args.profile:
                 profile(proc.pid, port, script, env, here)
+                if args.profile_raw is not None:
+                    shutil.copy(here / "profile.txt", args.profile_raw)
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
                 after = http.post("/oauth/introspect", headers=auth, data={"token": cred})
             if after.json().get("active") is not True:  # a revoked credential is not measured
