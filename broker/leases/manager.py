@@ -276,9 +276,9 @@ class LeaseManager:
             actors=actors,
         )
         try:
-            credential = await asyncio.wait_for(
-                issuer.mint(request), s.issuer_timeout.total_seconds()
-            )
+            # asyncio.timeout, not wait_for: the mint runs in this task, not a task of its own
+            async with asyncio.timeout(s.issuer_timeout.total_seconds()):
+                credential = await issuer.mint(request)
             _check_credential(credential, not_after)
         except Exception as exc:
             self._backend_failed(scope.issuer, exc)
