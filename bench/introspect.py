@@ -1,6 +1,7 @@
 """Introspection throughput of one ``jit serve`` process (issue 14 goal 6), driven by wrk.
 
     .venv/bin/python bench/introspect.py [--duration 15] [--reps 3] [--conns 32] [--port 19020]
+                                         [--client] [--profile [--profile-raw FILE]]
 
 The same harness style as ``../shared/peer-bench`` (``INTROSPECT=1``): its own empty
 ``redis-server`` on 127.0.0.1:``--port``, a loopback RS256 identity issuer, ``jit serve`` (a
@@ -12,14 +13,18 @@ token, and prints the median rps, p50 and p99 (target: ≥ 3,000/s). Every intro
 known token is an audited, governed use (``lease.used`` and ``lease.introspected`` records, the
 use counted against the grant's ``max_uses_per_minute``, set very high here so that the one
 credential stays active; the bench checks it still is at the end).
-``--profile`` records one more run under py-spy (``pip install py-spy``) and prints the top
-functions.
+``--client`` introspects as a configured OAuth client (``client_secret_basic``) instead of
+as a workload with ``introspect`` in its policy. ``--profile`` records one more run under
+py-spy (``pip install py-spy``) and prints the top functions; ``--profile-raw`` keeps the
+stacks. The CPU time of the served process per introspection is printed for every run.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -36,9 +41,9 @@ from bench._common import private_redis  # noqa: E402
 from bench._serve import LoopbackIdP, serve, stop, wait_ready, write_config  # noqa: E402
 
 LUA = r"""
-local tok, cred = os.getenv("JIT_TOKEN"), os.getenv("CRED")
+local auth, cred = os.getenv("AUTH"), os.getenv("CRED")
 wrk.method = "POST"; wrk.path = "/oauth/introspect"
-wrk.headers["Authorization"] = "Bearer " .. tok
+wrk.headers["Authorization"] = auth
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 wrk.body = "token=" .. cred
 function done(summary, latency, requests)
@@ -116,6 +121,11 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--conns", type=int, default=32)
     p.add_argument("--port", type=int, default=19020, help="redis; the broker gets +1, the IdP +2")
+    p.add_argument(
+        "--client",
+        action="store_true",
+        help="introspect as a configured OAuth client (client_secret_basic), not a workload",
+    )
     p.add_argument("--profile", action="store_true")
     p.add_argument("--profile-raw", type=Path, help="keep py-spy's raw stacks in this file")
     args = p.parse_args()
@@ -125,7 +135,13 @@ def main() -> None:
     with private_redis(args.port) as url, tempfile.TemporaryDirectory(prefix="jit-bench-") as tmp:
         here = Path(tmp)
         idp = LoopbackIdP(args.port + 2)
-        config = write_config(here / "conf", port=port, redis_url=url, idp_url=idp.url)
+        secret = secrets.token_urlsafe(32)
+        (here / "client.secret").write_text(secret)
+        (here / "client.secret").chmod(0o600)
+        clients = f"clients: [{{client_id: bench-rs, secret_file: {here / 'client.secret'}}}]\n"
+        config = write_config(
+            here / "conf", port=port, redis_url=url, idp_url=idp.url, extra=clients
+        )
         proc = serve(config, here / "serve.log")
         try:
             wait_ready(port, proc)
@@ -146,7 +162,12 @@ def main() -> None:
                     raise SystemExit(f"introspect: {check.status_code} {check.text}")
             script = here / "introspect.lua"
             script.write_text(LUA)
-            env = {**os.environ, "JIT_TOKEN": token, "CRED": cred}
+            if args.client:  # RFC 7662 §2.1: the resource server authenticates as a client
+                basic = base64.b64encode(f"bench-rs:{secret}".encode()).decode()
+                caller = f"Basic {basic}"
+            else:
+                caller = f"Bearer {token}"
+            env = {**os.environ, "AUTH": caller, "CRED": cred}
             wrk(port, script, args.warmup, args.conns, env)
             runs = []
             for r in range(args.reps):
