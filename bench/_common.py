@@ -71,8 +71,8 @@ def used_memory(client: redis.Redis) -> int:
 
 
 class JwtShapedIssuer(FakeIssuer):
-    """The in-memory fake issuer, returning a handle shaped like the JWT issuer's
-    (``{"kid": RFC 7638 thumbprint}``) so the stored lease has its real size.
+    """The in-memory fake issuer, returning what the JWT issuer returns (an empty handle, the
+    signing key's RFC 7638 thumbprint as metadata) so the stored lease has its real size.
     It keeps nothing per credential (the fake's credential table would cost the bench's own
     memory, not Redis')."""
 
@@ -82,7 +82,8 @@ class JwtShapedIssuer(FakeIssuer):
         return Credential(
             secret=Secret(secrets.token_urlsafe(24)),
             expires_at=request.not_after,
-            handle={"kid": self.KID},
+            handle={},
+            metadata={"kid": self.KID},
         )
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "QuotaSettings",
     "ReaperSettings",
     "Settings",
+    "ShutdownSettings",
     "SlackSettings",
     "SsfReceiverSettings",
     "SsfSettings",
@@ -142,6 +143,15 @@ class LimitsSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=T
     max_task_ttl: timedelta = timedelta(hours=24)  # the longest life a task may declare
 
 
+class ShutdownSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How a replica stops on SIGTERM (docs/deploy.md "Several replicas and draining"): /readyz
+    answers 503 at once; it keeps serving for ``drain_delay``, then stops accepting and gives
+    requests in flight up to ``drain_timeout`` to finish."""
+
+    drain_delay: timedelta = timedelta(0)  # the chart's preStop sleep usually does this job
+    drain_timeout: timedelta = timedelta(seconds=65)  # > approvals.max_wait (60 s long-polls)
+
+
 class WebhookSinkSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """An HTTP endpoint that receives audit records in batches (JSON array), retried until it
     answers 2xx; the Redis stream is the buffer, so nothing is dropped during an outage."""
@@ -219,6 +229,7 @@ class Settings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     clients: list[ClientSettings] = msgspec.field(default_factory=list)
     reaper: ReaperSettings = msgspec.field(default_factory=ReaperSettings)
     limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
+    shutdown: ShutdownSettings = msgspec.field(default_factory=ShutdownSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     approvals: ApprovalSettings = msgspec.field(default_factory=ApprovalSettings)
     ssf: SsfSettings = msgspec.field(default_factory=SsfSettings)
@@ -306,6 +317,18 @@ def _check(s: Settings, source: str) -> None:
                 )
     if s.limits.max_body_bytes < 1024:
         raise ConfigError(f"{source}: limits.max_body_bytes must be at least 1024")
+    try:
+        decoding.check_duration(
+            "shutdown.drain_delay", s.shutdown.drain_delay, at_most=timedelta(minutes=10)
+        )
+        decoding.check_duration(
+            "shutdown.drain_timeout",
+            s.shutdown.drain_timeout,
+            at_least=timedelta(seconds=1),
+            at_most=timedelta(minutes=30),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def load_settings(path: str | Path, env: dict[str, str] | None = None) -> Settings:

@@ -100,8 +100,25 @@ echo "== ruff"
 echo "== mypy (strict on broker/ and issuers/)"
 .venv/bin/mypy
 if [ "${JIT_COVERAGE:-0}" != "1" ]; then
+  # Two steps: the suite, then the fault suite (-m faults: replicas killed, Redis restarted,
+  # backends refused and frozen; docs/testing.md). Both always run; the script fails with the
+  # first failing step's status. Exit 5 (nothing collected, e.g. under -k) is not a failure.
+  status=0
+  step() {
+    local code=0
+    .venv/bin/python -m pytest -q -p no:cacheprovider "$@" || code=$?
+    if [ "$code" -ne 0 ] && [ "$code" -ne 5 ] && [ "$status" -eq 0 ]; then status=$code; fi
+  }
   echo "== pytest (JIT_COVERAGE=1 for branch coverage, subprocesses included)"
-  exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+  case " $* " in
+    *" -m "*) step "$@" ;;   # the caller chose the markers: one run
+    *)
+      step -m "not faults" "$@"
+      echo "== pytest: the fault suite (-m faults)"
+      step -m faults "$@"
+      ;;
+  esac
+  exit "$status"
 fi
 # Branch coverage of broker/ and issuers/, the `jit dev` / `jit serve` subprocesses included
 # ([tool.coverage] in pyproject.toml; docs/testing.md). Opt-in: on Python 3.11 coverage.py's

@@ -12,8 +12,10 @@ import shutil
 import signal
 import socket
 import sys
+import time
 from importlib.resources import files
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -52,8 +54,12 @@ async def _serve(
         lifespan="on",
         access_log=False,
         log_config=None,  # uvicorn's loggers go through our handler (JSON under jit serve)
+        # Requests in flight when the server stops accepting get this long (shutdown:).
+        timeout_graceful_shutdown=max(
+            1, round(broker.settings.shutdown.drain_timeout.total_seconds())
+        ),
     )
-    server = uvicorn.Server(config)
+    server = _DrainingServer(config, broker)
     if on_ready is not None:
 
         async def announce() -> None:
@@ -82,6 +88,45 @@ def _settle_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 50, 100)
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server with the broker's drain (docs/deploy.md, ADR 0051). The first SIGTERM
+    (or SIGINT) makes /readyz answer 503 at once; the replica keeps serving for
+    ``shutdown.drain_delay`` (while load balancers notice), then stops accepting and gives
+    requests in flight ``shutdown.drain_timeout`` to finish (approval long-polls answer at
+    once); then the lifespan stops the background work (the reaper gives back its claims).
+    A second signal skips what is left of the delay; a SIGINT once the server stops accepting
+    (as in uvicorn) exits without waiting for requests in flight."""
+
+    def __init__(self, config: uvicorn.Config, broker: Broker) -> None:
+        super().__init__(config)
+        self.broker = broker
+        self.drain_delay = broker.settings.shutdown.drain_delay.total_seconds()
+        self._stop_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._stop_at is None and not self.should_exit:
+            self._captured_signals.append(sig)  # re-raised by uvicorn once it has stopped
+            self.broker.drain()
+            self._stop_at = time.monotonic() + self.drain_delay
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        stop_at = self._stop_at
+        if stop_at is not None and not self.should_exit and time.monotonic() >= stop_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._stop_at is not None:
+            log.info(
+                "draining: stopped accepting; up to %ss for requests in flight",
+                self.config.timeout_graceful_shutdown,
+            )
+        self.broker.stop_accepting()
+        await super().shutdown(sockets)
 
 
 def _drained(signum: int, frame: object) -> None:

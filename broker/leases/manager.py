@@ -108,6 +108,12 @@ class IssuerSlots:
         self.defer_ms = int(defer.total_seconds() * 1000)
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._held: Counter[str] = Counter()
+        self._queued: set[asyncio.Task[Any]] = set()
+
+    def queued(self, task: asyncio.Task[Any]) -> bool:
+        """``task`` waits for a slot: it has not begun its revocation (a draining reaper gives
+        its claim back at once rather than wait for its turn)."""
+        return task in self._queued
 
     @contextlib.asynccontextmanager
     async def enter(
@@ -124,12 +130,19 @@ class IssuerSlots:
             return
         queued = slot.locked()
         self._held[issuer] += 1
+        me = asyncio.current_task()
+        if queued and me is not None:
+            self._queued.add(me)
         try:
             async with slot:
+                if me is not None:
+                    self._queued.discard(me)
                 # It fell ill while this lease queued: do not add one more call to a backend
                 # that is timing out (the lease is retried after ``defer``).
                 yield not (queued and degraded())
         finally:
+            if me is not None:
+                self._queued.discard(me)
             self._held[issuer] -= 1
 
 
@@ -305,6 +318,9 @@ class LeaseManager:
                 "actions": list(scope.actions),
                 "not_after": not_after.isoformat(),
                 "ttl_seconds": int(ttl.total_seconds()),
+                # what the issuer says it made (no secret, by contract): the record answers
+                # "which credentials did signing key K / role R / certificate serial S come from"
+                **{f"metadata.{k}": str(v) for k, v in credential.metadata.items()},
             },
             **common,
         )

@@ -10,8 +10,12 @@ that finds no free slot goes back on the due index for a moment instead of queue
 hung backend delays no other issuer's revocations (see :class:`IssuerSlots`). Between
 rounds it sleeps until the next due entry or ``poll_interval``, whichever is sooner.
 
-Start-up costs nothing: no lease is loaded. On stop it lets in-flight revocations finish (they
-are bounded by ``issuer_timeout``) and leaves nothing claimed that it did not start.
+Start-up costs nothing: no lease is loaded. On stop (the replica drains, ADR 0051) it gives
+back at once the claims it has not begun to work on (revocations queued for their issuer's
+slot), lets the revocations in flight finish (each bounded by ``issuer_timeout``), and gives
+back whatever it had to cancel: their due entries are due now again and its revocation locks
+dropped (:meth:`LeaseStore.release`), so another replica takes them at once instead of after
+the visibility timeout.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class Reaper:
             window=self.max_in_flight,
         )
         self._inflight: dict[str, asyncio.Task[str | None]] = {}
+        self._claims: dict[str, int] = {}  # lease id -> the due score our latest claim set
         self._wake = asyncio.Event()
         self._refreshed = 0.0  # monotonic time of the last full index refresh
 
@@ -66,9 +71,11 @@ class Reaper:
     async def _claim(self, limit: int) -> list[str]:
         s = self.settings
         now = self.clock.now()
-        return await self.manager.store.claim_due(
-            now_ms=to_ms(now), until_ms=to_ms(now + s.visibility_timeout), limit=limit
-        )
+        until_ms = to_ms(now + s.visibility_timeout)
+        ids = await self.manager.store.claim_due(now_ms=to_ms(now), until_ms=until_ms, limit=limit)
+        for lease_id in ids:
+            self._claims[lease_id] = until_ms
+        return ids
 
     async def _reap(self, lease_id: str) -> str | None:
         try:
@@ -85,6 +92,7 @@ class Reaper:
 
         def done(_: asyncio.Task[str | None]) -> None:
             self._inflight.pop(lease_id, None)
+            self._claims.pop(lease_id, None)
             self._wake.set()
 
         task.add_done_callback(done)
@@ -131,18 +139,38 @@ class Reaper:
             await self._drain()
 
     async def _drain(self) -> None:
-        """Let in-flight revocations finish (each is bounded by issuer_timeout); what does not
-        finish in time is cancelled and becomes due again after the visibility timeout."""
-        tasks = list(self._inflight.values())
-        if not tasks:
+        """Give back at once the claims not yet worked on (queued for a slot), let the
+        revocations in flight finish (each is bounded by issuer_timeout), then cancel what is
+        left and give it back too. Runs to the end even if the drain itself is cancelled."""
+        if not self._inflight:
             return
-        timeout = self.settings.issuer_timeout.total_seconds() + 1
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
+        try:
+            await self._give_back([i for i, t in self._inflight.items() if self.slots.queued(t)])
+            tasks = list(self._inflight.values())
+            if tasks:
+                await asyncio.wait(tasks, timeout=self.settings.issuer_timeout.total_seconds() + 1)
+        finally:
+            await self._give_back(list(self._inflight))
+
+    async def _give_back(self, lease_ids: list[str]) -> None:
+        """Cancel these leases' tasks and release their claims (LeaseStore.release)."""
+        claims = {i: self._claims[i] for i in lease_ids if i in self._claims}
+        tasks = [self._inflight[i] for i in lease_ids if i in self._inflight]
+        for task in tasks:
             task.cancel()
-        for task in pending:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if not claims:
+            return
+        try:
+            released = await self.manager.store.release(
+                claims, to_ms(self.clock.now()), me=self.manager.replica_id
+            )
+        except (RedisError, OSError) as exc:  # they fall due after the visibility timeout
+            log.warning("reaper: could not release %d claims (%s)", len(claims), type(exc).__name__)
+            return
+        log.info("reaper: released %d of %d claims to the other replicas", released, len(claims))
 
 
 async def _first(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:

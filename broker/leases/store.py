@@ -272,6 +272,35 @@ if redis.call('HINCRBY', KEYS[1], 'n', -1) <= 0 then redis.call('PEXPIRE', KEYS[
 return 1
 """)
 
+# KEYS: due shard. ARGV: now_ms, claim_ms, id, id, ...
+# Give back claims this replica will not work on (it drains): each lease still due at exactly
+# the score our claim gave it is due now, so another replica takes it at once; one whose score
+# moved (rescheduled, revoked, claimed again after the visibility timeout) is left alone.
+# Returns how many were given back.
+_UNCLAIM = Script("""
+local n = 0
+for i = 3, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) == tonumber(ARGV[2]) then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+""")
+
+# KEYS: task. ARGV: me, suffix, suffix, ... — drop this replica's revocation locks on these
+# leases (a revocation it began and will not finish); another replica's lock stays.
+_UNLOCK = Script("""
+for i = 2, #ARGV do
+  local s = ARGV[i]
+  if redis.call('HGET', KEYS[1], s .. 'l') == ARGV[1] then
+    redis.call('HDEL', KEYS[1], s .. 'l', s .. 'u')
+  end
+end
+return 1
+""")
+
 SCRIPTS = (
     _CREATE,
     _ACTIVATE,
@@ -283,6 +312,8 @@ SCRIPTS = (
     _CLEAR,
     _RESERVE,
     _DISCARD,
+    _UNCLAIM,
+    _UNLOCK,
 )
 _MINUTE_MS = 60_000
 
@@ -584,6 +615,33 @@ class LeaseStore:
         if opt_text(owner_raw) != owner or deadline is None:
             return None
         return int(text(deadline))
+
+    async def release(self, claims: Mapping[str, int], now_ms: int, *, me: str) -> int:
+        """Give back claimed leases this replica will not work on (``claims``: lease id → the
+        due score its claim set), in one round trip: a lease whose due entry still holds that
+        score is due at ``now_ms`` again (the shard index learns it), and ``me``'s revocation
+        lock on it, if it took one, is dropped — so another replica revokes it at once instead
+        of after the visibility timeout. Scripts by slot: one per due shard, one per task.
+        Returns how many due entries were given back."""
+        by_shard: dict[tuple[int, int], list[str]] = {}
+        by_task: dict[str, list[str]] = {}
+        for lease_id, claim_ms in claims.items():
+            tkey, suffix = split_lease_id(lease_id)
+            by_shard.setdefault((self.keys.shard_of(lease_id), claim_ms), []).append(lease_id)
+            by_task.setdefault(tkey, []).append(suffix)
+        if not claims:
+            return 0
+        shards = [
+            _UNCLAIM.op([self.keys.due_shard(n)], [now_ms, claim_ms, *ids])
+            for (n, claim_ms), ids in by_shard.items()
+        ]
+        ops = [
+            *shards,
+            *(Op(command=("ZADD", self.keys.due, "LT", now_ms, n)) for n, _ in by_shard),
+            *(_UNLOCK.op([self.keys.task(t)], [me, *sfx]) for t, sfx in by_task.items()),
+        ]
+        results = await run(self.redis, ops)
+        return sum(int(r) for r in results[: len(shards)])
 
     async def schedule(self, lease_id: str, at_ms: int) -> None:
         await self._send(self.due_ops(lease_id, at_ms))

@@ -47,6 +47,9 @@ class ApprovalDesk:
         self.clock = clock
         self.max_wait = max_wait
         self.slack = slack
+        # Set when the replica stops accepting requests (it drains): a long-poll answers with
+        # what it has now, and the client's next poll reaches another replica.
+        self.closing = False
 
     async def list(self, principal: Principal | None, person: str | None) -> list[ApprovalView]:
         """Pending requests: a workload's own, or those an approver may decide."""
@@ -73,7 +76,7 @@ class ApprovalDesk:
         view = await self.approvals.get_for(approval_id, owner=owner, person=person)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        while view.state is ApprovalState.PENDING and loop.time() < deadline:
+        while view.state is ApprovalState.PENDING and loop.time() < deadline and not self.closing:
             await asyncio.sleep(min(_POLL, max(0.0, deadline - loop.time())))
             view = await self.approvals.get(approval_id)
         if principal is not None and view.owner == principal.id:

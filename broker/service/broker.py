@@ -86,6 +86,8 @@ class Broker:
     ssf: SsfTransmitter | None = None
     dev_identity: DevIdentityIssuer | None = None
     metrics_token: Secret | None = None  # None: /metrics is open in dev, off otherwise
+    # SIGTERM was received: /readyz answers 503 while the replica still serves (ADR 0051).
+    draining: bool = False
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -111,7 +113,19 @@ class Broker:
             checks["redis"] = f"unavailable: {exc.__class__.__name__}"
         checks.update(self.health.report())
         checks["state"] = "lost: run `jit state accept`" if self.guard.lost else "ok"
-        return checks["redis"] == "ok" and not self.guard.lost, checks
+        if self.draining:
+            checks["shutdown"] = "draining"
+        return checks["redis"] == "ok" and not self.guard.lost and not self.draining, checks
+
+    def drain(self) -> None:
+        """Readiness goes false at once (a load balancer stops sending new requests); the
+        replica keeps serving. Safe to call from a signal handler."""
+        self.draining = True
+
+    def stop_accepting(self) -> None:
+        """The server stops taking connections: approval long-polls answer what they have."""
+        self.draining = True
+        self.desk.closing = True
 
     async def start(self) -> None:
         """Start the background components (idempotent)."""

@@ -6,6 +6,7 @@ Nothing here grows with the number of leases: no lease is loaded at start-up.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -263,7 +264,11 @@ async def build_broker(
         guard=guard,
         reconciler=reconciler,
         idempotency=Idempotency(redis, settings.key_prefix, audit.derive_key(PURPOSE), clock),
-        supervisor=Supervisor(components),
+        # Room for the reaper's drain: revocations in flight finish (issuer_timeout) and
+        # what it cancels is given back to the other replicas (ADR 0051).
+        supervisor=Supervisor(
+            components, stop_timeout=settings.reaper.issuer_timeout + timedelta(seconds=5)
+        ),
         ssf=ssf,
         dev_identity=dev_identity,
         metrics_token=_read_token(settings.metrics.token_file, "metrics.token_file"),

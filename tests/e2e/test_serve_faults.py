@@ -22,7 +22,7 @@ import redis
 from tests.e2e.conftest import JIT, free_port
 from tests.e2e.serve_support import IdP, write_config
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 REDIS_POLICY = """
 owner: platform

@@ -9,6 +9,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -206,3 +207,67 @@ def test_a_bad_worker_count_is_refused_before_anything_starts(value: str) -> Non
     )
     assert done.returncode == 2
     assert re.search(r"--workers", done.stderr)
+
+
+APPROVAL_POLICY = """
+owner: platform
+workloads:
+  - issuer: ci
+    claims:
+      sub: {glob: "repo:acme/*"}
+grants:
+  - name: deploy-admin
+    issuer: jwt
+    resource: https://orders.internal
+    actions: [admin]
+    max_ttl: 30m
+    approval:
+      approvers: [alice]
+"""
+
+
+def test_sigterm_drains_every_worker(tmp_path: Path, idp: IdP) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = write_config(
+        tmp_path,
+        idp,
+        port,
+        "jit-e2e-workers-" + secrets.token_hex(4),
+        approvals={"people": {"alice": {"identities": ["ci:human-alice"]}}},
+        shutdown={"drain_delay": "1s"},
+    )
+    (tmp_path / "policies" / "platform.yaml").write_text(APPROVAL_POLICY)
+    token = idp.token("repo:acme/api")
+    with serving(config, port, 2) as proc:
+        asked = httpx.post(
+            f"{url}/v1/credentials",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"issuer": "jwt", "resource": "https://orders.internal", "actions": ["admin"]},
+            timeout=10,
+        )
+        assert asked.status_code == 202, asked.text
+        approval = asked.json()["approval_id"]
+        polled: dict[str, httpx.Response] = {}
+
+        def long_poll() -> None:
+            polled["r"] = httpx.get(
+                f"{url}/v1/approvals/{approval}?wait=60",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=90,
+            )
+
+        poller = threading.Thread(target=long_poll)
+        poller.start()
+        time.sleep(0.5)  # the long-poll is in flight at one of the workers
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while httpx.get(f"{url}/readyz", timeout=5).status_code != 503:
+            assert time.monotonic() < deadline, "readiness did not go false"
+            time.sleep(0.02)
+        assert proc.wait(timeout=60) == 0, (config.parent / "serve.log").read_text()[-3000:]
+        poller.join(timeout=30)
+    # The long-poll was answered with what it had, not cut off by the stop.
+    assert polled["r"].status_code == 200, polled["r"].text
+    assert polled["r"].json()["state"] == "pending"
+    assert "Cancel" not in (config.parent / "serve.log").read_text()

@@ -20,7 +20,7 @@ from broker.testing import FakeClock, FakeIssuer
 from broker.types import LeaseState, Scope, Task
 from tests.leasekit import ALICE, SETTINGS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 FAST = msgspec.structs.replace(
     SETTINGS,

@@ -18,7 +18,7 @@ from broker.types import LeaseState, Task
 from tests.integration.conftest import Api, request_body
 from tests.leasekit import ALICE, SCOPE, SETTINGS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 
 async def test_a_lost_epoch_stops_the_replica_until_an_operator_accepts(api: Api) -> None:

@@ -199,7 +199,7 @@ async def test_every_claim_is_present_and_exact(issuer: JWTIssuer, clock: FakeCl
     }
     assert exp - iat == 600
     kid = issuer.ring.signing.kid
-    assert credential.handle == {"kid": kid}
+    assert credential.handle == {}
     assert credential.metadata == {"kid": kid}
     assert credential.token_type == "Bearer"
     assert credential.expires_at == datetime.fromtimestamp(exp, UTC)
@@ -354,13 +354,13 @@ async def test_rotation_signs_with_the_new_key_while_old_tokens_still_verify(
 
     info_b = generate_key(keys_dir, "EdDSA", clock.now())  # `jit keys rotate` on a live broker
     still_a = await issuer.mint(request(clock))
-    assert still_a.handle["kid"] == key_a  # the directory is looked at most once a second
+    assert still_a.metadata["kid"] == key_a  # the directory is looked at most once a second
 
     clock.advance(RELOAD_INTERVAL)
     req_b = request(clock, ttl=3600)
     credential_b = await issuer.mint(req_b)
     token_b = credential_b.secret.reveal()
-    assert credential_b.handle["kid"] == info_b.kid
+    assert credential_b.metadata["kid"] == info_b.kid
     assert pyjwt.get_unverified_header(token_b)["kid"] == info_b.kid
 
     assert issuer.identify(token_a, clock.now()) == req_a.lease_id
@@ -394,7 +394,7 @@ async def test_a_directory_broken_at_runtime_fails_health_but_keeps_signing(
     with pytest.raises(IssuerUnavailable, match=r"misplaced\.pem"):
         await issuer.check_health()
     credential = await issuer.mint(request(clock))
-    assert credential.handle["kid"] == kid
+    assert credential.metadata["kid"] == kid
     (keys_dir / "misplaced.pem").unlink()
     clock.advance(RELOAD_INTERVAL)
     await issuer.check_health()

@@ -94,7 +94,8 @@ async def test_a_bound_request_gets_a_token_with_cnf_jkt_and_token_type_dpop(
     assert claims["scope"] == "read write"
     assert pyjwt.get_unverified_header(cred.secret.reveal())["typ"] == "at+jwt"
     assert issuer.identify(cred.secret.reveal(), clock.now()) == req.lease_id
-    assert cred.handle == {"kid": issuer.ring.signing.kid}
+    assert cred.handle == {}
+    assert cred.metadata == {"kid": issuer.ring.signing.kid}
 
 
 async def test_an_unbound_request_is_unchanged(issuer: JWTIssuer, clock: FakeClock) -> None:

@@ -38,6 +38,8 @@ async def test_issue_writes_an_active_lease_with_the_handle_and_a_due_entry(kit:
     [minted] = kit.events("lease.minted")
     assert minted.lease_id == lease.id
     assert minted.detail["ttl_seconds"] == 120
+    assert cred.metadata == {"name": f"fake_{lease.id}"}
+    assert minted.detail["metadata.name"] == f"fake_{lease.id}"
 
 
 async def test_the_lease_exists_in_state_minting_before_the_issuer_is_called(kit: Kit) -> None:
