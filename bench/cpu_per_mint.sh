@@ -5,7 +5,7 @@
 # the figure to compare when changing the mint path.  Usage: bash bench/cpu_per_mint.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"; cd "$ROOT"
-P_IDP=39522; P_JIT=39523; P_REDIS=39524
+P_IDP=${P_IDP:-39522}; P_JIT=${P_JIT:-39523}; P_REDIS=${P_REDIS:-39524}
 OUT=$(mktemp -d)
 redis-server --port $P_REDIS --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --logfile $OUT/redis.log
 .venv/bin/python bench/support/idp.py $P_IDP $OUT/id-token & IDP=$!

@@ -1,6 +1,7 @@
 """Introspection throughput of one ``jit serve`` process (issue 14 goal 6), driven by wrk.
 
     .venv/bin/python bench/introspect.py [--duration 15] [--reps 3] [--conns 32] [--port 19020]
+                                         [--client] [--profile [--profile-raw FILE]]
 
 The same harness style as ``../shared/peer-bench`` (``INTROSPECT=1``): its own empty
 ``redis-server`` on 127.0.0.1:``--port``, a loopback RS256 identity issuer, ``jit serve`` (a
@@ -12,14 +13,18 @@ token, and prints the median rps, p50 and p99 (target: ≥ 3,000/s). Every intro
 known token is an audited, governed use (``lease.used`` and ``lease.introspected`` records, the
 use counted against the grant's ``max_uses_per_minute``, set very high here so that the one
 credential stays active; the bench checks it still is at the end).
-``--profile`` records one more run under py-spy (``pip install py-spy``) and prints the top
-functions.
+``--client`` introspects as a configured OAuth client (``client_secret_basic``) instead of
+as a workload with ``introspect`` in its policy. ``--profile`` records one more run under
+py-spy (``pip install py-spy``) and prints the top functions; ``--profile-raw`` keeps the
+stacks. The CPU time of the served process per introspection is printed for every run.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -36,9 +41,9 @@ from bench._common import private_redis  # noqa: E402
 from bench._serve import LoopbackIdP, serve, stop, wait_ready, write_config  # noqa: E402
 
 LUA = r"""
-local tok, cred = os.getenv("JIT_TOKEN"), os.getenv("CRED")
+local auth, cred = os.getenv("AUTH"), os.getenv("CRED")
 wrk.method = "POST"; wrk.path = "/oauth/introspect"
-wrk.headers["Authorization"] = "Bearer " .. tok
+wrk.headers["Authorization"] = auth
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 wrk.body = "token=" .. cred
 function done(summary, latency, requests)
@@ -62,6 +67,12 @@ def wrk(
     ).stdout  # fmt: skip
     line = next(x for x in out.splitlines() if x.startswith("WRKRESULT"))
     return {k: float(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` (Linux /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def profile(pid: int, port: int, script: Path, env: dict[str, str], where: Path) -> None:
@@ -110,7 +121,13 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--conns", type=int, default=32)
     p.add_argument("--port", type=int, default=19020, help="redis; the broker gets +1, the IdP +2")
+    p.add_argument(
+        "--client",
+        action="store_true",
+        help="introspect as a configured OAuth client (client_secret_basic), not a workload",
+    )
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--profile-raw", type=Path, help="keep py-spy's raw stacks in this file")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -118,7 +135,13 @@ def main() -> None:
     with private_redis(args.port) as url, tempfile.TemporaryDirectory(prefix="jit-bench-") as tmp:
         here = Path(tmp)
         idp = LoopbackIdP(args.port + 2)
-        config = write_config(here / "conf", port=port, redis_url=url, idp_url=idp.url)
+        secret = secrets.token_urlsafe(32)
+        (here / "client.secret").write_text(secret)
+        (here / "client.secret").chmod(0o600)
+        clients = f"clients: [{{client_id: bench-rs, secret_file: {here / 'client.secret'}}}]\n"
+        config = write_config(
+            here / "conf", port=port, redis_url=url, idp_url=idp.url, extra=clients
+        )
         proc = serve(config, here / "serve.log")
         try:
             wait_ready(port, proc)
@@ -139,26 +162,41 @@ def main() -> None:
                     raise SystemExit(f"introspect: {check.status_code} {check.text}")
             script = here / "introspect.lua"
             script.write_text(LUA)
-            env = {**os.environ, "JIT_TOKEN": token, "CRED": cred}
+            if args.client:  # RFC 7662 §2.1: the resource server authenticates as a client
+                basic = base64.b64encode(f"bench-rs:{secret}".encode()).decode()
+                caller = f"Basic {basic}"
+            else:
+                caller = f"Bearer {token}"
+            env = {**os.environ, "AUTH": caller, "CRED": cred}
             wrk(port, script, args.warmup, args.conns, env)
             runs = []
             for r in range(args.reps):
+                cpu0 = cpu_seconds(proc.pid)
                 runs.append(wrk(port, script, args.duration, args.conns, env))
                 x = runs[-1]
+                # CPU time of the server per request: noise on a shared machine moves it least.
+                x["cpu_ms"] = (cpu_seconds(proc.pid) - cpu0) * 1000 / max(x["requests"], 1)
                 print(
-                    f"  rep {r + 1}: {x['rps']:,.0f}/s  p50 {x['p50_ms']:.1f} ms  "
+                    f"  rep {r + 1}: {x['rps']:,.0f}/s  CPU {x['cpu_ms']:.3f} ms/request  "
+                    f"p50 {x['p50_ms']:.1f} ms  "
                     f"p99 {x['p99_ms']:.1f} ms  non-2xx {x['non2xx']:.0f}  "
                     f"errors {x['errors']:.0f}",
                     flush=True,
                 )
-            med = {k: statistics.median(x[k] for x in runs) for k in ("rps", "p50_ms", "p99_ms")}
+            keys = ("rps", "cpu_ms", "p50_ms", "p99_ms")
+            med = {k: statistics.median(x[k] for x in runs) for k in keys}
+            lo, hi = min(x["cpu_ms"] for x in runs), max(x["cpu_ms"] for x in runs)
             print(
                 f"\nPOST /oauth/introspect, {args.conns} connections, median of {args.reps} x "
-                f"{args.duration}: {med['rps']:,.0f}/s  p50 {med['p50_ms']:.1f} ms  "
+                f"{args.duration}: {med['rps']:,.0f}/s  CPU {med['cpu_ms']:.3f} ms/request "
+                f"(spread {lo:.3f}-{hi:.3f})  "
+                f"p50 {med['p50_ms']:.1f} ms  "
                 f"p99 {med['p99_ms']:.1f} ms  (target ≥ 3,000/s)"
             )
             if args.profile:
                 profile(proc.pid, port, script, env, here)
+                if args.profile_raw is not None:
+                    shutil.copy(here / "profile.txt", args.profile_raw)
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
                 after = http.post("/oauth/introspect", headers=auth, data={"token": cred})
             if after.json().get("active") is not True:  # a revoked credential is not measured

@@ -18,24 +18,34 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 
-from broker.audit import AuditLog
+from broker.audit import AuditEvent, AuditLog
 from broker.clock import Clock
 from broker.errors import NotFound
 from broker.leases import LeaseManager
 from broker.leases.keys import task_key_of
 from broker.policy.compile import DEFAULT_GOVERNANCE, GovernanceRule, PolicySet
+from broker.state.scripts import Op, Script
 from broker.types import Lease, LeaseState
 
 __all__ = ["Governance", "Violation"]
 
 log = logging.getLogger("jit.governance")
+
+# KEYS: the use counter of one lease and minute; ARGV: its lifetime (ms). -> the count so far.
+_COUNT = Script(
+    """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+)
 
 
 class Violation(msgspec.Struct, frozen=True):
@@ -64,19 +74,39 @@ class Governance:
         grant = self.policy().grant(lease.grant) if lease.grant else None
         return grant.governance if grant is not None else DEFAULT_GOVERNANCE
 
-    async def record_use(
+    def count_op(self, lease_id: str, now: datetime) -> Op:
+        """Count one use of the lease in this minute (a key in the task's hash slot, kept two
+        minutes); the op's result is the count so far."""
+        minute = int(now.timestamp() // 60)
+        key = f"{self.prefix}:{{t:{task_key_of(lease_id)}}}:uses:{lease_id}:{minute}"
+        return _COUNT.op([key], [120_000])
+
+    async def use(
         self,
-        lease: Lease,
+        lease_id: str,
         *,
         reporter: str,
         via: str,
         resource: str | None = None,
         action: str | None = None,
         client_address: str | None = None,
-    ) -> list[Violation]:
-        """Record one use and enforce the rules. Returns the violations found (after acting)."""
+        also: Callable[[Lease], Sequence[AuditEvent]] | None = None,
+    ) -> tuple[Lease | None, list[Violation]]:
+        """Record one use of the lease ``lease_id`` and enforce the rules. Returns the lease as
+        it was loaded (None if there is no such lease: nothing is recorded) and the violations
+        found (after acting on them).
+
+        One shared round trip loads the lease with its task and counts the use; one commit
+        then records the ``lease.used`` record — together with the records ``also`` makes from
+        the lease when nothing is violated (an introspection's own record), so a clean use
+        costs two round trips, both shared with concurrent requests."""
         now = self.clock.now()
-        await self.audit.emit(
+        lease, task, (count,) = await self.manager.get_with(
+            lease_id, [self.count_op(lease_id, now)]
+        )
+        if lease is None:
+            return None, []
+        used = self.audit.record(
             "lease.used",
             principal=lease.owner,
             lease_id=lease.id,
@@ -90,27 +120,30 @@ class Governance:
                 "client_address": client_address,
             },
         )
+        completed_at = task.completed_at if task is not None and task.state == "completed" else None
         rule = self.rule_for(lease)
-        violations = await self._check(lease, rule, now, resource, action, client_address)
-        if violations:
-            await self._act(lease, rule, violations, reporter)
-        return violations
+        violations = self._check(
+            lease, rule, now, completed_at, int(count), resource, action, client_address
+        )
+        if not violations:
+            await self.audit.commit([used, *(also(lease) if also is not None else ())])
+            return lease, []
+        await self.audit.commit([used])
+        await self._act(lease, rule, violations, reporter)
+        return lease, violations
 
-    async def _check(
+    def _check(
         self,
         lease: Lease,
         rule: GovernanceRule,
         now: datetime,
+        completed_at: datetime | None,
+        uses: int,
         resource: str | None,
         action: str | None,
         client_address: str | None,
     ) -> list[Violation]:
         found: list[Violation] = []
-        try:
-            task = await self.manager.get_task(lease.owner, lease.task_id)
-            completed_at = task.completed_at if task.state == "completed" else None
-        except NotFound:
-            completed_at = None
         if completed_at is None and lease.revoke_trigger == "task_completed":
             completed_at = lease.revoked_at
         if completed_at is not None:
@@ -146,7 +179,6 @@ class Governance:
                     {"address": client_address, "expected": ",".join(expected)},
                 )
             )
-        uses = await self._count(lease, now)
         if uses > rule.max_uses_per_minute:
             found.append(
                 Violation(
@@ -155,15 +187,6 @@ class Governance:
                 )
             )
         return found
-
-    async def _count(self, lease: Lease, now: datetime) -> int:
-        minute = int(now.timestamp() // 60)
-        key = f"{self.prefix}:{{t:{task_key_of(lease.id)}}}:uses:{lease.id}:{minute}"
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.pexpire(key, 120_000)
-            count, _ = await pipe.execute()
-        return int(count)
 
     async def _act(
         self, lease: Lease, rule: GovernanceRule, violations: list[Violation], reporter: str

@@ -27,7 +27,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.exposition import choose_encoder
@@ -215,6 +215,8 @@ class Metrics:
         # approval id -> opened time, for approvals opened here whose final event carries no
         # wait_ms (bounded: the oldest are forgotten first).
         self._opened: OrderedDict[str, datetime] = OrderedDict()
+        # (metric, label values) -> labelled child, for the labels set on every request
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._approval_memory = approval_memory
         self._leases_active: GaugeSource | None = None
         self._overdue: GaugeSource | None = None
@@ -343,7 +345,7 @@ class Metrics:
         """Count one audit event. Never raises for an unexpected shape; unknown types are only
         counted in ``jit_audit_events_total``."""
         t = event.type
-        self.audit_events.labels(type=self._event_type(t)).inc()
+        self._child(self.audit_events, self._event_type(t)).inc()
         detail = event.detail
         if t == "decision":
             self.decisions.labels(outcome=self._outcome(event.outcome)).inc()
@@ -399,9 +401,18 @@ class Metrics:
         (``/v1/leases/{lease_id}``) or :data:`UNMATCHED`, never the raw path; anything else is
         counted as ``"other"``. ``seconds`` below 0 (or not a number) counts as 0."""
         label = self._route(route)
-        self.http_requests.labels(route=label, status=_status_class(status)).inc()
+        self._child(self.http_requests, label, _status_class(status)).inc()
         s = _number(seconds)
-        self.http_latency.labels(route=label).observe(max(0.0, s) if s is not None else 0.0)
+        self._child(self.http_latency, label).observe(max(0.0, s) if s is not None else 0.0)
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: the values come through a label guard, so
+        there are few of them, and a labelled child is never removed."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     # -- scrape-time gauges --------------------------------------------------------------------
 

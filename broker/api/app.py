@@ -11,6 +11,7 @@ the handlers' signatures, ``auth`` who calls.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,7 +25,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker import __version__
 from broker.api.approvals import ApprovalsController, SlackController
-from broker.api.auth import broker_of, request_id
+from broker.api.auth import _REQUEST_ID
 from broker.api.dev import DevController
 from broker.api.errors import exception_handlers, problem, problem_response
 from broker.api.oauth import OAuthController, WellKnownOAuth, oauth_refusal
@@ -76,6 +77,20 @@ async def _refuse(request: Request[Any, Any, State], broker: Broker, send: Send)
         )
 
 
+def _request_id(scope: Scope) -> str:
+    """:func:`broker.api.auth.request_id` from the raw ASGI headers, without building a
+    request object; cached in the scope, where ``request_id`` finds it."""
+    given = b""
+    for key, value in scope["headers"]:
+        if key == b"x-request-id":  # ASGI header names are lower-case
+            given = value
+            break
+    text = given.decode("latin-1")
+    rid = text if _REQUEST_ID.match(text) else secrets.token_hex(8)
+    scope["jit_request_id"] = rid  # type: ignore[typeddict-unknown-key]  # ASGI scope is a plain dict at run time
+    return rid
+
+
 def edge(app: ASGIApp) -> ASGIApp:
     """Around every HTTP request, routed or not (an unmatched route's 404 included): an id
     (the caller's well-formed X-Request-ID, or a fresh one) in the X-Request-ID header and in
@@ -86,9 +101,8 @@ def edge(app: ASGIApp) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        request: Request[Any, Any, State] = Request(scope)
-        rid = request_id(request)
-        broker = broker_of(request)
+        rid = _request_id(scope)
+        broker: Broker = scope["app"].state.broker
         status = 500
         start = broker.clock.monotonic()
 
@@ -108,7 +122,7 @@ def edge(app: ASGIApp) -> ASGIApp:
         token = request_id_var.set(rid)  # every log line of this request carries its id
         try:
             if broker.guard.lost and scope.get("path") not in _SERVED_WHEN_STATE_LOST:
-                await _refuse(request, broker, send_with_id)
+                await _refuse(Request(scope), broker, send_with_id)
                 return
             await app(scope, receive, send_with_id)
         finally:

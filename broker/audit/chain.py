@@ -283,8 +283,10 @@ class AuditChain:
         self._queue.append(_Item(events, ops, fut))
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._drain(), name="jit-audit-chain")
-        # The caller may be cancelled; the write goes on and settles the future anyway.
-        return await asyncio.shield(fut)
+        # The caller may be cancelled (which cancels ``fut``); the item stays queued, the write
+        # goes on and the writer skips settling a future that is already done. ``fut`` is a
+        # plain future that only the writer settles, so no shield is needed.
+        return await fut
 
     async def _drain(self) -> None:
         """The only writer of this instance: takes queued items in order, a batch at a time."""

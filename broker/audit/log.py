@@ -92,6 +92,8 @@ class MemorySink:
 
 class LoggingSink:
     async def write(self, events: Sequence[AuditEvent]) -> None:
+        if not log.isEnabledFor(logging.INFO):  # no encoding for a line nobody keeps
+            return
         for e in events:
             log.info("%s", _encoder.encode(e).decode())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -73,9 +74,20 @@ async def _serve(
     # a no-op one makes a drained broker exit 0 instead of dying by its own signal.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, _drained)
+    _settle_heap()
     await server.serve(sockets=[sock] if sock is not None else None)
     if not server.started:
         raise click.ClickException(f"could not listen on {host}:{port} (is the port in use?)")
+
+
+def _settle_heap() -> None:
+    """What start-up built (modules, the app, the policy, the key rings) lives as long as the
+    process: move it out of the cyclic collector's way (``gc.freeze``), so that a full
+    collection under load scans only what requests made, and collect the young generation
+    less often (every 10,000 net allocations instead of 700). ADR 0066 has the numbers."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
 
 
 class _DrainingServer(uvicorn.Server):

@@ -32,7 +32,7 @@ import builtins
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -58,6 +58,7 @@ from broker.leases.keys import new_lease_id, split_lease_id, task_key, validate_
 from broker.leases.store import LeaseRecord, LeaseStore, Quota, TaskRecord
 from broker.replica import new_replica_id
 from broker.retry import backoff
+from broker.state.scripts import Op
 from broker.types import Credential, Lease, LeaseState, MintRequest, Principal, Scope, Task
 
 __all__ = ["IssuerSlots", "LeaseManager", "TaskView"]
@@ -290,9 +291,9 @@ class LeaseManager:
             actors=actors,
         )
         try:
-            credential = await asyncio.wait_for(
-                issuer.mint(request), s.issuer_timeout.total_seconds()
-            )
+            # asyncio.timeout, not wait_for: the mint runs in this task, not a task of its own
+            async with asyncio.timeout(s.issuer_timeout.total_seconds()):
+                credential = await issuer.mint(request)
             _check_credential(credential, not_after)
         except Exception as exc:
             self._backend_failed(scope.issuer, exc)
@@ -411,6 +412,18 @@ class LeaseManager:
         if rec is None or (owner is not None and rec.lease.owner != owner):
             raise NotFound("no such lease")
         return rec.lease
+
+    async def get_with(
+        self, lease_id: str, ops: Sequence[Op]
+    ) -> tuple[Lease | None, TaskRecord | None, builtins.list[Any]]:
+        """The lease (None if it does not exist), its task's record (None likewise) and the
+        results of ``ops`` on keys of the task's hash slot: one shared round trip."""
+        tkey, _ = split_lease_id(lease_id)  # NotFound for a malformed id
+        task, results = await self.store.load_task_with(tkey, ops)
+        if task is None:
+            return None, None, results
+        lease = next((r.lease for r in task.leases if r.lease.id == lease_id), None)
+        return lease, task, results
 
     async def get_visible(self, lease_id: str, caller: str) -> Lease:
         """The lease, for its owner or for an actor of its delegation chain (who holds it, or

@@ -14,7 +14,7 @@ decides.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -756,6 +756,14 @@ class LeaseStore:
     async def load_task_by_key(self, tkey: str) -> TaskRecord | None:
         (raw,) = await self._send([Op(command=("HGETALL", self.keys.task(tkey)))])
         return _task(tkey, raw)
+
+    async def load_task_with(
+        self, tkey: str, ops: Sequence[Op]
+    ) -> tuple[TaskRecord | None, list[Any]]:
+        """The task's record and the results of ``ops`` (on keys of the task's slot), in one
+        shared round trip (:meth:`batch`)."""
+        raw, *results = await self._send([Op(command=("HGETALL", self.keys.task(tkey))), *ops])
+        return _task(tkey, raw), results
 
     async def load_task(self, owner: str, tkey: str) -> TaskRecord | None:
         task = await self.load_task_by_key(tkey)

@@ -20,11 +20,12 @@ import contextlib
 import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from broker.audit import AuditLog
+from broker.audit import AuditEvent, AuditLog
 from broker.clock import Clock
 from broker.errors import InvalidRequest, NotFound
 from broker.governance import Governance
@@ -56,6 +57,10 @@ def _jwt_exp(token: str) -> float | None:
     if isinstance(exp, bool) or not isinstance(exp, int):
         return None
     return float(exp)
+
+
+def _active(lease: Lease | None, now: datetime) -> bool:
+    return lease is not None and lease.state is LeaseState.ACTIVE and now < lease.not_after
 
 
 class Tokens:
@@ -130,30 +135,54 @@ class Tokens:
         action: str | None = None,
         client_address: str | None = None,
     ) -> dict[str, Any]:
-        """RFC 7662 response. Active only while the lease is active and before not_after."""
-        lease = await self.lease_of(token)
-        if lease is not None:
-            violations = await self.governance.record_use(
-                lease,
-                reporter=caller,
-                via="introspection",
-                resource=resource,
-                action=action,
-                client_address=client_address,
-            )
-            if violations:
-                lease = await self.manager.get(lease.id)
+        """RFC 7662 response. Active only while the lease is active and before not_after.
+
+        A known token costs two Redis round trips, each shared with concurrent requests: the
+        lease's task hash read together with the use count, then one commit with the
+        ``lease.used`` and ``lease.introspected`` records (a violation takes the longer way:
+        the anomaly is recorded and acted on first, the lease read again)."""
+        lease: Lease | None = None
+        recorded = False
+        lease_id = self._identify(token)
         now = self.clock.now()
-        active = lease is not None and lease.state is LeaseState.ACTIVE and now < lease.not_after
-        await self.audit.emit(
-            "lease.introspected",
-            outcome="ok" if active else "deny",
-            lease_id=lease.id if lease else None,
-            task_id=lease.task_id if lease else None,
-            # A keyed digest, never the token: who holds the key can match a leaked token.
-            detail={"caller": caller, "active": active, "token_hmac": self.audit.hmac(token)},
-        )
-        if lease is None or not active:
+
+        def record(found: Lease | None) -> AuditEvent:
+            # The answer is decided here, with the lease as read and the time after the read.
+            nonlocal recorded, now
+            recorded = True
+            now = self.clock.now()
+            active = _active(found, now)
+            return self.audit.record(
+                "lease.introspected",
+                outcome="ok" if active else "deny",
+                lease_id=found.id if found else None,
+                task_id=found.task_id if found else None,
+                # A keyed digest, never the token: who holds the key can match a leaked token.
+                detail={"caller": caller, "active": active, "token_hmac": self.audit.hmac(token)},
+            )
+
+        if lease_id is not None:
+            try:
+                lease, violations = await self.governance.use(
+                    lease_id,
+                    reporter=caller,
+                    via="introspection",
+                    resource=resource,
+                    action=action,
+                    client_address=client_address,
+                    also=lambda found: [record(found)],
+                )
+            except NotFound:
+                lease, violations = None, []
+            if violations and lease is not None:
+                recorded = False
+                try:
+                    lease = await self.manager.get(lease.id)
+                except NotFound:
+                    lease = None
+        if not recorded:
+            await self.audit.commit([record(lease)])
+        if lease is None or not _active(lease, now):
             return {"active": False}
         answer: dict[str, Any] = {
             "active": True,
@@ -209,19 +238,21 @@ class Tokens:
                 lease = None
         if lease is None:
             raise NotFound("no such credential")
-        violations = await self.governance.record_use(
-            lease,
+        used, violations = await self.governance.use(
+            lease.id,
             reporter=caller,
             via="report",
             resource=resource,
             action=action,
             client_address=client_address,
         )
-        lease = await self.manager.get(lease.id)
-        now = self.clock.now()
+        if used is None:
+            raise NotFound("no such credential")
+        if violations:
+            used = await self.manager.get(lease.id)
         return {
-            "lease_id": lease.id,
-            "active": lease.state is LeaseState.ACTIVE and now < lease.not_after,
+            "lease_id": used.id,
+            "active": _active(used, self.clock.now()),
             "violations": [v.rule for v in violations],
         }
 

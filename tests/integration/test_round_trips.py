@@ -53,3 +53,25 @@ async def test_a_mint_costs_two_round_trips_and_no_script_exists(api: Api, sent:
     minted = [e for e in api.audit.events if e.type == "lease.minted"]
     assert minted[-1].lease_id == r.json()["lease_id"]
     assert minted[-1].seq is not None
+
+
+async def test_an_introspection_costs_two_round_trips(api: Api, sent: Sent) -> None:
+    """The lease's task hash read together with the use count, then one commit with the
+    ``lease.used`` and ``lease.introspected`` records (issue 14 goal 6)."""
+    minted = await api.client.post("/v1/credentials", json=request_body(), headers=api.auth())
+    assert minted.status_code == 201, minted.text
+    token = minted.json()["credential"]["secret"]
+    headers = api.auth("other")  # a workload whose policy grants introspect
+    warm = await api.client.post("/oauth/introspect", data={"token": token}, headers=headers)
+    assert warm.json()["active"] is True
+    sent.writes = 0
+    sent.commands.clear()
+    r = await api.client.post("/oauth/introspect", data={"token": token}, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["active"] is True
+    assert sent.writes == 2, [c[:120] for c in sent.commands]
+    used = [e for e in api.audit.events if e.type == "lease.used"]
+    introspected = [e for e in api.audit.events if e.type == "lease.introspected"]
+    assert len(used) == len(introspected) == 2
+    assert used[-1].seq is not None
+    assert introspected[-1].seq == used[-1].seq + 1  # one commit, in this order
