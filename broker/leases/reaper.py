@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from broker.clock import Clock, to_ms
 from broker.config import ReaperSettings
@@ -130,7 +130,7 @@ class Reaper:
                     nxt = await self.manager.store.next_due_ms()
                     if nxt is not None:
                         wait = min(poll, max(0.0, (nxt - to_ms(self.clock.now())) / 1000))
-                except (RedisError, OSError) as exc:
+                except (RedisError, RedisClusterException, OSError) as exc:
                     log.warning("reaper: Redis unavailable (%s); retrying", type(exc).__name__)
                     wait = max(poll, 1.0)
                 self._wake.clear()
@@ -167,7 +167,8 @@ class Reaper:
             released = await self.manager.store.release(
                 claims, to_ms(self.clock.now()), me=self.manager.replica_id
             )
-        except (RedisError, OSError) as exc:  # they fall due after the visibility timeout
+        # they fall due after the visibility timeout
+        except (RedisError, RedisClusterException, OSError) as exc:
             log.warning("reaper: could not release %d claims (%s)", len(claims), type(exc).__name__)
             return
         log.info("reaper: released %d of %d claims to the other replicas", released, len(claims))

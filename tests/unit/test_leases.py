@@ -10,9 +10,12 @@ from typing import Any
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 
 from broker.clock import to_ms
 from broker.errors import Conflict, InvalidRequest, IssuerError, IssuerUnavailable, NotFound
+from broker.leases import Reaper
 from broker.state.scripts import run
 from broker.testing import FakeClock
 from broker.types import Credential, LeaseState, MintRequest, Secret, Task
@@ -592,3 +595,40 @@ async def test_a_record_still_within_its_grace_is_not_taken_for_lost(kit: Kit) -
     assert [e for e in kit.sink.events if e.type == "lease.minted"] == []
     grace_ms = SETTINGS.visibility_timeout.total_seconds() * 1000
     assert (await kit.due())[lease.id] == committed_ms + grace_ms
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RedisConnectionError("Redis went away"), RedisClusterException("no master for slot 42")],
+    ids=["RedisError", "RedisClusterException"],
+)
+async def test_the_reaper_loop_waits_out_a_store_error_and_reaps_after_it(
+    kit: Kit, error: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster without a master for a slot raises RedisClusterException, which is not a
+    RedisError: the loop must wait it out as it does a Redis outage, not die."""
+    lease, _ = await kit.issue(ttl=60)
+    kit.clock.advance(timedelta(seconds=61))
+    real_claim = kit.store.claim_due
+    failures = 1  # the loop waits a second after an error
+
+    async def flaky_claim(**kwargs: Any) -> list[str]:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise error
+        return await real_claim(**kwargs)
+
+    monkeypatch.setattr(kit.store, "claim_due", flaky_claim)
+    settings = msgspec.structs.replace(SETTINGS, poll_interval=timedelta(milliseconds=1))
+    reaper = Reaper(kit.manager, settings, kit.clock)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(reaper.run(stop))
+    for _ in range(500):  # a deadline, not a timing: the loop retries after 1 s
+        if (await kit.manager.get(lease.id)).state is LeaseState.REVOKED:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(runner, 5)
+    assert failures == 0
+    assert (await kit.manager.get(lease.id)).state is LeaseState.REVOKED
