@@ -442,6 +442,11 @@ def _check_redis(s: Settings, source: str) -> None:
         )
     if r.wait_replicas and r.wait_timeout <= timedelta(0):
         raise ConfigError(f"{where}.wait_timeout: must be positive with wait_replicas")
+    if r.wait_replicas and r.wait_timeout >= r.timeout:
+        raise ConfigError(
+            f"{where}.wait_timeout: must be shorter than redis.timeout (a batch's replies, "
+            "WAIT's included, are read within timeout)"
+        )
 
 
 def redis_settings(s: Settings) -> RedisSettings:

@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
+import hiredis
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
@@ -137,18 +138,17 @@ async def test_a_crash_between_minting_and_active_is_cleaned_up(kit: Kit) -> Non
 
 
 class CountingConnection(Connection):
-    """Counts every command this client sends, pipelines included."""
+    """Counts every command this client writes to the socket (single commands, redis-py
+    pipelines and the broker's own batches all go through ``send_packed_command``)."""
 
     sent: ClassVar[Counter[str]] = Counter()
 
-    def pack_command(self, *args: Any) -> list[bytes]:
-        CountingConnection.sent[str(args[0]).upper()] += 1
-        return super().pack_command(*args)
-
-    def pack_commands(self, commands: Any) -> list[bytes]:
-        for cmd in commands:
-            CountingConnection.sent[str(cmd[0]).upper()] += 1
-        return super().pack_commands(commands)
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        reader = hiredis.Reader()
+        reader.feed(b"".join([command] if isinstance(command, bytes) else command))
+        while (request := reader.gets()) is not False:
+            CountingConnection.sent[request[0].decode().upper()] += 1
+        await super().send_packed_command(command, check_health)
 
 
 async def _fill(redis: aioredis.Redis, prefix: str, n: int, clock: FakeClock) -> None:

@@ -187,6 +187,11 @@ def test_each_mode_loads(tmp_path: Path, block: str) -> None:
             id="zero wait timeout",
         ),
         pytest.param(
+            "wait_replicas: 1\n  wait_timeout: 5s\n  timeout: 5s",
+            r"redis\.wait_timeout: must be shorter than redis\.timeout",
+            id="wait as long as the batch timeout",
+        ),
+        pytest.param(
             "mode: cluster\n  nodes: ['a:1']\n  wait_replicas: 1",
             r"redis\.wait_replicas: not available in mode cluster",
             id="wait on a cluster",
