@@ -14,7 +14,7 @@ from litestar.datastructures import State
 from litestar.params import FromQuery, JSONBody, Parameter
 
 from broker.api.auth import bearer, broker_of, client_address, request_id
-from broker.api.openapi import BEARER, problems
+from broker.api.openapi import BEARER, operation, problems
 from broker.api.schemas import ApprovalOut, ReviewIn, approval_out, parse_ttl
 from broker.types import Principal
 
@@ -44,6 +44,7 @@ class ApprovalsController(Controller):
         "/",
         summary="Pending approval requests: yours (workload), or those you may decide",
         operation_id="listApprovals",
+        operation_class=operation(),
         security=BEARER,
         responses=problems(*_ERRORS),
     )
@@ -57,6 +58,7 @@ class ApprovalsController(Controller):
         "/{approval_id:str}",
         summary="One approval request; ?wait=SECONDS long-polls",
         operation_id="getApproval",
+        operation_class=operation(),
         security=BEARER,
         responses=problems(*_ERRORS, 409),
     )
@@ -84,6 +86,7 @@ class ApprovalsController(Controller):
         status_code=200,
         summary="Cancel your pending request",
         operation_id="cancelApproval",
+        operation_class=operation(),
         security=BEARER,
         responses=problems(*_ERRORS, 409),
     )
@@ -100,6 +103,7 @@ class ApprovalsController(Controller):
         status_code=200,
         summary="Approve (maybe narrower)",
         operation_id="approveRequest",
+        operation_class=operation(),
         security=BEARER,
         responses=problems(*_ERRORS, 409, body=True),
     )
@@ -124,6 +128,7 @@ class ApprovalsController(Controller):
         status_code=200,
         summary="Deny, with a reason",
         operation_id="denyRequest",
+        operation_class=operation(),
         security=BEARER,
         responses=problems(*_ERRORS, 409, body=True),
     )

@@ -550,6 +550,7 @@ class WellKnownOAuth(Controller):
         "/oauth-authorization-server",
         summary="RFC 8414 metadata",
         operation_id="getAuthorizationServerMetadata",
+        operation_class=operation(),
         security=PUBLIC,
         responses=problems(),
     )
@@ -583,6 +584,7 @@ class WellKnownOAuth(Controller):
         "/jwks.json",
         summary="Public keys of the broker's signing issuers",
         operation_id="getJwks",
+        operation_class=operation(),
         security=PUBLIC,
         responses={
             200: ResponseSpec(JsonWebKeySet, description="A JWK set", generate_examples=False),

@@ -2,8 +2,10 @@
 declared once: the security schemes, the error responses of every route (problem+json for
 /v1 and the operational routes, the RFC 6749 §5.2 shape for /oauth), the headers a route
 reads or sends that litestar cannot see (``Idempotency-Key``, ``DPoP``, ``Location``,
-``Idempotent-Replayed``), the form bodies the OAuth handlers read themselves, and the
-binary media types of the issuers' documents.
+``Idempotent-Replayed``), the headers the error handlers and the request-id edge put on
+answers of every route (``X-Request-ID`` on all, ``WWW-Authenticate`` on a 401,
+``Retry-After`` on a 429 and a 503), the form bodies the OAuth handlers read themselves, and
+the binary media types of the issuers' documents.
 
 The document describes each answer as the wire carries it; a client generated from it
 (``openapi-python-client``) type-checks and reads every answer of the live API
@@ -25,6 +27,7 @@ from litestar.openapi.spec import (
     OpenAPIResponse,
     Operation,
     Parameter,
+    Reference,
     RequestBody,
     Schema,
     SecurityRequirement,
@@ -32,7 +35,8 @@ from litestar.openapi.spec import (
 )
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 
-from broker.api.errors import PROBLEM, OAuthError, Problem
+from broker.api.auth import _REQUEST_ID
+from broker.api.errors import PROBLEM, RETRY_AFTER, OAuthError, Problem
 
 __all__ = [
     "BEARER",
@@ -69,7 +73,43 @@ _TITLES = {
 
 BEARER_SCHEME = "bearer"
 CLIENT_SCHEME = "clientBasic"
+
+# The headers of answers, as the edge and the error handlers send them (broker.api.app,
+# broker.api.errors, broker.api.oauth); declared once under components.headers and referred
+# to by every response that carries them (see ``operation``).
+_ANSWER_HEADERS = {
+    "X-Request-ID": OpenAPIHeader(
+        required=True,
+        description="The request's id, on every answer (broker.api.app's edge): the caller's "
+        "own `X-Request-ID` if it was well-formed, else a fresh one; also the `request_id` "
+        "of a problem+json body and of the request's log lines.",
+        schema=Schema(type=OpenAPIType.STRING, pattern=_REQUEST_ID.pattern),
+    ),
+    "WWW-Authenticate": OpenAPIHeader(
+        required=True,
+        description='On every 401: `Bearer realm="jit-broker"` with a problem+json body; '
+        '`Bearer error="<the RFC 6749 error code>"` (such as `invalid_client`) under /oauth/.',
+        schema=Schema(
+            type=OpenAPIType.STRING, pattern=r'^Bearer (realm="jit-broker"|error="[a-z_]+")$'
+        ),
+    ),
+    "Retry-After": OpenAPIHeader(
+        required=True,
+        description="On every 429 and 503 (except /readyz's): seconds to wait before asking "
+        f"again (RFC 9110 delay-seconds; never an HTTP date). A 503 says {RETRY_AFTER}; a 429 "
+        "the seconds until the quota it names may allow the request (also `retry_after` in "
+        "its body).",
+        schema=Schema(type=OpenAPIType.INTEGER, minimum=0),
+    ),
+}
+
+
+def _ref(header: str) -> Reference:
+    return Reference(ref=f"#/components/headers/{header}")
+
+
 COMPONENTS = Components(
+    headers=dict(_ANSWER_HEADERS),
     security_schemes={
         BEARER_SCHEME: SecurityScheme(
             type="http",
@@ -84,7 +124,7 @@ COMPONENTS = Components(
             description="A configured client (a resource server): client_secret_basic, "
             "RFC 6749 §2.3.1. The OAuth routes also take client_secret_post in the form.",
         ),
-    }
+    },
 )
 #: ``security=`` of a route a workload calls with its identity token.
 BEARER: list[SecurityRequirement] = [{BEARER_SCHEME: []}]
@@ -182,16 +222,33 @@ def form(fields: Mapping[str, Schema], required: Sequence[str]) -> RequestBody:
     )
 
 
+def _answer_headers(status: int, *, retry_after: bool = True) -> dict[str, Reference]:
+    """The headers every answer with ``status`` carries, whatever the route: ``X-Request-ID``
+    (the edge), ``WWW-Authenticate`` on a 401 and ``Retry-After`` on a 429 and (with
+    ``retry_after``) a 503 (broker.api.errors, broker.api.oauth)."""
+    named = ["X-Request-ID"]
+    if status == 401:
+        named.append("WWW-Authenticate")
+    if status == 429 or (status == 503 and retry_after):
+        named.append("Retry-After")
+    return {name: _ref(name) for name in named}
+
+
 def operation(
     *,
     parameters: Sequence[Parameter] = (),
     request_body: RequestBody | None = None,
     headers: Mapping[int, Mapping[str, OpenAPIHeader]] | None = None,
     binary: Mapping[int, Sequence[str]] | None = None,
+    retry_after: bool = True,
 ) -> type[Operation]:
     """An ``operation_class=`` that adds what the signature cannot say: header
     ``parameters``, a ``request_body`` the handler reads itself, response ``headers`` by
-    status, and ``binary`` bodies (status → media types, each a binary string)."""
+    status, and ``binary`` bodies (status → media types, each a binary string). Every
+    response also gets the headers every answer of its status carries (:func:`_answer_headers`;
+    ``retry_after=False`` for a route whose 503 is its own answer without ``Retry-After``,
+    such as /readyz). Every route in the document uses it, ``operation()`` when it has
+    nothing else to add (tests/integration/test_openapi_headers.py)."""
 
     @dataclass
     class Declared(Operation):
@@ -214,5 +271,11 @@ def operation(
                 described = self.responses[str(status)] if self.responses else None
                 if isinstance(described, OpenAPIResponse):
                     described.headers = {**(described.headers or {}), **named}
+            for code, described in (self.responses or {}).items():
+                if isinstance(described, OpenAPIResponse) and code.isdigit():
+                    described.headers = {
+                        **(described.headers or {}),
+                        **_answer_headers(int(code), retry_after=retry_after),
+                    }
 
     return Declared

@@ -11,7 +11,7 @@ from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 
 from broker.api.auth import bearer_token, broker_of
-from broker.api.openapi import problems
+from broker.api.openapi import operation, problems
 from broker.api.schemas import JsonWebKeySet
 from broker.errors import AuthenticationError, NotFound
 
@@ -49,6 +49,7 @@ async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
     tags=["ops"],
     summary="Liveness: the process answers",
     operation_id="getHealth",
+    operation_class=operation(),
     responses=problems(unavailable=False),
 )
 async def healthz() -> Health:
@@ -60,6 +61,7 @@ async def healthz() -> Health:
     tags=["ops"],
     summary="Readiness: Redis answers (issuers' health is reported, not required)",
     operation_id="getReadiness",
+    operation_class=operation(retry_after=False),
     responses={
         200: ResponseSpec(Readiness, description="Ready", generate_examples=False),
         **problems(unavailable=False),
@@ -81,6 +83,7 @@ async def readyz(request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
     tags=["discovery"],
     summary="Public keys that sign the audit chain's checkpoints",
     operation_id="getAuditJwks",
+    operation_class=operation(),
     responses={
         200: ResponseSpec(JsonWebKeySet, description="A JWK set", generate_examples=False),
         **problems(),

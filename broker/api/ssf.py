@@ -11,7 +11,7 @@ from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 
 from broker.api.auth import broker_of
-from broker.api.openapi import problems
+from broker.api.openapi import operation, problems
 from broker.api.schemas import JsonWebKeySet
 from broker.errors import NotFound
 
@@ -34,6 +34,7 @@ class SsfConfiguration(msgspec.Struct, frozen=True):
     tags=["ssf"],
     summary="OpenID Shared Signals transmitter metadata",
     operation_id="getSsfConfiguration",
+    operation_class=operation(),
     responses={
         200: ResponseSpec(SsfConfiguration, description="SSF 1.0 §7.1", generate_examples=False),
         **problems(404),
@@ -51,6 +52,7 @@ async def ssf_configuration(request: Request[Any, Any, State]) -> Response[dict[
     tags=["ssf"],
     summary="Keys that verify the broker's Security Event Tokens",
     operation_id="getSsfJwks",
+    operation_class=operation(),
     responses={
         200: ResponseSpec(JsonWebKeySet, description="A JWK set", generate_examples=False),
         **problems(404),

@@ -12,7 +12,7 @@ from litestar.params import JSONBody
 
 from broker.api.auth import authenticate_caller, broker_of
 from broker.api.oauth import use_params
-from broker.api.openapi import CLIENT, problems
+from broker.api.openapi import CLIENT, operation, problems
 from broker.errors import InvalidRequest, PermissionDenied
 
 __all__ = ["UsageController", "UsageIn", "UsageOut"]
@@ -43,6 +43,7 @@ class UsageController(Controller):
         status_code=200,
         summary="Report a use of a credential (resource servers)",
         operation_id="reportUsage",
+        operation_class=operation(),
         security=CLIENT,
         responses=problems(400, 401, 403, 404, body=True),
     )

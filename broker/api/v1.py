@@ -167,6 +167,7 @@ class V1Controller(Controller):
         status_code=200,
         summary="What the policy would answer the caller for a request, without minting",
         operation_id="explainRequest",
+        operation_class=operation(),
         security=BEARER,
         responses=problems(*_AUTH, body=True),
     )
@@ -184,6 +185,7 @@ class V1Controller(Controller):
         "/leases",
         summary="The caller's leases",
         operation_id="listLeases",
+        operation_class=operation(),
         security=BEARER,
         responses=problems(*_AUTH),
     )
@@ -200,6 +202,7 @@ class V1Controller(Controller):
         "/leases/{lease_id:str}",
         summary="One of the caller's leases",
         operation_id="getLease",
+        operation_class=operation(),
         security=BEARER,
         responses=problems(*_AUTH, 404),
     )
@@ -216,6 +219,7 @@ class V1Controller(Controller):
         status_code=200,
         summary="Revoke one of the caller's leases",
         operation_id="revokeLease",
+        operation_class=operation(),
         security=BEARER,
         responses=problems(*_AUTH, 404),
     )
@@ -232,6 +236,7 @@ class V1Controller(Controller):
         status_code=200,
         summary="Revoke every live lease of the caller",
         operation_id="revokeAllLeases",
+        operation_class=operation(),
         security=BEARER,
         responses={
             200: ResponseSpec(RevokeAllOut, description="How many", generate_examples=False),
@@ -247,6 +252,7 @@ class V1Controller(Controller):
         "/tasks/{task_id:str}",
         summary="One of the caller's tasks with its leases",
         operation_id="getTask",
+        operation_class=operation(),
         security=BEARER,
         responses=problems(*_AUTH, 404),
     )
@@ -263,6 +269,7 @@ class V1Controller(Controller):
         status_code=200,
         summary="Complete a task: revoke all its leases",
         operation_id="completeTask",
+        operation_class=operation(),
         security=BEARER,
         responses=problems(*_AUTH, 404),
     )

@@ -18,6 +18,7 @@ import base64
 import copy
 import importlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ import httpx
 import pytest
 
 from broker.api import create_app
+from broker.config import QuotaLimit, QuotaSettings
 from broker.types import LeaseState
 from tests.integration.conftest import BASE, CLIENT_SECRET, Api
 
@@ -39,6 +41,7 @@ pytestmark = pytest.mark.integration
 USAGE = Path(__file__).with_name("generated_client_usage.py")
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
 CONFIG = "project_name_override: {name}\npackage_name_override: {name}\npost_hooks: []\n"
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def generate(document: dict[str, Any], out: Path, package: str) -> Path:
@@ -182,7 +185,10 @@ async def test_the_generated_client_reads_every_answer_of_the_live_api(
     assert by_op["requestCredential (replay)"].headers["idempotent-replayed"] == "true"
     pending = by_op["requestCredential (approval)"]
     assert pending.headers["location"] == f"/v1/approvals/{pending.parsed.approval_id}"
-    assert by_op["listLeases (refused)"].headers["www-authenticate"].startswith("Bearer")
+    assert by_op["listLeases (refused)"].headers["www-authenticate"] == 'Bearer realm="jit-broker"'
+    # X-Request-ID (declared on every response) is on every answer, as the document says.
+    for answer in tour.answers:
+        assert REQUEST_ID.fullmatch(answer.headers.get("x-request-id", "")), answer.operation
     # The leases revoked through the API are revoked in the broker's lease store.
     assert len(tour.revoked) >= 3
     for lease_id in tour.revoked:
@@ -190,6 +196,35 @@ async def test_the_generated_client_reads_every_answer_of_the_live_api(
         assert lease.state is LeaseState.REVOKED, (lease_id, lease.state)
     for client in c.values():
         await client.get_async_httpx_client().aclose()
+
+
+@pytest.mark.parametrize(
+    "settings_over", [{"quotas": QuotaSettings(workload=QuotaLimit(live_leases=1))}]
+)
+async def test_the_generated_client_reads_retry_after_and_the_request_id_of_a_429(
+    api: Api, imports: Path, api_document: dict[str, Any]
+) -> None:
+    """A workload past its live-lease quota: the generated client parses the 429 as a
+    ``Problem`` and its ``Retry-After`` and ``X-Request-ID`` are there to read, agreeing with
+    the body (``retry_after``, ``request_id``)."""
+    generate(api_document, imports, "jit_broker_api_client")
+    pkg = importlib.import_module("jit_broker_api_client")
+    request_credential = importlib.import_module("jit_broker_api_client.api.v1.request_credential")
+    models = importlib.import_module("jit_broker_api_client.models")
+    workload = clients(pkg, api)["workload"]
+    body = models.CredentialRequest(
+        issuer="jwt", resource="https://demo.local", actions=["read"], ttl=300
+    )
+    issued = await request_credential.asyncio_detailed(client=workload, body=body)
+    assert issued.status_code == 201, issued.content
+    assert REQUEST_ID.fullmatch(issued.headers["X-Request-ID"])
+    refused = await request_credential.asyncio_detailed(client=workload, body=body)
+    assert refused.status_code == 429, refused.content
+    assert isinstance(refused.parsed, models.Problem)
+    assert refused.parsed.quota == "workload.live_leases"
+    assert int(refused.headers["Retry-After"]) == refused.parsed.retry_after > 0
+    assert refused.headers["X-Request-ID"] == refused.parsed.request_id
+    await workload.get_async_httpx_client().aclose()
 
 
 async def test_an_undeclared_status_fails_the_generated_client(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import os
 import threading
 from collections.abc import Coroutine, Iterator
@@ -34,6 +35,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
@@ -244,3 +246,70 @@ def test_the_fuzzer_covers_every_operation_of_the_openapi_document(api_schema: A
     assert "POST /v1/credentials" in operations
     assert "POST /oauth/token" in operations
     assert len(operations) >= 20, sorted(operations)
+
+
+def header_failure(case: schemathesis.Case, response: httpx.Response) -> str:
+    """What schemathesis' header conformance check says of ``response``; "" if it passes."""
+    try:
+        case.validate_response(response, checks=[response_headers_conformance])
+    except (Failure, FailureGroup) as exc:
+        return str(exc)
+    return ""
+
+
+def altered(
+    response: httpx.Response,
+    *,
+    drop: str = "",
+    status: int | None = None,
+    body: dict[str, Any] | None = None,
+    **set_headers: str,
+) -> httpx.Response:
+    """``response`` with header ``drop`` dropped, headers set, another status or JSON body."""
+    headers = {k.lower(): v for k, v in response.headers.items() if k.lower() != drop.lower()}
+    headers.pop("content-length", None)
+    headers.update({k.replace("_", "-").lower(): v for k, v in set_headers.items()})
+    content = response.content if body is None else json.dumps(body).encode()
+    changed = httpx.Response(
+        status or response.status_code,
+        headers=headers,
+        content=content,
+        request=response.request,
+    )
+    changed.elapsed = response.elapsed
+    return changed
+
+
+def test_the_header_checks_hold_answers_to_x_request_id_www_authenticate_and_retry_after(
+    api_schema: Any, fuzz: Fuzz
+) -> None:
+    """The conformance checks the fuzzer runs fail an answer without a header the document
+    declares required for its status, or with a value its schema refuses: real 401s of both
+    shapes pass every check, and fail without ``X-Request-ID`` or ``WWW-Authenticate``; a
+    503 (the 401 turned into one) passes with ``Retry-After: 2`` and fails without it or
+    with an HTTP date in it."""
+    world = fuzz.world
+    leases = api_schema["/v1/leases"]["GET"].Case()
+    refused = fuzz.bg.run(
+        world.client.get("/v1/leases", headers={"Authorization": "Bearer not-a-token"})
+    )
+    assert refused.status_code == 401, refused.text
+    introspect = api_schema["/oauth/introspect"]["POST"].Case()
+    basic = httpx.BasicAuth(INTROSPECTOR, "not-the-secret")
+    oauth_refused = fuzz.bg.run(
+        world.client.post("/oauth/introspect", data={"token": "x"}, auth=basic)
+    )
+    assert oauth_refused.status_code == 401, oauth_refused.text
+    for case, answer in ((leases, refused), (introspect, oauth_refused)):
+        case.validate_response(answer, checks=CHECKS)
+        assert header_failure(case, answer) == ""
+        for name in ("X-Request-ID", "WWW-Authenticate"):
+            assert name in header_failure(case, altered(answer, drop=name)), (case.path, name)
+    assert "pattern" in header_failure(leases, altered(refused, www_authenticate="Basic"))
+
+    body = {**refused.json(), "status": 503, "type": "https://jit-broker.dev/problems/x"}
+    unavailable = altered(refused, drop="www-authenticate", status=503, body=body, retry_after="2")
+    leases.validate_response(unavailable, checks=[c for c in CHECKS if c is not not_a_server_error])
+    assert "Retry-After" in header_failure(leases, altered(unavailable, drop="Retry-After"))
+    dated = altered(unavailable, retry_after="Wed, 21 Oct 2026 07:28:00 GMT")
+    assert "integer" in header_failure(leases, dated)
