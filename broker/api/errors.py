@@ -97,13 +97,18 @@ class OAuthError(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 def oauth_error(
-    error: str, description: str, status: int = 400, **extra: Any
+    error: str, description: str, status: int = 400, *, basic: bool = False, **extra: Any
 ) -> Response[dict[str, Any]]:
+    """An RFC 6749 §5.2 error. A 401 challenges in the scheme the caller used (§5.2: "matching
+    the authentication scheme used by the client"): ``basic`` for a client that sent HTTP
+    Basic credentials, Bearer otherwise."""
     body: dict[str, Any] = {"error": error, "error_description": description}
     body.update({k: v for k, v in extra.items() if v is not None})
     headers = dict(NO_STORE)
     if status == 401:
-        headers["WWW-Authenticate"] = f'Bearer error="{error}"'
+        headers["WWW-Authenticate"] = (
+            'Basic realm="jit-broker"' if basic else f'Bearer error="{error}"'
+        )
     if status == 503:
         headers["Retry-After"] = RETRY_AFTER
     return Response(body, status_code=status, headers=headers)

@@ -179,7 +179,11 @@ class AuthorizationDetail(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     actions: list[str] = msgspec.field(default_factory=list)
 
 
-def from_broker_error(exc: BrokerError, *, client_auth: bool = False) -> Response[dict[str, Any]]:
+def from_broker_error(
+    exc: BrokerError, *, client_auth: bool = False, basic: bool = False
+) -> Response[dict[str, Any]]:
+    """``client_auth``: the caller itself failed to authenticate (401 ``invalid_client``);
+    ``basic``: it sent HTTP Basic credentials, so the 401 challenges in Basic."""
     extra: dict[str, Any] = {}
     if isinstance(exc, PermissionDenied) and exc.reasons:
         extra["reasons"] = list(exc.reasons)
@@ -193,7 +197,7 @@ def from_broker_error(exc: BrokerError, *, client_auth: bool = False) -> Respons
     if isinstance(exc, AuthenticationError):
         # The subject token failed: invalid_grant (400). A bad caller: invalid_client (401).
         if client_auth:
-            return oauth_error("invalid_client", exc.message, 401)
+            return oauth_error("invalid_client", exc.message, 401, basic=basic)
         return oauth_error("invalid_grant", exc.message, 400)
     if isinstance(exc, QuotaExceeded):
         response = oauth_error(exc.oauth_error, exc.message, 429, quota=exc.quota)
@@ -203,6 +207,11 @@ def from_broker_error(exc: BrokerError, *, client_auth: bool = False) -> Respons
     if status in (401, 403, 404, 409):
         status = 400  # RFC 6749 §5.2: token endpoint errors are 400
     return oauth_error(exc.oauth_error, exc.message, status, **extra)
+
+
+def _sent_basic(request: Request[Any, Any, State]) -> bool:
+    scheme = request.headers.get("authorization", "").split(" ", 1)[0]
+    return scheme.lower() == "basic"
 
 
 async def read_form(request: Request[Any, Any, State]) -> dict[str, str]:
@@ -380,7 +389,8 @@ class OAuthController(Controller):
         operation_class=operation(request_body=_TOKEN_FORM),
         responses={
             200: ResponseSpec(TokenResponse, description="The credential", generate_examples=False),
-            **oauth_errors(400, 401, 429, 502),
+            # A subject token that fails is invalid_grant (400): this route never answers 401.
+            **oauth_errors(400, 429, 502),
         },
     )
     async def token(self, request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
@@ -468,7 +478,7 @@ class OAuthController(Controller):
             form = await read_form(request)
             principal, client = await authenticate_caller(request, form)
         except AuthenticationError as exc:
-            return from_broker_error(exc, client_auth=True)
+            return from_broker_error(exc, client_auth=True, basic=_sent_basic(request))
         except BrokerError as exc:
             return from_broker_error(exc)
         allowed, caller = broker.tokens.resource_server(principal, client, {"introspect"})
@@ -506,7 +516,7 @@ class OAuthController(Controller):
             form = await read_form(request)
             principal, client = await authenticate_caller(request, form)
         except AuthenticationError as exc:
-            return from_broker_error(exc, client_auth=True)
+            return from_broker_error(exc, client_auth=True, basic=_sent_basic(request))
         except BrokerError as exc:
             return from_broker_error(exc)
         token = form.get("token", "")

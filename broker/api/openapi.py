@@ -88,9 +88,12 @@ _ANSWER_HEADERS = {
     "WWW-Authenticate": OpenAPIHeader(
         required=True,
         description='On every 401: `Bearer realm="jit-broker"` with a problem+json body; '
-        '`Bearer error="<the RFC 6749 error code>"` (such as `invalid_client`) under /oauth/.',
+        '`Bearer error="<the RFC 6749 error code>"` (such as `invalid_client`) under /oauth/, '
+        'or `Basic realm="jit-broker"` there when the caller sent HTTP Basic credentials '
+        "(RFC 6749 §5.2: the challenge matches the scheme the client used).",
         schema=Schema(
-            type=OpenAPIType.STRING, pattern=r'^Bearer (realm="jit-broker"|error="[a-z_]+")$'
+            type=OpenAPIType.STRING,
+            pattern=r'^(Bearer (realm="jit-broker"|error="[a-z_]+")|Basic realm="jit-broker")$',
         ),
     ),
     "Retry-After": OpenAPIHeader(

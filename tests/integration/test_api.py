@@ -373,6 +373,10 @@ async def test_introspection_refuses_unauthenticated_callers(
     r = await api.client.post("/oauth/introspect", data={"token": "x"}, headers=headers)
     assert r.status_code == 401
     assert r.json()["error"] == "invalid_client"
+    # RFC 6749 §5.2: the challenge names the scheme the client tried
+    basic = headers.get("Authorization", "").startswith("Basic ")
+    challenge = 'Basic realm="jit-broker"' if basic else 'Bearer error="invalid_client"'
+    assert r.headers["www-authenticate"] == challenge
 
 
 async def test_introspection_by_a_client_without_the_introspect_permission_is_a_403(
