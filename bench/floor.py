@@ -158,18 +158,13 @@ def main() -> None:
         with private_redis(a.port + 2) as redis_url:
             idp = LoopbackIdP(a.port + 3)
             port = a.port + 4
-            config = write_config(
-                work / "jit", port=port, redis_url=redis_url, idp_url=idp.url
-            )
+            config = write_config(work / "jit", port=port, redis_url=redis_url, idp_url=idp.url)
             proc = serve(config, work / "jit.log")
             try:
                 wait_ready(port, proc)
                 mint_env = {**env, "JIT_TOKEN": idp.token()}
-                rows.append(
-                    measure(
-                        "jit serve mint", proc.pid, f"http://127.0.0.1:{port}", MINT_LUA, mint_env, a
-                    )
-                )
+                url = f"http://127.0.0.1:{port}"
+                rows.append(measure("jit serve mint", proc.pid, url, MINT_LUA, mint_env, a))
             finally:
                 stop(proc)
                 idp.close()
@@ -198,7 +193,8 @@ def main() -> None:
                         break
                     time.sleep(0.05)
                 url = f"http://127.0.0.1:{port}"
-                rows.append(measure("peer (oidc-provider)", proc.pid, url, PEER / "token.lua", peer_env, a))
+                script = PEER / "token.lua"
+                rows.append(measure("peer (oidc-provider)", proc.pid, url, script, peer_env, a))
             finally:
                 stop(proc)
         else:
@@ -206,7 +202,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{'target':24s} {'req/s':>8s} {'CPU ms/req':>11s} {'cores':>6s} {'1-core ceiling/s':>17s}")
+    head = f"{'target':24s} {'req/s':>8s} {'CPU ms/req':>11s} {'cores':>6s}"
+    print(f"\n{head} {'1-core ceiling/s':>17s}")
     for r in rows:
         print(
             f"{r['target']!s:24s} {r['rps']:8.0f} {r['cpu_ms']:11.3f} {r['cores']:6.2f} "
