@@ -84,12 +84,21 @@ def read_secret_file(path: str, key: str) -> Secret:
 def _tls(r: RedisSettings) -> dict[str, Any]:
     if not r.tls:
         return {}
-    out: dict[str, Any] = {"ssl": True, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    # Certificate and host name both checked, whatever this redis-py's defaults are.
+    out: dict[str, Any] = {
+        "ssl": True,
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "ssl_check_hostname": True,
+    }
     if r.ca_file is not None:
-        if not Path(r.ca_file).is_file():
-            raise ConfigError(f"redis.ca_file: cannot read {r.ca_file}")
-        out["ssl_ca_certs"] = r.ca_file
+        out["ssl_ca_certs"] = _ca_file(r.ca_file)
     return out
+
+
+def _ca_file(path: str) -> str:
+    if not Path(path).is_file():
+        raise ConfigError(f"redis.ca_file: cannot read {path}")
+    return path
 
 
 def _addr(text: str) -> tuple[str, int]:
@@ -153,8 +162,9 @@ def redis_client(r: RedisSettings | str) -> Any:
         # understood there); certificates are always verified.
         url = "rediss://" + url.removeprefix("rediss://").removeprefix("redis://")
         kwargs["ssl_cert_reqs"] = "required"
+        kwargs["ssl_check_hostname"] = True
         if r.ca_file is not None:
-            kwargs["ssl_ca_certs"] = _tls(r)["ssl_ca_certs"]
+            kwargs["ssl_ca_certs"] = _ca_file(r.ca_file)
     if r.db is not None:
         kwargs["db"] = r.db
     if r.username is not None:
