@@ -7,6 +7,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"; cd "$ROOT"
 P_IDP=${P_IDP:-39522}; P_JIT=${P_JIT:-39523}; P_REDIS=${P_REDIS:-39524}
 OUT=$(mktemp -d)
+for p in $P_IDP $P_JIT $P_REDIS; do  # a server left on a port would answer for this run's
+  if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "port $p is in use" >&2; exit 1; fi
+done
 redis-server --port $P_REDIS --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --logfile $OUT/redis.log
 .venv/bin/python bench/support/idp.py $P_IDP $OUT/id-token & IDP=$!
 sleep 1.5
@@ -43,6 +46,9 @@ for r in 1 2 3; do
   line=$(wrk -t2 -c32 -d8s -s bench/support/mint.lua http://127.0.0.1:$P_JIT | grep WRKRESULT)
   t1=$(awk '{print $14+$15}' /proc/$J/stat)
   rps=$(echo "$line" | sed 's/.*rps=\([0-9.]*\).*/\1/')
+  bad=$(echo "$line" | sed 's/.*non2xx=\([0-9]*\).*/\1/')
+  # a refused mint is cheap: a run with any non-2xx answer measures the wrong thing
+  if [ "$bad" != 0 ]; then echo "$bad answers were not 2xx: $line" >&2; kill $J; exit 1; fi
   python3 -c "print(f'mints/s {$rps:.0f}  CPU ms per mint {($t1-$t0)*1000/$(getconf CLK_TCK)/($rps*8):.3f}')"
   kill $J; wait $J 2>/dev/null || true
 done

@@ -54,6 +54,7 @@ async def _serve(
         lifespan="on",
         access_log=False,
         log_config=None,  # uvicorn's loggers go through our handler (JSON under jit serve)
+        http=_http_protocol(),
         # Requests in flight when the server stops accepting get this long (shutdown:).
         timeout_graceful_shutdown=max(
             1, round(broker.settings.shutdown.drain_timeout.total_seconds())
@@ -78,6 +79,15 @@ async def _serve(
     await server.serve(sockets=[sock] if sock is not None else None)
     if not server.started:
         raise click.ClickException(f"could not listen on {host}:{port} (is the port in use?)")
+
+
+def _http_protocol() -> Any:
+    """One socket write per answer (ADR 0068) where uvicorn runs httptools; its default else."""
+    try:
+        from broker.cli.onewrite import OneWriteProtocol
+    except ImportError:  # uvicorn without httptools (not the default install)
+        return "auto"
+    return OneWriteProtocol
 
 
 def _settle_heap() -> None:
