@@ -3,7 +3,9 @@ and credentials from files: mint, introspect, complete the task, TTL reaping, an
 the audit chain exported (``jit audit export --config``) and verified. On Sentinel, the master
 is SIGKILLed during a mint load: the broker follows the failover without a restart, clients
 see only 201s and 503s with Retry-After, and with ``wait_replicas: 1`` every lease a client
-received a credential for is still in Redis afterwards."""
+received a credential for is still in Redis afterwards. Moving from standalone to Cluster the
+way docs/deploy.md says (stop, copy the keys under the prefix, start on the new block) keeps
+every lease, its revocation and the audit chain."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import pytest
 from broker.config import RedisSettings
 from tests.e2e.conftest import JIT, free_port
 from tests.e2e.serve_support import IdP, write_config
-from tests.redisfarm import SENTINEL_MASTER, SENTINEL_REPLICA, Farm
+from tests.redisfarm import CLUSTER, SENTINEL_MASTER, SENTINEL_REPLICA, STANDALONE, Farm
 
 pytestmark = pytest.mark.e2e
 
@@ -62,10 +64,15 @@ def redis_block(settings: RedisSettings) -> dict[str, Any]:
 
 @contextmanager
 def jit_serve(
-    tmp: Path, idp: IdP, settings: RedisSettings, farm: Farm
+    tmp: Path,
+    idp: IdP,
+    settings: RedisSettings,
+    farm: Farm,
+    prefix: str | None = None,
+    port: int | None = None,
 ) -> Iterator[tuple[str, Path]]:
-    port = free_port()
-    prefix = f"jittest-topo-{uuid.uuid4().hex[:8]}"
+    port = port or free_port()
+    prefix = prefix or f"jittest-topo-{uuid.uuid4().hex[:8]}"
     config = write_config(
         tmp,
         idp,
@@ -256,3 +263,84 @@ def test_a_sentinel_failover_under_mint_load_loses_no_credential_and_never_answe
             f"{window:.2f} s, lost {len(lost)}"
         )
         assert lost == []
+
+
+def test_moving_from_standalone_to_cluster_keeps_leases_revocation_and_the_chain(
+    tmp_path: Path, idp: IdP, redis_farm: Farm
+) -> None:
+    """docs/deploy.md "Moving between topologies": every replica stopped, the keys under the
+    prefix copied (DUMP and RESTORE with their TTL), then `jit serve` on the cluster."""
+    from redis.cluster import RedisCluster
+
+    prefix = f"jittest-move-{uuid.uuid4().hex[:8]}"
+    wl = {"Authorization": f"Bearer {idp.token('repo:acme/app')}"}
+    body = {"issuer": "jwt", "resource": "https://orders.internal", "actions": ["read"]}
+    port = free_port()  # the same public URL (the tokens' issuer) before and after the move
+    with jit_serve(tmp_path, idp, redis_farm.settings("standalone"), redis_farm, prefix, port) as (
+        url,
+        _,
+    ):
+        long = httpx.post(
+            f"{url}/v1/credentials", json={**body, "task": {"id": "move-1"}}, headers=wl
+        )
+        assert long.status_code == 201, long.text
+        short = httpx.post(
+            f"{url}/v1/credentials", json={**body, "task": {"id": "move-2"}, "ttl": 4}, headers=wl
+        )
+        assert short.status_code == 201, short.text
+    token, short_lease = long.json()["credential"]["secret"], short.json()["lease_id"]
+
+    cluster = redis_farm.settings("cluster")  # started by the farm on first use
+    source = redis_farm.admin(STANDALONE)
+    target = RedisCluster(
+        host="127.0.0.1", port=CLUSTER[0], password=redis_farm.admin_password, socket_timeout=5
+    )
+    copied = 0
+    try:
+        for key in source.scan_iter(match=f"{prefix}:*", count=1000):
+            dump, ttl = source.dump(key), source.pttl(key)
+            assert isinstance(dump, bytes)
+            target.restore(key, max(int(ttl), 0), dump, replace=True)
+            copied += 1
+    finally:
+        source.close()
+        target.close()
+    assert copied > 0
+
+    with jit_serve(tmp_path, idp, cluster, redis_farm, prefix, port) as (url, config):
+        # Ready at once: the {epoch} key came with the data, so the state guard accepts it.
+        def active(tok: str) -> bool:
+            r = httpx.post(f"{url}/oauth/introspect", data={"token": tok}, headers=wl)
+            assert r.status_code == 200, r.text
+            return bool(r.json()["active"])
+
+        lease = httpx.get(f"{url}/v1/leases/{long.json()['lease_id']}", headers=wl)
+        assert lease.json()["state"] == "active", lease.text
+        assert active(token)
+
+        def reaped() -> bool:
+            got = httpx.get(f"{url}/v1/leases/{short_lease}", headers=wl).json()
+            return bool(got["state"] == "revoked" and got["revoke_trigger"] == "ttl")
+
+        until("the cluster's reaper revokes the copied short lease at its TTL", reaped)
+        done = httpx.post(f"{url}/v1/tasks/move-1/complete", headers=wl)
+        assert done.status_code == 200, done.text
+        assert not active(token)
+
+        chain = tmp_path / "chain.jsonl"
+        subprocess.run(
+            [JIT, "audit", "export", "--config", str(config), "--out", str(chain)],
+            check=True,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+        )
+        ok = subprocess.run(
+            [JIT, "audit", "verify", str(chain), "--key", str(tmp_path / "audit-jwks.json")],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        types = [json.loads(line)["type"] for line in chain.read_text().splitlines()]
+        assert types.count("lease.minted") == 2  # both minted before the move
+        assert types.count("lease.revoked") == 2  # both revoked after it
