@@ -113,6 +113,26 @@ def jit_serve(
         assert secret not in text
 
 
+def exported_chain(tmp: Path, config: Path) -> list[str]:
+    """The audit chain exported with the broker's config (``jit audit export --config``),
+    verified with ``jit audit verify``; the records' types in order."""
+    chain = tmp / "chain.jsonl"
+    subprocess.run(
+        [JIT, "audit", "export", "--config", str(config), "--out", str(chain)],
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
+    ok = subprocess.run(
+        [JIT, "audit", "verify", str(chain), "--key", str(tmp / "audit-jwks.json")],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    return [json.loads(line)["type"] for line in chain.read_text().splitlines()]
+
+
 def until(what: str, ok: Any, timeout: float = 15) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -176,21 +196,7 @@ def test_jit_serve_runs_the_whole_lifecycle_on_each_topology(
         assert active(state["credential"]["credential"]["secret"])
 
         # The audit chain, exported with the same config, verifies.
-        chain = tmp_path / "chain.jsonl"
-        subprocess.run(
-            [JIT, "audit", "export", "--config", str(config), "--out", str(chain)],
-            check=True,
-            capture_output=True,
-            stdin=subprocess.DEVNULL,
-        )
-        ok = subprocess.run(
-            [JIT, "audit", "verify", str(chain), "--key", str(tmp_path / "audit-jwks.json")],
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-        )
-        assert ok.returncode == 0, ok.stdout + ok.stderr
-        types = [json.loads(line)["type"] for line in chain.read_text().splitlines()]
+        types = exported_chain(tmp_path, config)
         assert types.count("lease.minted") == 3
         assert types.count("lease.revoked") >= 2
 
@@ -327,20 +333,6 @@ def test_moving_from_standalone_to_cluster_keeps_leases_revocation_and_the_chain
         assert done.status_code == 200, done.text
         assert not active(token)
 
-        chain = tmp_path / "chain.jsonl"
-        subprocess.run(
-            [JIT, "audit", "export", "--config", str(config), "--out", str(chain)],
-            check=True,
-            capture_output=True,
-            stdin=subprocess.DEVNULL,
-        )
-        ok = subprocess.run(
-            [JIT, "audit", "verify", str(chain), "--key", str(tmp_path / "audit-jwks.json")],
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-        )
-        assert ok.returncode == 0, ok.stdout + ok.stderr
-        types = [json.loads(line)["type"] for line in chain.read_text().splitlines()]
+        types = exported_chain(tmp_path, config)
         assert types.count("lease.minted") == 2  # both minted before the move
         assert types.count("lease.revoked") == 2  # both revoked after it
