@@ -35,14 +35,14 @@ def _openssl(work: Path, *argv: str) -> None:
     subprocess.run(["openssl", *argv], cwd=work, check=True, capture_output=True, timeout=30)
 
 
-def _issue(work: Path, name: str, san: str, ca: str = "ca") -> None:
-    """A P-256 server certificate ``name``.crt for ``san``, signed by ``ca``.crt."""
+def _issue(work: Path, name: str, san: str) -> None:
+    """A P-256 server certificate ``name``.crt for ``san``, signed by ca.crt."""
     (work / f"{name}.san").write_text(f"subjectAltName={san}\n")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
     _openssl(work, "req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", "/CN=r")
     _openssl(
         work,
-        *("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key"),
+        *("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key"),
         *("-CAcreateserial", "-out", f"{name}.crt", "-days", "1", "-extfile", f"{name}.san"),
     )
 
@@ -97,6 +97,13 @@ def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         proc.wait(timeout=10)
 
 
+def _tls_settings(host: str, ca: Path) -> RedisSettings:
+    """The TLS server reached as ``host``, trusting ``ca``."""
+    return RedisSettings(
+        url=f"redis://{host}:{PORT}/0", tls=True, ca_file=str(ca), timeout=timedelta(seconds=2)
+    )
+
+
 async def _ping(settings: RedisSettings) -> Any:
     client = redis_client(settings)
     try:
@@ -107,35 +114,20 @@ async def _ping(settings: RedisSettings) -> Any:
 
 async def test_a_certificate_for_another_name_is_refused(tls_dir: Path) -> None:
     """127.0.0.1 is not in the certificate (it names localhost only): refused."""
-    settings = RedisSettings(
-        url=f"redis://127.0.0.1:{PORT}/0",
-        tls=True,
-        ca_file=str(tls_dir / "ca.crt"),
-        timeout=timedelta(seconds=2),
-    )
+    settings = _tls_settings("127.0.0.1", tls_dir / "ca.crt")
     with pytest.raises(redis.exceptions.ConnectionError, match="IP address mismatch"):
         await _ping(settings)
 
 
 async def test_a_certificate_from_another_ca_is_refused(tls_dir: Path) -> None:
-    settings = RedisSettings(
-        url=f"redis://localhost:{PORT}/0",
-        tls=True,
-        ca_file=str(tls_dir / "other-ca.crt"),
-        timeout=timedelta(seconds=2),
-    )
+    settings = _tls_settings("localhost", tls_dir / "other-ca.crt")
     with pytest.raises(redis.exceptions.ConnectionError, match="certificate verify failed"):
         await _ping(settings)
 
 
 async def test_the_name_in_the_certificate_and_its_ca_connect(tls_dir: Path) -> None:
     """The control: the same server reached by the name its certificate carries."""
-    settings = RedisSettings(
-        url=f"redis://localhost:{PORT}/0",
-        tls=True,
-        ca_file=str(tls_dir / "ca.crt"),
-        timeout=timedelta(seconds=2),
-    )
+    settings = _tls_settings("localhost", tls_dir / "ca.crt")
     assert await _ping(settings) is True
 
 
